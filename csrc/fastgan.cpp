@@ -1,0 +1,39 @@
+// fastgan._C: every op's schema, declared once. Implementations register per device:
+//   csrc/cpu/<op>.cpp   TORCH_LIBRARY_IMPL(fastgan, CPU, m)
+//   csrc/cuda/<op>.cu   plain CUDA kernels and launchers (no torch headers, compile-checked in CI)
+//   csrc/cuda/<op>_cuda.cpp  TORCH_LIBRARY_IMPL(fastgan, CUDA, m): torch glue around the launchers
+// Fake (meta) kernels and autograd are registered from Python: fastgan/ops/<op>.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import fastgan._C` loads this library, which runs the static registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastgan, m) {
+  // ---- normalized (cosine) similarity matrix: S = scale * nrm(a, eps) @ nrm(b, eps)^T ----------
+  m.def("cosine_similarity_matrix(Tensor a, Tensor b, float scale, float eps) -> Tensor");
+  m.def(
+      "cosine_similarity_matrix_backward(Tensor grad, Tensor a, Tensor b, float scale, float eps)"
+      " -> (Tensor, Tensor)");
+
+  // ---- masked row log-sum-exp over z = scale * <nrm(a_i), nrm(b_j)> + bias --------------------
+  // (optionally relu(z)), one float32 LSE per row and predicate, plus the row max of z over
+  // all admissible columns. See fastgan/reference/contrastive.py:contrastive_lse for the contract.
+  m.def(
+      "contrastive_lse(Tensor a, Tensor b, Tensor? label_a, Tensor? label_b, Tensor? extra,"
+      " float scale, float bias, bool relu, bool normalize, float eps, bool exclude_self,"
+      " int self_offset, int[] predicates) -> (Tensor lse, Tensor rowmax)");
+  m.def(
+      "contrastive_lse_backward(Tensor grad_lse, Tensor a, Tensor b, Tensor? label_a,"
+      " Tensor? label_b, Tensor? extra, Tensor lse, float scale, float bias, bool relu,"
+      " bool normalize, float eps, bool exclude_self, int self_offset, int[] predicates)"
+      " -> (Tensor grad_a, Tensor grad_b, Tensor grad_extra)");
+
+  // ---- spectral normalization (schemas added by fastgan/ops/spectral_norm.py's C++ side) -------
+  // SPECTRAL_NORM_SCHEMAS
+}

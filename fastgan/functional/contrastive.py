@@ -1,0 +1,226 @@
+"""Similarity and contrastive losses: cosine similarity matrix, 2C, D2D-CE, NT-Xent, SupCon and the
+symmetric (CLIP-style) InfoNCE. SPEC.md sections 1 to 5.
+
+Each loss is "fused log-sum-exp kernel + positive term in plain autograd": the N x N part runs in
+the contrastive_lse kernel (never materialized), the O(N D) positive terms are ordinary PyTorch.
+Losses are returned in float32 for half-precision inputs (float64 for float64), as under autocast.
+"""
+import math
+from typing import Optional
+
+import torch
+
+from .. import _checks as C
+from ..backend import resolve_backend
+from ..ops.contrastive_lse import contrastive_lse
+from ..ops.cosine_similarity_matrix import cosine_similarity_matrix as _cosine_similarity_matrix
+from ..reference import contrastive as ref
+from ..reference.contrastive import PRED_ALL, PRED_DIFF, PRED_SAME, compute_dtype, normalize_rows
+
+__all__ = [
+    "cosine_similarity_matrix",
+    "conditional_contrastive_loss",
+    "data2data_cross_entropy_loss",
+    "nt_xent_loss",
+    "supcon_loss",
+    "symmetric_infonce_loss",
+]
+
+
+def _features(x, name: str, n: Optional[int] = None) -> torch.Tensor:
+    C.check_tensor(x, name, ndim=2)
+    if n is not None and x.shape[0] != n:
+        raise ValueError(f"{name} has {x.shape[0]} rows but the batch has {n}: batch sizes must match")
+    return x
+
+
+def _same_features(first: str, x: torch.Tensor, second: str, y: torch.Tensor) -> None:
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{first} and {second} must have the same feature size, got {x.shape[1]} and {y.shape[1]}")
+    C.check_same_device(**{first: x, second: y})
+    C.check_same_dtype(**{first: x, second: y})
+
+
+def _pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    ct = compute_dtype(x.dtype)
+    return (normalize_rows(x.to(ct), eps) * normalize_rows(y.to(ct), eps)).sum(dim=1)
+
+
+def cosine_similarity_matrix(
+    a: torch.Tensor, b: Optional[torch.Tensor] = None, *, scale: float = 1.0, eps: float = 1e-8, backend: str = "auto"
+) -> torch.Tensor:
+    """S = scale * nrm(a) @ nrm(b)^T with nrm(x) = x / max(||x||, eps); b defaults to a.
+    Normalization, product and scale are one kernel; zero rows give zero rows, never NaN."""
+    _features(a, "a")
+    if b is None:
+        b = a
+    _features(b, "b")
+    _same_features("a", a, "b", b)
+    scale = C.check_finite(scale, "scale")
+    eps = C.check_positive_finite(eps, "eps")
+    return _cosine_similarity_matrix(a, b, scale, eps, resolve_backend(backend, a.device))
+
+
+def _check_embed_proxy_label(embed, proxy, label, num_classes=None):
+    _features(embed, "embed")
+    C.check_nonempty(embed, "embed")
+    _features(proxy, "proxy", embed.shape[0])
+    _same_features("embed", embed, "proxy", proxy)
+    return C.check_labels(label, "label", embed.shape[0], embed.device, num_classes)
+
+
+def conditional_contrastive_loss(
+    embed: torch.Tensor,
+    proxy: torch.Tensor,
+    label: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    eps: float = 1e-8,
+    reduction: str = "mean",
+    num_classes: Optional[int] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """ContraGAN's conditional contrastive (2C) loss, SPEC.md 2:
+        L_i = -log( (e^{p_i/t} + sum_{j!=i, y_j=y_i} e^{s_ij/t}) / (e^{p_i/t} + sum_{j!=i} e^{s_ij/t}) )
+    with s_ij = cos(embed_i, embed_j), p_i = cos(embed_i, proxy_i). Stable at any temperature.
+    `num_classes`, if given, checks that labels lie in [0, num_classes) (CPU tensors only: on CUDA
+    the check would cost a host sync)."""
+    label = _check_embed_proxy_label(embed, proxy, label, num_classes)
+    t = C.check_positive_finite(temperature, "temperature")
+    eps = C.check_positive_finite(eps, "eps")
+    C.check_reduction(reduction)
+    be = resolve_backend(backend, embed.device)
+    if be == "reference":
+        return ref.conditional_contrastive_loss(embed, proxy, label, t, eps, reduction)
+    extra = _pair_cosine(embed, proxy, eps) / t
+    lse, _ = contrastive_lse(embed, embed, label, label, extra, 1.0 / t, 0.0, False, True, eps, True, 0,
+                             [PRED_ALL, PRED_SAME], be)
+    return ref._reduce(lse[:, 0] - lse[:, 1], reduction)
+
+
+def data2data_cross_entropy_loss(
+    embed: torch.Tensor,
+    proxy: torch.Tensor,
+    label: torch.Tensor,
+    temperature: float = 0.5,
+    m_p: float = 0.98,
+    *,
+    eps: float = 1e-8,
+    reduction: str = "mean",
+    num_classes: Optional[int] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """ReACGAN's data-to-data cross-entropy (D2D-CE), SPEC.md 3, the public expression with its
+    quirks: a_ij = (s_ij + m_p - 1)/t, M_i = max_{j!=i} a_ij (both classes, before the relu, constant
+    in backward), q_i = relu((m_p - p_i)/t),
+        L_i = q_i + log( e^{-q_i} + sum_{j!=i, y_j!=y_i} e^{relu(a_ij) - M_i} ).
+    Evaluated stably as q_i + logaddexp(-q_i, LSE_diff(relu(a_i.)) - M_i)."""
+    label = _check_embed_proxy_label(embed, proxy, label, num_classes)
+    t = C.check_positive_finite(temperature, "temperature")
+    m_p = C.check_finite(m_p, "m_p")
+    eps = C.check_positive_finite(eps, "eps")
+    C.check_reduction(reduction)
+    be = resolve_backend(backend, embed.device)
+    if be == "reference":
+        return ref.data2data_cross_entropy_loss(embed, proxy, label, t, m_p, eps, reduction)
+    lse, rowmax = contrastive_lse(embed, embed, label, label, None, 1.0 / t, (m_p - 1.0) / t, True, True, eps,
+                                  True, 0, [PRED_DIFF], be)
+    # N = 1 has no j != i: M_i is taken as 0 (the set is empty and the term vanishes anyway).
+    m_i = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
+    q = torch.relu((m_p - _pair_cosine(embed, proxy, eps)) / t)
+    return ref._reduce(q + torch.logaddexp(-q, lse[:, 0] - m_i), reduction)
+
+
+def nt_xent_loss(
+    z: torch.Tensor, temperature: float = 0.5, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto"
+) -> torch.Tensor:
+    """SimCLR's NT-Xent, SPEC.md 4. z is (2N, D): rows [0, N) are the first views, rows [N, 2N) the
+    second, and row i's positive is (i + N) mod 2N. L_i = LSE_{k!=i}(s_ik/t) - s_i,pos/t."""
+    _features(z, "z")
+    C.check_nonempty(z, "z")
+    if z.shape[0] % 2:
+        raise ValueError(f"z must stack two views of the batch, (2N, D), got an odd number of rows {z.shape[0]}")
+    t = C.check_positive_finite(temperature, "temperature")
+    eps = C.check_positive_finite(eps, "eps")
+    C.check_reduction(reduction)
+    be = resolve_backend(backend, z.device)
+    if be == "reference":
+        return ref.nt_xent_loss(z, t, eps, reduction)
+    zn = normalize_rows(z.to(compute_dtype(z.dtype)), eps)
+    pos = (zn * zn.roll(z.shape[0] // 2, dims=0)).sum(dim=1) / t
+    lse, _ = contrastive_lse(z, z, None, None, None, 1.0 / t, 0.0, False, True, eps, True, 0, [PRED_ALL], be)
+    return ref._reduce(lse[:, 0] - pos, reduction)
+
+
+def _same_class_sums(x: torch.Tensor, labels: torch.Tensor):
+    """For each row i: (sum of x_j over j with labels_j == labels_i, class size), in O(N D) without an
+    N x N mask and without a host sync: classes are keyed by their first index in sorted order."""
+    sorted_labels, _ = labels.sort()
+    first = torch.searchsorted(sorted_labels, labels)
+    count = torch.searchsorted(sorted_labels, labels, right=True) - first
+    sums = torch.zeros_like(x).index_add(0, first, x)
+    return sums[first], count
+
+
+def supcon_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    *,
+    eps: float = 1e-8,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, the L_out form), SPEC.md 4:
+    L_i = LSE_{a!=i}(s_ia/t) - mean_{p in P(i)} s_ip/t, P(i) = {p != i : y_p = y_i}; anchors with an
+    empty P(i) are left out of the mean (0 under reduction='none')."""
+    _features(features, "features")
+    C.check_nonempty(features, "features")
+    labels = C.check_labels(labels, "labels", features.shape[0], features.device)
+    t = C.check_positive_finite(temperature, "temperature")
+    eps = C.check_positive_finite(eps, "eps")
+    C.check_reduction(reduction)
+    be = resolve_backend(backend, features.device)
+    if be == "reference":
+        return ref.supcon_loss(features, labels, t, eps, reduction)
+    fn = normalize_rows(features.to(compute_dtype(features.dtype)), eps)
+    class_sum, count = _same_class_sums(fn, labels)
+    n_pos = count - 1
+    mean_pos = (fn * (class_sum - fn)).sum(dim=1) / (t * n_pos.clamp_min(1))
+    lse, _ = contrastive_lse(features, features, None, None, None, 1.0 / t, 0.0, False, True, eps, True, 0,
+                             [PRED_ALL], be)
+    has_pos = n_pos > 0
+    per = torch.where(has_pos, lse[:, 0] - mean_pos, torch.zeros_like(mean_pos))
+    if reduction == "mean":
+        return per.sum() / has_pos.sum().clamp_min(1)
+    return ref._reduce(per, reduction)
+
+
+def symmetric_infonce_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float = 0.1,
+    *,
+    eps: float = 1e-12,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """CLIP-style symmetric InfoNCE, SPEC.md 5: CE(logits, arange) + CE(logits^T, arange), the two
+    means summed, logits = nrm(a) nrm(b)^T / t with nrm(x) = x * rsqrt(max(sum x^2, eps)) (XMC-GAN).
+    Rows and columns are two calls of the fused kernel; the diagonal is plain autograd."""
+    _features(a, "a")
+    C.check_nonempty(a, "a")
+    _features(b, "b", a.shape[0])
+    _same_features("a", a, "b", b)
+    t = C.check_positive_finite(temperature, "temperature")
+    eps = C.check_positive_finite(eps, "eps")
+    C.check_reduction(reduction)
+    be = resolve_backend(backend, a.device)
+    if be == "reference":
+        return ref.symmetric_infonce_loss(a, b, t, eps, reduction)
+    norm_eps = math.sqrt(eps)  # rsqrt(max(|x|^2, eps)) == 1 / max(|x|, sqrt(eps))
+    ct = compute_dtype(a.dtype)
+    diag = (normalize_rows(a.to(ct), norm_eps) * normalize_rows(b.to(ct), norm_eps)).sum(dim=1) / t
+    rows, _ = contrastive_lse(a, b, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
+    cols, _ = contrastive_lse(b, a, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
+    return ref._reduce((rows[:, 0] - diag) + (cols[:, 0] - diag), reduction)

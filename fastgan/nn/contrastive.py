@@ -1,0 +1,101 @@
+"""Drop-in loss modules for the contrastive family. The 2C and D2D-CE modules take StudioGAN's
+constructor and call signatures (`ConditionalContrastiveLoss(num_classes, temperature, master_rank,
+DDP)`, `forward(embed, proxy, label)`), so swapping them in is a one-line change."""
+from typing import Optional
+
+import torch
+
+from .. import functional as F
+
+__all__ = [
+    "ConditionalContrastiveLoss",
+    "Data2DataCrossEntropyLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "SymmetricInfoNCELoss",
+]
+
+
+def _no_ddp(DDP: bool, name: str) -> None:
+    if DDP:
+        raise NotImplementedError(
+            f"{name}(DDP=True): the gathered global-batch loss is not implemented yet; compute it per rank "
+            "(DDP=False) or gather embed/proxy/label yourself"
+        )
+
+
+class ConditionalContrastiveLoss(torch.nn.Module):
+    """ContraGAN's 2C loss (StudioGAN `ConditionalContrastiveLoss`). `master_rank` is accepted for
+    signature compatibility; the loss runs on the inputs' device."""
+
+    def __init__(self, num_classes: int, temperature: float = 1.0, master_rank=None, DDP: bool = False, *,
+                 eps: float = 1e-8, reduction: str = "mean", check_labels: bool = True, backend: str = "auto"):
+        super().__init__()
+        _no_ddp(DDP, type(self).__name__)
+        self.num_classes, self.temperature, self.eps = int(num_classes), temperature, eps
+        self.reduction, self.check_labels, self.backend = reduction, check_labels, backend
+
+    def forward(self, embed: torch.Tensor, proxy: torch.Tensor, label: torch.Tensor, **_) -> torch.Tensor:
+        return F.conditional_contrastive_loss(
+            embed, proxy, label, self.temperature, eps=self.eps, reduction=self.reduction,
+            num_classes=self.num_classes if self.check_labels else None, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, temperature={self.temperature}, backend={self.backend!r}"
+
+
+class Data2DataCrossEntropyLoss(torch.nn.Module):
+    """ReACGAN's D2D-CE (StudioGAN `Data2DataCrossEntropyLoss(num_classes, temperature, m_p, master_rank, DDP)`)."""
+
+    def __init__(self, num_classes: int, temperature: float = 0.5, m_p: float = 0.98, master_rank=None,
+                 DDP: bool = False, *, eps: float = 1e-8, reduction: str = "mean", check_labels: bool = True,
+                 backend: str = "auto"):
+        super().__init__()
+        _no_ddp(DDP, type(self).__name__)
+        self.num_classes, self.temperature, self.m_p, self.eps = int(num_classes), temperature, m_p, eps
+        self.reduction, self.check_labels, self.backend = reduction, check_labels, backend
+
+    def forward(self, embed: torch.Tensor, proxy: torch.Tensor, label: torch.Tensor, **_) -> torch.Tensor:
+        return F.data2data_cross_entropy_loss(
+            embed, proxy, label, self.temperature, self.m_p, eps=self.eps, reduction=self.reduction,
+            num_classes=self.num_classes if self.check_labels else None, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, temperature={self.temperature}, m_p={self.m_p}, backend={self.backend!r}"
+
+
+class NTXentLoss(torch.nn.Module):
+    """SimCLR's NT-Xent. forward(z) with z = cat([view1, view2]) of shape (2N, D), or forward(z1, z2)."""
+
+    def __init__(self, temperature: float = 0.5, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto"):
+        super().__init__()
+        self.temperature, self.eps, self.reduction, self.backend = temperature, eps, reduction, backend
+
+    def forward(self, z: torch.Tensor, z2: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if z2 is not None:
+            z = torch.cat([z, z2], dim=0)
+        return F.nt_xent_loss(z, self.temperature, eps=self.eps, reduction=self.reduction, backend=self.backend)
+
+
+class SupConLoss(torch.nn.Module):
+    """Supervised contrastive loss (L_out). forward(features (N, D), labels (N,))."""
+
+    def __init__(self, temperature: float = 0.1, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto"):
+        super().__init__()
+        self.temperature, self.eps, self.reduction, self.backend = temperature, eps, reduction, backend
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.supcon_loss(features, labels, self.temperature, eps=self.eps, reduction=self.reduction,
+                             backend=self.backend)
+
+
+class SymmetricInfoNCELoss(torch.nn.Module):
+    """CLIP-style symmetric InfoNCE (XMC-GAN sentence-image and image-image contrast, t = 0.1)."""
+
+    def __init__(self, temperature: float = 0.1, *, eps: float = 1e-12, reduction: str = "mean", backend: str = "auto"):
+        super().__init__()
+        self.temperature, self.eps, self.reduction, self.backend = temperature, eps, reduction, backend
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.symmetric_infonce_loss(a, b, self.temperature, eps=self.eps, reduction=self.reduction,
+                                        backend=self.backend)

@@ -1,0 +1,62 @@
+"""Reference (specification) path for InfoMax-GAN's InfoNCE over local x global features.
+
+SPEC.md section 6. Scores are dot products between each image's global feature m_i and every local
+feature l_j[:, k] of the batch. For image i at position k:
+    pos_ik = m_i . l_i[:, k]
+    NEG_i  = log( sum_{j != i, k'} exp(m_i . l_j[:, k']) + [mimicry] HW * exp(-10) )
+    loss   = mean_{i,k} softplus(NEG_i - pos_ik)
+mode="mimicry" keeps image i's own block as the constant logit -10 (Mimicry's shift); mode="exact"
+removes it. Optional extras (off by default, not in Mimicry): scores divided by `temperature`
+(the -10 constant is a logit and is not divided), and L2 normalization of both sides (eps).
+"""
+import math
+
+import torch
+
+from .contrastive import compute_dtype, normalize_rows
+
+MIMICRY_SELF_LOGIT = -10.0
+MODES = ("mimicry", "exact")
+
+
+def as_local_global(l: torch.Tensor, m: torch.Tensor):
+    """Accept Mimicry's (N, R, HW) with (N, R, 1), or (N, R, H, W) with (N, R); return views of
+    shape (N, R, HW) and (N, R)."""
+    if l.dim() == 4:
+        l = l.flatten(2)
+    if m.dim() == 3:
+        m = m.squeeze(2)
+    return l, m
+
+
+def infonce_local_global(
+    l: torch.Tensor,
+    m: torch.Tensor,
+    mode: str = "mimicry",
+    temperature: float = 1.0,
+    normalize: bool = False,
+    eps: float = 1e-12,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """reduction='none' returns the (N, HW) matrix of softplus(NEG_i - pos_ik)."""
+    l, m = as_local_global(l, m)
+    ct = compute_dtype(l.dtype)
+    l, m = l.to(ct), m.to(ct)
+    n, _, hw = l.shape
+    if normalize:
+        l = normalize_rows(l.transpose(1, 2), eps).transpose(1, 2)
+        m = normalize_rows(m, eps)
+    scores = torch.einsum("ir,jrk->ijk", m, l) / temperature  # (N, N, HW)
+    pos = scores[torch.arange(n), torch.arange(n)]  # (N, HW)
+    others = ~torch.eye(n, dtype=torch.bool, device=l.device)
+    neg_scores = scores.masked_fill(~others[:, :, None], float("-inf")).reshape(n, n * hw)
+    if mode == "mimicry":
+        const = torch.full((n, 1), MIMICRY_SELF_LOGIT + math.log(hw), dtype=ct, device=l.device)
+        neg_scores = torch.cat([neg_scores, const], dim=1)
+    neg = torch.logsumexp(neg_scores, dim=1)  # (N,)
+    per = torch.nn.functional.softplus(neg[:, None] - pos)
+    if reduction == "mean":
+        return per.mean()
+    if reduction == "sum":
+        return per.sum()
+    return per

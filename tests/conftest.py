@@ -1,0 +1,58 @@
+"""Test configuration. Triton runs on the CPU in its interpreter unless a GPU is present; the
+variable must be set before triton is first imported."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fastgan  # noqa: E402,F401
+
+
+def kernel_backends():
+    """The fused backends every kernel test runs on: the C++ CPU kernels and Triton always (Triton in
+    its interpreter on a CPU-only machine), CUDA where a GPU is present. A missing backend fails the
+    test (its error says why) rather than skipping it."""
+    backends = ["cpu", "triton"]
+    if torch.cuda.is_available():
+        backends.append("cuda")
+    return backends
+
+
+def float64_backends():
+    """Backends with float64 kernels: the C++ CPU kernels, and Triton in its CPU interpreter (on a GPU
+    machine Triton runs on CUDA tensors, where float64 is not a supported kernel dtype)."""
+    return ["cpu"] if torch.cuda.is_available() else ["cpu", "triton"]
+
+
+def backend_device(backend: str) -> torch.device:
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 over the finite entries (absolute error when ref is all
+    zeros). Non-finite entries (-inf LSEs of empty sets) must match exactly."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), finite), f"non-finite entries differ: {out[~finite]} vs {ref[~finite]}"
+    assert torch.equal(out[~finite], ref[~finite]), "non-finite values differ"
+    diff = (out[finite] - ref[finite]).norm()
+    denom = ref[finite].norm()
+    return float(diff / denom) if denom > 0 else float(diff)
+
+
+# Tolerances of DEVELOPERS.md: relative error vs a float64 reference.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture
+def gen():
+    seed = int(os.environ.get("FASTGAN_TEST_SEED", "0"))
+    g = torch.Generator().manual_seed(seed)
+    return g
