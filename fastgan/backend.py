@@ -74,8 +74,24 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn the user's `backend` argument into a concrete backend for tensors on `device`."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _resolve(backend, device.type, os.environ.get("FASTGAN_BACKEND", ""))
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device_type: str, env: str) -> str:
+    # Run eagerly even under torch.compile (the answer is a constant of the environment), so
+    # tracing never steps into extension loading or Triton's import.
+    key = (backend, device_type, env)
+    if key not in _resolved:
+        _resolved[key] = _resolve_uncached(backend, torch.device(device_type), env.strip())
+    return _resolved[key]
+
+
+_resolved: dict = {}
+
+
+def _resolve_uncached(backend: str, device: torch.device, env: str) -> str:
     if backend == "auto":
-        env = os.environ.get("FASTGAN_BACKEND", "").strip()
         if env and env != "auto":
             if env not in BACKENDS:
                 raise ValueError(f"FASTGAN_BACKEND must be one of {BACKENDS}, got {env!r}")

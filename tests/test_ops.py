@@ -14,7 +14,7 @@ from fastgan.ops.contrastive_lse import contrastive_lse
 from fastgan.ops.cosine_similarity_matrix import cosine_similarity_matrix
 from fastgan.reference import contrastive as ref
 
-from conftest import TOL, backend_device, float64_backends, kernel_backends, rel_err
+from conftest import GRAD_FLOOR, TOL, backend_device, float64_backends, kernel_backends, rel_err
 
 NS = [1, 2, 63, 65, 257]
 DS = [1, 3, 129]
@@ -95,7 +95,7 @@ def test_contrastive_lse_float32(backend, n, d, config, gen):
     assert rel_err(rowmax, r_max) < TOL[torch.float32]
     for got, want in zip(grads, r_grads):
         assert got.dtype in (torch.float32,)
-        assert rel_err(got, want) < 1e-4  # gradients accumulate over N terms: still well under 1e-4
+        assert rel_err(got, want, GRAD_FLOOR) < 1e-4  # gradients accumulate over N terms: still well under 1e-4
 
 
 def half_cases():
@@ -113,7 +113,9 @@ def half_cases():
 def test_contrastive_lse_half(backend, dtype, config, gen):
     device = backend_device(backend)
     n, d = 65, 129
-    a, b, la, lb, extra, params = make_case(config, n, d, dtype, device, gen)
+    # No zero rows here: a zero vector's gradient is (1/eps) * dx^ ~ 1e8, beyond half precision's range
+    # in the reference too.
+    a, b, la, lb, extra, params = make_case(config, n, d, dtype, device, gen, zero_rows=False)
     # Temperature 0.01 in half precision: no overflow, no NaN.
     params = (100.0,) + params[1:]
     weights = torch.rand(n, len(params[-1]), generator=gen)
@@ -124,13 +126,14 @@ def test_contrastive_lse_half(backend, dtype, config, gen):
     assert rel_err(lse, r_lse) < TOL[dtype]
     for got, want in zip(grads, r_grads):
         assert got.dtype == (dtype if got.shape != (n,) else torch.float32)
-        assert rel_err(got, want) < 2 * TOL[dtype]
+        assert rel_err(got, want, GRAD_FLOOR) < 2 * TOL[dtype]
 
 
 @pytest.mark.parametrize("backend", float64_backends())
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_contrastive_lse_gradcheck(backend, config, gen):
-    a, b, la, lb, extra, params = make_case(config, 7, 5, torch.float64, torch.device("cpu"), gen)
+    # No zero rows: x / max(||x||, eps) has a kink at ||x|| = eps that finite differences step across.
+    a, b, la, lb, extra, params = make_case(config, 7, 5, torch.float64, torch.device("cpu"), gen, zero_rows=False)
     inputs = [a.requires_grad_(), b.requires_grad_()] + ([extra.requires_grad_()] if extra is not None else [])
 
     def f(*xs):

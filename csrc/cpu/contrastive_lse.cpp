@@ -1,0 +1,391 @@
+// Fused CPU kernels of fastgan::contrastive_lse and fastgan::cosine_similarity_matrix.
+//
+// contrastive_lse: for each row i of a (N x D) and the columns j of b (M x D),
+//   z_ij = scale * <a_i, b_j> * inv_a_i * inv_b_j + bias        (inv = 1/max(||x||, eps) if normalize)
+// and, per predicate k, the log-sum-exp of f(z_ij) (f = relu or identity) over the admissible columns
+// that pass the predicate, plus an optional extra logit per row; and the row max of z.
+//
+// Tiling: the work is cut into tasks (a range of rows x a range of columns, one task per thread);
+// each task sweeps BR x BC tiles whose raw dot products come from BLAS (at::mm_out into a
+// per-task buffer), then applies scaling, masks and the online log-sum-exp in fused loops. Partial
+// (max, sum) states of the column ranges are merged in a fixed order, so results are bitwise
+// reproducible for a given thread count. Backward recomputes the tiles (the N x M matrix is never
+// stored): dS tiles feed two more BLAS products, dA += dS B and dB += dS^T A, each into per-task
+// partial buffers reduced in a fixed order (no atomics).
+// Floor: forward 2NMD flops and (N+M)D reads; backward 6NMD flops. Extra memory: O((N+M)(D + K))
+// plus T tiles of BR x BC and T partial gradients.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace fastgan {
+namespace {
+
+constexpr int64_t kBlockRows = 64;
+constexpr int64_t kBlockCols = 512;
+constexpr int kMaxPredicates = 3;
+enum Predicate : int64_t { kAll = 0, kSame = 1, kDiff = 2 };
+
+// exp that GCC vectorizes (std::exp does not, without -ffast-math): Cody-Waite range reduction and
+// a degree-6 polynomial, about 2 ulp in float. exp(-inf) = 0; inputs below -87 flush to 0.
+inline float fast_exp(float x_in) {
+  float x = std::min(x_in, 88.3762626647949f);
+  const bool tiny = x < -87.0f;
+  x = std::max(x, -87.0f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = std::fma(n, -0.693359375f, x);
+  r = std::fma(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = std::fma(p, r, 1.3981999507e-3f);
+  p = std::fma(p, r, 8.3334519073e-3f);
+  p = std::fma(p, r, 4.1665795894e-2f);
+  p = std::fma(p, r, 1.6666665459e-1f);
+  p = std::fma(p, r, 5.0000001201e-1f);
+  p = std::fma(p * r, r, r) + 1.0f;
+  int32_t bits;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  std::memcpy(&bits, &p, 4);
+  bits += e - (127 << 23);
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return tiny ? 0.0f : (x_in != x_in ? x_in : out);  // NaN propagates
+}
+inline double fast_exp(double x) { return std::exp(x); }
+
+struct Params {
+  double scale, bias, eps;
+  bool relu, normalize, exclude_self;
+  int64_t self_offset;
+  std::vector<int64_t> predicates;
+};
+
+template <typename T>
+struct Inputs {
+  const T* a;  // N x D, row-major
+  const T* b;  // M x D
+  const T* inv_a;
+  const T* inv_b;
+  const int64_t* la;  // may be null when every predicate is kAll
+  const int64_t* lb;
+  const T* extra;  // may be null
+  int64_t n, m, d;
+};
+
+// Which columns are admissible for row i and pass predicate p.
+template <typename T>
+inline bool pass(const Inputs<T>& in, int64_t p, int64_t i, int64_t j) {
+  if (p == kAll) return true;
+  const bool same = in.la[i] == in.lb[j];
+  return p == kSame ? same : !same;
+}
+
+// Split [0, N) x [0, M) into `tasks` rectangles: rows when there are many, else columns.
+struct Split {
+  int64_t row_parts, col_parts;
+};
+inline Split make_split(int64_t n, int64_t m) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t row_blocks = (n + kBlockRows - 1) / kBlockRows;
+  if (row_blocks >= threads || m <= kBlockCols) return {std::min(threads, std::max<int64_t>(row_blocks, 1)), 1};
+  const int64_t col_blocks = (m + kBlockCols - 1) / kBlockCols;
+  return {1, std::min(threads, col_blocks)};
+}
+inline std::pair<int64_t, int64_t> part(int64_t total, int64_t parts, int64_t k, int64_t align) {
+  const int64_t blocks = (total + align - 1) / align;
+  const int64_t lo = blocks * k / parts, hi = blocks * (k + 1) / parts;
+  return {std::min(total, lo * align), std::min(total, hi * align)};
+}
+
+// Computes z for the tile rows [r0, r0+br) x cols [c0, c0+bc) into `z` (br x bc, row stride bc).
+template <typename T>
+void tile_logits(const Inputs<T>& in, const Params& prm, at::Tensor& a_t, at::Tensor& b_t, at::Tensor& buf,
+                 int64_t r0, int64_t br, int64_t c0, int64_t bc) {
+  auto out = buf.narrow(0, 0, br * bc).view({br, bc});
+  at::mm_out(out, a_t.narrow(0, r0, br), b_t.narrow(0, c0, bc).t());
+  T* z = buf.data_ptr<T>();
+  const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
+  for (int64_t r = 0; r < br; ++r) {
+    const T sa = scale * in.inv_a[r0 + r];
+    T* zr = z + r * bc;
+    const T* ib = in.inv_b + c0;
+    for (int64_t c = 0; c < bc; ++c) zr[c] = zr[c] * sa * ib[c] + bias;
+  }
+}
+
+template <typename T>
+inline bool admissible(const Params& prm, int64_t i, int64_t j) {
+  return !(prm.exclude_self && j == i + prm.self_offset);
+}
+
+// ---------------------------------------------------------------- forward
+template <typename T>
+void forward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::Tensor b_t, T* lse, T* rowmax) {
+  const int64_t K = static_cast<int64_t>(prm.predicates.size());
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const Split sp = make_split(in.n, in.m);
+  // Partial states per column part: (max, sum) per row and predicate, and the row max of z.
+  std::vector<T> pmax(sp.col_parts * in.n * K, ninf), psum(sp.col_parts * in.n * K, 0), prow(sp.col_parts * in.n, ninf);
+  at::parallel_for(0, sp.row_parts * sp.col_parts, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor buf = at::empty({kBlockRows * kBlockCols}, a_t.options());
+    std::vector<T> fz(kBlockCols), val(kBlockCols);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t rp = task / sp.col_parts, cp = task % sp.col_parts;
+      auto [rlo, rhi] = part(in.n, sp.row_parts, rp, kBlockRows);
+      auto [clo, chi] = part(in.m, sp.col_parts, cp, kBlockCols);
+      for (int64_t r0 = rlo; r0 < rhi; r0 += kBlockRows) {
+        const int64_t br = std::min(kBlockRows, rhi - r0);
+        for (int64_t c0 = clo; c0 < chi; c0 += kBlockCols) {
+          const int64_t bc = std::min(kBlockCols, chi - c0);
+          tile_logits(in, prm, a_t, b_t, buf, r0, br, c0, bc);
+          const T* z = buf.data_ptr<T>();
+          for (int64_t r = 0; r < br; ++r) {
+            const int64_t i = r0 + r;
+            const T* zr = z + r * bc;
+            T mz = prow[cp * in.n + i];
+            for (int64_t c = 0; c < bc; ++c) {
+              const bool ok = admissible<T>(prm, i, c0 + c);
+              mz = std::max(mz, ok ? zr[c] : ninf);
+              fz[c] = prm.relu ? std::max(zr[c], T(0)) : zr[c];
+            }
+            prow[cp * in.n + i] = mz;
+            for (int64_t k = 0; k < K; ++k) {
+              const int64_t p = prm.predicates[k];
+              T m = ninf;
+              for (int64_t c = 0; c < bc; ++c) {
+                const bool ok = admissible<T>(prm, i, c0 + c) && pass(in, p, i, c0 + c);
+                val[c] = ok ? fz[c] : ninf;
+                m = std::max(m, val[c]);
+              }
+              if (m == ninf) continue;  // nothing admissible in this tile
+              T s = 0;
+              for (int64_t c = 0; c < bc; ++c) s += fast_exp(val[c] - m);
+              T& M = pmax[(cp * in.n + i) * K + k];
+              T& S = psum[(cp * in.n + i) * K + k];
+              if (m > M) {
+                S = S * fast_exp(M - m) + s;
+                M = m;
+              } else {
+                S += s * fast_exp(m - M);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  // Merge the column parts in order, then the extra logit.
+  for (int64_t i = 0; i < in.n; ++i) {
+    T mz = ninf;
+    for (int64_t cp = 0; cp < sp.col_parts; ++cp) mz = std::max(mz, prow[cp * in.n + i]);
+    rowmax[i] = mz;
+    for (int64_t k = 0; k < K; ++k) {
+      T M = in.extra ? in.extra[i] : ninf;
+      for (int64_t cp = 0; cp < sp.col_parts; ++cp) M = std::max(M, pmax[(cp * in.n + i) * K + k]);
+      if (M == ninf) {
+        lse[i * K + k] = ninf;
+        continue;
+      }
+      T S = in.extra ? std::exp(in.extra[i] - M) : T(0);
+      for (int64_t cp = 0; cp < sp.col_parts; ++cp) {
+        const T pm = pmax[(cp * in.n + i) * K + k];
+        if (pm != ninf) S += psum[(cp * in.n + i) * K + k] * std::exp(pm - M);
+      }
+      lse[i * K + k] = M + std::log(S);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+// dS~_ij = scale * inv_a_i * inv_b_j * f'(z_ij) * sum_k w_ik mask_k exp(f(z_ij) - lse_ik); then
+// U = dS~ B (raw rows), V = dS~^T A, and the normalization backward dA_i = U_i - a^_i (a^_i . U_i).
+template <typename T>
+void backward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::Tensor b_t, const T* w,
+                   const T* lse, at::Tensor U, at::Tensor V) {
+  const int64_t K = static_cast<int64_t>(prm.predicates.size());
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const Split sp = make_split(in.n, in.m);
+  // Row parts write disjoint rows of U but share all of V (and vice versa for column parts):
+  // each task accumulates its share of the shared one into its own partial buffer.
+  const int64_t tasks = sp.row_parts * sp.col_parts;
+  at::Tensor Upart = sp.col_parts > 1 ? at::zeros({sp.col_parts, in.n, in.d}, a_t.options()) : U.unsqueeze(0);
+  at::Tensor Vpart = sp.row_parts > 1 ? at::zeros({sp.row_parts, in.m, in.d}, a_t.options()) : V.unsqueeze(0);
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor buf = at::empty({kBlockRows * kBlockCols}, a_t.options());
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t rp = task / sp.col_parts, cp = task % sp.col_parts;
+      auto [rlo, rhi] = part(in.n, sp.row_parts, rp, kBlockRows);
+      auto [clo, chi] = part(in.m, sp.col_parts, cp, kBlockCols);
+      at::Tensor Ut = Upart[sp.col_parts > 1 ? cp : 0];
+      at::Tensor Vt = Vpart[sp.row_parts > 1 ? rp : 0];
+      for (int64_t r0 = rlo; r0 < rhi; r0 += kBlockRows) {
+        const int64_t br = std::min(kBlockRows, rhi - r0);
+        for (int64_t c0 = clo; c0 < chi; c0 += kBlockCols) {
+          const int64_t bc = std::min(kBlockCols, chi - c0);
+          tile_logits(in, prm, a_t, b_t, buf, r0, br, c0, bc);
+          T* z = buf.data_ptr<T>();
+          for (int64_t r = 0; r < br; ++r) {
+            const int64_t i = r0 + r;
+            T* zr = z + r * bc;
+            const T sa = static_cast<T>(prm.scale) * in.inv_a[i];
+            for (int64_t c = 0; c < bc; ++c) {
+              const int64_t j = c0 + c;
+              const T zz = zr[c];
+              const T f = prm.relu ? std::max(zz, T(0)) : zz;
+              T g = 0;
+              if (admissible<T>(prm, i, j)) {
+                for (int64_t k = 0; k < K; ++k) {
+                  const T l = lse[i * K + k];
+                  if (l != ninf && pass(in, prm.predicates[k], i, j)) g += w[i * K + k] * fast_exp(f - l);
+                }
+              }
+              if (prm.relu && !(zz > 0)) g = 0;
+              zr[c] = g * sa * in.inv_b[j];
+            }
+          }
+          auto dS = buf.narrow(0, 0, br * bc).view({br, bc});
+          auto Urows = Ut.narrow(0, r0, br);
+          Urows.addmm_(dS, b_t.narrow(0, c0, bc));
+          auto Vrows = Vt.narrow(0, c0, bc);
+          Vrows.addmm_(dS.t(), a_t.narrow(0, r0, br));
+        }
+      }
+    }
+  });
+  if (sp.col_parts > 1) U.copy_(Upart.sum(0));
+  if (sp.row_parts > 1) V.copy_(Vpart.sum(0));
+}
+
+void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& la,
+                  const std::optional<at::Tensor>& lb, const std::optional<at::Tensor>& extra,
+                  const std::vector<int64_t>& predicates) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "contrastive_lse: a and b must be 2-D, got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.size(1) == b.size(1), "contrastive_lse: a and b must have the same feature size, got ", a.size(1),
+              " and ", b.size(1));
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "contrastive_lse: a and b must have the same dtype");
+  TORCH_CHECK(at::isFloatingType(a.scalar_type()), "contrastive_lse: a must be floating point, got ", a.scalar_type());
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "contrastive_lse (CPU kernel): tensors must be on the CPU");
+  TORCH_CHECK(!predicates.empty() && predicates.size() <= kMaxPredicates,
+              "contrastive_lse: predicates must hold 1 to 3 entries");
+  bool need_labels = false;
+  for (auto p : predicates) {
+    TORCH_CHECK(p == kAll || p == kSame || p == kDiff, "contrastive_lse: unknown predicate ", p);
+    need_labels |= p != kAll;
+  }
+  if (need_labels) {
+    TORCH_CHECK(la.has_value() && lb.has_value(), "contrastive_lse: label_a and label_b are required by the predicates");
+  }
+  for (auto* l : {&la, &lb}) {
+    if (l->has_value()) {
+      TORCH_CHECK((*l)->scalar_type() == at::kLong && (*l)->dim() == 1, "contrastive_lse: labels must be 1-D int64");
+      TORCH_CHECK((*l)->device().is_cpu(), "contrastive_lse (CPU kernel): labels must be on the CPU");
+    }
+  }
+  if (la.has_value()) TORCH_CHECK(la->size(0) == a.size(0), "contrastive_lse: label_a must have a.size(0) entries");
+  if (lb.has_value()) TORCH_CHECK(lb->size(0) == b.size(0), "contrastive_lse: label_b must have b.size(0) entries");
+  if (extra.has_value()) {
+    TORCH_CHECK(extra->dim() == 1 && extra->size(0) == a.size(0), "contrastive_lse: extra must have shape (N,)");
+    TORCH_CHECK(extra->device().is_cpu(), "contrastive_lse (CPU kernel): extra must be on the CPU");
+  }
+}
+
+template <typename T>
+Inputs<T> make_inputs(const at::Tensor& a_t, const at::Tensor& b_t, const at::Tensor& inv_a, const at::Tensor& inv_b,
+                      const at::Tensor& la, const at::Tensor& lb, const at::Tensor& extra) {
+  return Inputs<T>{a_t.data_ptr<T>(),
+                   b_t.data_ptr<T>(),
+                   inv_a.data_ptr<T>(),
+                   inv_b.data_ptr<T>(),
+                   la.defined() ? la.data_ptr<int64_t>() : nullptr,
+                   lb.defined() ? lb.data_ptr<int64_t>() : nullptr,
+                   extra.defined() ? extra.data_ptr<T>() : nullptr,
+                   a_t.size(0),
+                   b_t.size(0),
+                   a_t.size(1)};
+}
+
+std::tuple<at::Tensor, at::Tensor> contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& b,
+                                                       const std::optional<at::Tensor>& label_a,
+                                                       const std::optional<at::Tensor>& label_b,
+                                                       const std::optional<at::Tensor>& extra, double scale,
+                                                       double bias, bool relu, bool normalize, double eps,
+                                                       bool exclude_self, int64_t self_offset,
+                                                       at::IntArrayRef predicates) {
+  // Below autograd: the ATen calls inside the kernel must not record (or refuse) autograd history.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  std::vector<int64_t> preds(predicates.begin(), predicates.end());
+  check_inputs(a, b, label_a, label_b, extra, preds);
+  const auto ct = compute_type(a);
+  // detach(): at::parallel_for workers do not inherit the autograd TLS of the guard above.
+  auto a_t = a.detach().to(ct).contiguous(), b_t = b.detach().to(ct).contiguous();
+  auto inv_a = inverse_norms(a_t, normalize, eps), inv_b = inverse_norms(b_t, normalize, eps);
+  at::Tensor la = label_a.has_value() ? label_a->contiguous() : at::Tensor();
+  at::Tensor lb = label_b.has_value() ? label_b->contiguous() : at::Tensor();
+  at::Tensor ex = extra.has_value() ? extra->detach().to(ct).contiguous() : at::Tensor();
+  const int64_t K = static_cast<int64_t>(preds.size());
+  auto lse = at::empty({a.size(0), K}, a.options().dtype(ct));
+  auto rowmax = at::empty({a.size(0)}, a.options().dtype(ct));
+  Params prm{scale, bias, eps, relu, normalize, exclude_self, self_offset, preds};
+  AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_cpu", [&] {
+    forward_impl<scalar_t>(make_inputs<scalar_t>(a_t, b_t, inv_a, inv_b, la, lb, ex), prm, a_t, b_t,
+                           lse.data_ptr<scalar_t>(), rowmax.data_ptr<scalar_t>());
+  });
+  return {lse, rowmax};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cpu(
+    const at::Tensor& grad_lse, const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& label_a,
+    const std::optional<at::Tensor>& label_b, const std::optional<at::Tensor>& extra, const at::Tensor& lse,
+    double scale, double bias, bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset,
+    at::IntArrayRef predicates) {
+  // Below autograd: the ATen calls inside the kernel must not record (or refuse) autograd history.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  std::vector<int64_t> preds(predicates.begin(), predicates.end());
+  check_inputs(a, b, label_a, label_b, extra, preds);
+  const int64_t K = static_cast<int64_t>(preds.size());
+  TORCH_CHECK(grad_lse.sizes() == lse.sizes() && lse.dim() == 2 && lse.size(0) == a.size(0) && lse.size(1) == K,
+              "contrastive_lse_backward: grad_lse and lse must have shape (N, K)");
+  const auto ct = compute_type(a);
+  // detach(): at::parallel_for workers do not inherit the autograd TLS of the guard above.
+  auto a_t = a.detach().to(ct).contiguous(), b_t = b.detach().to(ct).contiguous();
+  auto inv_a = inverse_norms(a_t, normalize, eps), inv_b = inverse_norms(b_t, normalize, eps);
+  at::Tensor la = label_a.has_value() ? label_a->contiguous() : at::Tensor();
+  at::Tensor lb = label_b.has_value() ? label_b->contiguous() : at::Tensor();
+  at::Tensor ex = extra.has_value() ? extra->detach().to(ct).contiguous() : at::Tensor();
+  auto w = grad_lse.to(ct).contiguous(), l = lse.to(ct).contiguous();
+  auto U = at::zeros_like(a_t), V = at::zeros_like(b_t);
+  Params prm{scale, bias, eps, relu, normalize, exclude_self, self_offset, preds};
+  AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_backward_cpu", [&] {
+    backward_impl<scalar_t>(make_inputs<scalar_t>(a_t, b_t, inv_a, inv_b, la, lb, ex), prm, a_t, b_t,
+                            w.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), U, V);
+  });
+  auto grad_a = normalization_backward(a_t, inv_a, U, normalize, eps).to(a.scalar_type());
+  auto grad_b = normalization_backward(b_t, inv_b, V, normalize, eps).to(b.scalar_type());
+  // d lse_ik / d extra_i = exp(extra_i - lse_ik) (0 for an empty set, lse = -inf).
+  at::Tensor grad_extra;
+  if (extra.has_value()) {
+    auto p = (ex.unsqueeze(1) - l).exp();
+    p = at::where(at::isfinite(l), p, at::zeros_like(p));
+    grad_extra = (w * p).sum(1).to(extra->scalar_type());
+  } else {
+    grad_extra = at::zeros({a.size(0)}, a.options().dtype(ct));
+  }
+  return {grad_a, grad_b, grad_extra};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+  m.impl("contrastive_lse", &contrastive_lse_cpu);
+  m.impl("contrastive_lse_backward", &contrastive_lse_backward_cpu);
+}
+
+}  // namespace fastgan
