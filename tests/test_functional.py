@@ -13,12 +13,12 @@ from fastgan.backend import BackendUnavailableError
 from conftest import TOL, backend_device, float64_backends, kernel_backends, rel_err
 
 
-def inputs(name, n, d, dtype, device, g):
+def inputs(name, n, d, dtype, device, g, zero_row=True):
     """Positional tensor arguments and keyword arguments of each public loss."""
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     p = torch.randn(n, d, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (n,), generator=g)
-    if n > 3:
+    if n > 3 and zero_row:
         x[2] = 0  # a zero embedding
     cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
     if name == "2c":
@@ -102,7 +102,8 @@ def test_loss_half_at_temperature_001(backend, name, gen):
     """Half-precision inputs at t = 0.01: finite and within half-precision tolerance."""
     device = backend_device(backend)
     dtype = torch.float16
-    tensors, labels, kw = inputs(name, 40, 33, dtype, device, gen)
+    # No zero row: its gradient is (1/eps) dx^ ~ 1e8, beyond half precision (in the reference too).
+    tensors, labels, kw = inputs(name, 40, 33, dtype, device, gen, zero_row=False)
     kw["temperature"] = 0.01
     fn, ref = LOSSES[name]
     leaves = [t.detach().requires_grad_() for t in tensors]
@@ -116,7 +117,7 @@ def test_loss_half_at_temperature_001(backend, name, gen):
 @pytest.mark.parametrize("backend", float64_backends())
 @pytest.mark.parametrize("name", [k for k in LOSSES if k != "d2d"])
 def test_loss_gradcheck(backend, name, gen):
-    tensors, labels, kw = inputs(name, 6, 4, torch.float64, torch.device("cpu"), gen)
+    tensors, labels, kw = inputs(name, 6, 4, torch.float64, torch.device("cpu"), gen, zero_row=False)
     fn, _ = LOSSES[name]
     leaves = tuple(t.requires_grad_() for t in tensors)
     assert torch.autograd.gradcheck(lambda *xs: run(name, fn, xs, labels, kw, backend=backend), leaves)

@@ -30,14 +30,14 @@
 namespace fastgan {
 namespace {
 
-constexpr int64_t kBlockRows = 64;
+constexpr int64_t kBlockRows = 128;
 constexpr int64_t kBlockCols = 512;
 constexpr int kMaxPredicates = 3;
 enum Predicate : int64_t { kAll = 0, kSame = 1, kDiff = 2 };
 
 // exp that GCC vectorizes (std::exp does not, without -ffast-math): Cody-Waite range reduction and
 // a degree-6 polynomial, about 2 ulp in float. exp(-inf) = 0; inputs below -87 flush to 0.
-inline float fast_exp(float x_in) {
+__attribute__((always_inline)) inline float fast_exp(float x_in) {
   float x = std::min(x_in, 88.3762626647949f);
   const bool tiny = x < -87.0f;
   x = std::max(x, -87.0f);
@@ -61,6 +61,89 @@ inline float fast_exp(float x_in) {
 }
 inline double fast_exp(double x) { return std::exp(x); }
 
+// Row reductions. GCC does not vectorize float max/sum reductions or this exp inside them without
+// -ffast-math, so the float versions use 8-lane GCC vector extensions (AVX2 where the build has it,
+// split into SSE halves otherwise); double (tests, gradcheck) stays scalar.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+
+// fast_exp on 8 lanes: rounding by the 1.5 * 2^23 trick instead of nearbyint.
+inline v8f exp8(v8f x_in) {
+  v8f x = x_in < 88.3762626647949f ? x_in : 88.3762626647949f + v8f{};
+  const v8i tiny = x < -87.0f;
+  x = x > -87.0f ? x : -87.0f + v8f{};
+  const v8f n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  v8f r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  v8f p = 1.9875691500e-4f + v8f{};
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = (p * r) * r + r + 1.0f;
+  v8i bits;
+  std::memcpy(&bits, &p, sizeof(p));
+  bits += __builtin_convertvector(n, v8i) << 23;
+  v8f out;
+  std::memcpy(&out, &bits, sizeof(out));
+  out = tiny ? 0.0f + v8f{} : out;
+  return x_in != x_in ? x_in : out;  // NaN propagates
+}
+
+inline float reduce_max(const float* v, int64_t n) {
+  v8f m = -std::numeric_limits<float>::infinity() + v8f{};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const v8f x = load8(v + c);
+    m = x > m ? x : m;
+  }
+  float r = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < 8; ++l) r = std::max(r, m[l]);
+  for (; c < n; ++c) r = std::max(r, v[c]);
+  return r;
+}
+inline double reduce_max(const double* v, int64_t n) {
+  double r = -std::numeric_limits<double>::infinity();
+  for (int64_t c = 0; c < n; ++c) r = std::max(r, v[c]);
+  return r;
+}
+
+// out[c] = exp(v[c] - m); returns the sum.
+inline float exp_shifted(const float* v, int64_t n, float m, float* out) {
+  v8f s = v8f{};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const v8f e = exp8(load8(v + c) - m);
+    if (out) store8(out + c, e);
+    s += e;
+  }
+  float r = 0;
+  for (int l = 0; l < 8; ++l) r += s[l];
+  for (; c < n; ++c) {
+    const float e = fast_exp(v[c] - m);
+    if (out) out[c] = e;
+    r += e;
+  }
+  return r;
+}
+inline double exp_shifted(const double* v, int64_t n, double m, double* out) {
+  double r = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    const double e = std::exp(v[c] - m);
+    if (out) out[c] = e;
+    r += e;
+  }
+  return r;
+}
+
 struct Params {
   double scale, bias, eps;
   bool relu, normalize, exclude_self;
@@ -74,19 +157,11 @@ struct Inputs {
   const T* b;  // M x D
   const T* inv_a;
   const T* inv_b;
-  const int64_t* la;  // may be null when every predicate is kAll
-  const int64_t* lb;
+  const int32_t* la;  // dense class ids (labels remapped), null when every predicate is kAll
+  const int32_t* lb;
   const T* extra;  // may be null
   int64_t n, m, d;
 };
-
-// Which columns are admissible for row i and pass predicate p.
-template <typename T>
-inline bool pass(const Inputs<T>& in, int64_t p, int64_t i, int64_t j) {
-  if (p == kAll) return true;
-  const bool same = in.la[i] == in.lb[j];
-  return p == kSame ? same : !same;
-}
 
 // Split [0, N) x [0, M) into `tasks` rectangles: rows when there are many, else columns.
 struct Split {
@@ -121,9 +196,46 @@ void tile_logits(const Inputs<T>& in, const Params& prm, at::Tensor& a_t, at::Te
   }
 }
 
+// The one column of row i excluded as "self", as an index into the tile [c0, c0 + bc), or -1.
+inline int64_t self_column(const Params& prm, int64_t i, int64_t c0, int64_t bc) {
+  if (!prm.exclude_self) return -1;
+  const int64_t j = i + prm.self_offset - c0;
+  return (j >= 0 && j < bc) ? j : -1;
+}
+
+// fz = f(z) for one tile row with the self column at -inf (it then drops out of every sum, since
+// exp(-inf) = 0), and the row max of the admissible z (pre-relu).
 template <typename T>
-inline bool admissible(const Params& prm, int64_t i, int64_t j) {
-  return !(prm.exclude_self && j == i + prm.self_offset);
+inline T prepare_row(const T* zr, T* fz, int64_t bc, int64_t self, bool relu) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  if (relu) {
+#pragma omp simd
+    for (int64_t c = 0; c < bc; ++c) fz[c] = std::max(zr[c], T(0));
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < bc; ++c) fz[c] = zr[c];
+  }
+  if (self < 0) return reduce_max(zr, bc);
+  const T mz = std::max(reduce_max(zr, self), reduce_max(zr + self + 1, bc - self - 1));
+  fz[self] = ninf;
+  return mz;
+}
+
+// (max, sum exp(v - max)) of fz over the columns that pass predicate p (class id li vs lb).
+template <typename T>
+inline void masked_lse_tile(const T* fz, const int32_t* lb, int32_t li, int64_t p, int64_t bc, T* val, T& m_out,
+                            T& s_out) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T* v = fz;
+  if (p != kAll) {
+    const bool want_same = p == kSame;
+#pragma omp simd
+    for (int64_t c = 0; c < bc; ++c) val[c] = ((lb[c] == li) == want_same) ? fz[c] : ninf;
+    v = val;
+  }
+  const T m = reduce_max(v, bc);
+  m_out = m;
+  s_out = m != ninf ? exp_shifted(v, bc, m, static_cast<T*>(nullptr)) : T(0);
 }
 
 // ---------------------------------------------------------------- forward
@@ -149,25 +261,14 @@ void forward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::Te
           const T* z = buf.data_ptr<T>();
           for (int64_t r = 0; r < br; ++r) {
             const int64_t i = r0 + r;
-            const T* zr = z + r * bc;
-            T mz = prow[cp * in.n + i];
-            for (int64_t c = 0; c < bc; ++c) {
-              const bool ok = admissible<T>(prm, i, c0 + c);
-              mz = std::max(mz, ok ? zr[c] : ninf);
-              fz[c] = prm.relu ? std::max(zr[c], T(0)) : zr[c];
-            }
-            prow[cp * in.n + i] = mz;
+            const T mz = prepare_row(z + r * bc, fz.data(), bc, self_column(prm, i, c0, bc), prm.relu);
+            T& row_max = prow[cp * in.n + i];
+            row_max = std::max(row_max, mz);
             for (int64_t k = 0; k < K; ++k) {
-              const int64_t p = prm.predicates[k];
-              T m = ninf;
-              for (int64_t c = 0; c < bc; ++c) {
-                const bool ok = admissible<T>(prm, i, c0 + c) && pass(in, p, i, c0 + c);
-                val[c] = ok ? fz[c] : ninf;
-                m = std::max(m, val[c]);
-              }
+              T m, s;
+              masked_lse_tile(fz.data(), in.lb ? in.lb + c0 : nullptr, in.la ? in.la[i] : 0, prm.predicates[k], bc,
+                              val.data(), m, s);
               if (m == ninf) continue;  // nothing admissible in this tile
-              T s = 0;
-              for (int64_t c = 0; c < bc; ++c) s += fast_exp(val[c] - m);
               T& M = pmax[(cp * in.n + i) * K + k];
               T& S = psum[(cp * in.n + i) * K + k];
               if (m > M) {
@@ -220,6 +321,7 @@ void backward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::T
   at::Tensor Vpart = sp.row_parts > 1 ? at::zeros({sp.row_parts, in.m, in.d}, a_t.options()) : V.unsqueeze(0);
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     at::Tensor buf = at::empty({kBlockRows * kBlockCols}, a_t.options());
+    std::vector<T> fz(kBlockCols), g(kBlockCols), e(kBlockCols);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t rp = task / sp.col_parts, cp = task % sp.col_parts;
       auto [rlo, rhi] = part(in.n, sp.row_parts, rp, kBlockRows);
@@ -235,21 +337,39 @@ void backward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::T
           for (int64_t r = 0; r < br; ++r) {
             const int64_t i = r0 + r;
             T* zr = z + r * bc;
-            const T sa = static_cast<T>(prm.scale) * in.inv_a[i];
-            for (int64_t c = 0; c < bc; ++c) {
-              const int64_t j = c0 + c;
-              const T zz = zr[c];
-              const T f = prm.relu ? std::max(zz, T(0)) : zz;
-              T g = 0;
-              if (admissible<T>(prm, i, j)) {
-                for (int64_t k = 0; k < K; ++k) {
-                  const T l = lse[i * K + k];
-                  if (l != ninf && pass(in, prm.predicates[k], i, j)) g += w[i * K + k] * fast_exp(f - l);
-                }
+            const int64_t self = self_column(prm, i, c0, bc);
+            T* gp = g.data();  // raw pointers: vector::operator[] (with assertions) blocks vectorization
+            const T* fp = fz.data();
+            prepare_row(zr, fz.data(), bc, self, prm.relu);
+            std::fill(gp, gp + bc, T(0));
+            for (int64_t k = 0; k < K; ++k) {
+              const T l = lse[i * K + k], wk = w[i * K + k];
+              if (l == ninf || wk == T(0)) continue;
+              const int64_t p = prm.predicates[k];
+              // exp first into its own buffer: GCC vectorizes this map, not the fused multiply-add.
+              T* ep = e.data();
+              exp_shifted(fp, bc, l, ep);
+              if (p == kAll) {
+#pragma omp simd
+                for (int64_t c = 0; c < bc; ++c) gp[c] += wk * ep[c];
+              } else {
+                const int32_t* lbt = in.lb + c0;
+                const int32_t li = in.la[i];
+                const bool want_same = p == kSame;
+#pragma omp simd
+                for (int64_t c = 0; c < bc; ++c) gp[c] += static_cast<T>((lbt[c] == li) == want_same) * wk * ep[c];
               }
-              if (prm.relu && !(zz > 0)) g = 0;
-              zr[c] = g * sa * in.inv_b[j];
             }
+            const T sa = static_cast<T>(prm.scale) * in.inv_a[i];
+            const T* ib = in.inv_b + c0;
+            if (prm.relu) {
+#pragma omp simd
+              for (int64_t c = 0; c < bc; ++c) zr[c] = static_cast<T>(zr[c] > T(0)) * gp[c] * sa * ib[c];
+            } else {
+#pragma omp simd
+              for (int64_t c = 0; c < bc; ++c) zr[c] = gp[c] * sa * ib[c];
+            }
+            if (self >= 0) zr[self] = 0;
           }
           auto dS = buf.narrow(0, 0, br * bc).view({br, bc});
           auto Urows = Ut.narrow(0, r0, br);
@@ -297,6 +417,17 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<
   }
 }
 
+// int64 labels -> dense int32 class ids shared by a and b (so label compares vectorize beside float
+// math); only equality between labels matters to the predicates.
+std::pair<at::Tensor, at::Tensor> class_ids(const std::optional<at::Tensor>& label_a,
+                                            const std::optional<at::Tensor>& label_b) {
+  if (!label_a.has_value() || !label_b.has_value()) return {at::Tensor(), at::Tensor()};
+  const int64_t n = label_a->size(0);
+  auto both = at::cat({label_a->detach().view(-1), label_b->detach().view(-1)});
+  auto inverse = std::get<1>(at::_unique(both, /*sorted=*/true, /*return_inverse=*/true)).to(at::kInt);
+  return {inverse.narrow(0, 0, n).contiguous(), inverse.narrow(0, n, label_b->size(0)).contiguous()};
+}
+
 template <typename T>
 Inputs<T> make_inputs(const at::Tensor& a_t, const at::Tensor& b_t, const at::Tensor& inv_a, const at::Tensor& inv_b,
                       const at::Tensor& la, const at::Tensor& lb, const at::Tensor& extra) {
@@ -304,8 +435,8 @@ Inputs<T> make_inputs(const at::Tensor& a_t, const at::Tensor& b_t, const at::Te
                    b_t.data_ptr<T>(),
                    inv_a.data_ptr<T>(),
                    inv_b.data_ptr<T>(),
-                   la.defined() ? la.data_ptr<int64_t>() : nullptr,
-                   lb.defined() ? lb.data_ptr<int64_t>() : nullptr,
+                   la.defined() ? la.data_ptr<int32_t>() : nullptr,
+                   lb.defined() ? lb.data_ptr<int32_t>() : nullptr,
                    extra.defined() ? extra.data_ptr<T>() : nullptr,
                    a_t.size(0),
                    b_t.size(0),
@@ -327,8 +458,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_lse_cpu(const at::Tensor& a, cons
   // detach(): at::parallel_for workers do not inherit the autograd TLS of the guard above.
   auto a_t = a.detach().to(ct).contiguous(), b_t = b.detach().to(ct).contiguous();
   auto inv_a = inverse_norms(a_t, normalize, eps), inv_b = inverse_norms(b_t, normalize, eps);
-  at::Tensor la = label_a.has_value() ? label_a->contiguous() : at::Tensor();
-  at::Tensor lb = label_b.has_value() ? label_b->contiguous() : at::Tensor();
+  auto [la, lb] = class_ids(label_a, label_b);
   at::Tensor ex = extra.has_value() ? extra->detach().to(ct).contiguous() : at::Tensor();
   const int64_t K = static_cast<int64_t>(preds.size());
   auto lse = at::empty({a.size(0), K}, a.options().dtype(ct));
@@ -357,8 +487,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cpu(
   // detach(): at::parallel_for workers do not inherit the autograd TLS of the guard above.
   auto a_t = a.detach().to(ct).contiguous(), b_t = b.detach().to(ct).contiguous();
   auto inv_a = inverse_norms(a_t, normalize, eps), inv_b = inverse_norms(b_t, normalize, eps);
-  at::Tensor la = label_a.has_value() ? label_a->contiguous() : at::Tensor();
-  at::Tensor lb = label_b.has_value() ? label_b->contiguous() : at::Tensor();
+  auto [la, lb] = class_ids(label_a, label_b);
   at::Tensor ex = extra.has_value() ? extra->detach().to(ct).contiguous() : at::Tensor();
   auto w = grad_lse.to(ct).contiguous(), l = lse.to(ct).contiguous();
   auto U = at::zeros_like(a_t), V = at::zeros_like(b_t);
