@@ -1,0 +1,46 @@
+"""Spectral normalization as a function: W / sigma with in-place power iteration of u and v."""
+import torch
+
+from .. import _checks as C
+from ..backend import BackendUnavailableError
+from ..reference import spectral_norm as ref
+
+__all__ = ["spectral_normalize"]
+
+
+def check_spectral_backend(backend: str) -> None:
+    if backend not in ("auto", "reference", "cpu", "cuda", "triton"):
+        raise ValueError(f"backend must be one of ('auto', 'reference', 'cpu', 'cuda', 'triton'), got {backend!r}")
+    if backend not in ("auto", "reference"):
+        raise BackendUnavailableError(
+            f"backend={backend!r} is not available for spectral norm: its fused kernels are not built yet, "
+            "only the reference path (backend='reference' or 'auto')")
+
+
+def spectral_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int = 1,
+                       eps: float = 1e-12, *, order: str = "hook", dim: int = 0, training: bool = True,
+                       backend: str = "auto") -> torch.Tensor:
+    """W / sigma, SPEC.md 7. In training mode u and v are updated in place by `n_power_iterations`
+    steps of the given PyTorch `order` ("hook" or "parametrization"); in eval mode they are used as
+    stored. u has W_mat.shape[0] entries and v W_mat.shape[1], W_mat being `weight` with `dim` first."""
+    C.check_tensor(weight, "weight")
+    if weight.dim() < 2:
+        raise ValueError(f"weight must have at least 2 dimensions, got shape {tuple(weight.shape)}")
+    if not 0 <= dim < weight.dim():
+        raise ValueError(f"dim must lie in [0, {weight.dim()}), got {dim}")
+    h = weight.shape[dim]
+    w = weight.numel() // h if h else 0
+    for name, vec, size in (("u", u, h), ("v", v, w)):
+        C.check_tensor(vec, name, ndim=1)
+        if vec.shape[0] != size:
+            raise ValueError(f"{name} must have {size} entries for a weight of shape {tuple(weight.shape)}, got {vec.shape[0]}")
+    C.check_same_device(weight=weight, u=u, v=v)
+    if u.dtype != v.dtype:
+        raise TypeError(f"u and v must have one dtype, got {u.dtype} and {v.dtype}")
+    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 0:
+        raise ValueError(f"n_power_iterations must be a non-negative int, got {n_power_iterations!r}")
+    eps = C.check_positive_finite(eps, "eps")
+    if order not in ref.ORDERS:
+        raise ValueError(f"order must be one of {ref.ORDERS}, got {order!r}")
+    check_spectral_backend(backend)
+    return ref.spectral_normalize(weight, u, v, n_power_iterations, eps, order, dim, training)

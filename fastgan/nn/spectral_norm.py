@@ -1,0 +1,239 @@
+"""Spectral normalization as a drop-in for both PyTorch implementations (SPEC.md section 7).
+
+    fastgan.nn.spectral_norm(module)                              # like torch.nn.utils.spectral_norm
+    fastgan.nn.spectral_norm(module, flavour="parametrization")   # like ...parametrizations.spectral_norm
+    fastgan.nn.convert_spectral_norm(model)                       # swap PyTorch's in place
+
+Same state-dict keys, initialization (same random draws), eps handling, iteration order and
+train/eval semantics as the PyTorch versions, so a state dict moves freely between them:
+  flavour="hook":            weight_orig, weight_u, weight_v; a forward pre-hook that (in training)
+                             updates u, v in place, clones them and sets module.weight = W / sigma.
+  flavour="parametrization": parametrizations.weight.original, parametrizations.weight.0._u / _v;
+                             15 warm-up iterations at registration; recomputed on every access.
+"""
+from typing import Optional
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from ..functional.spectral_norm import check_spectral_backend
+from ..reference import spectral_norm as ref
+
+__all__ = [
+    "spectral_norm",
+    "remove_spectral_norm",
+    "convert_spectral_norm",
+    "SpectralNormHook",
+    "SpectralNormParametrization",
+    "SNLinear",
+    "SNConv2d",
+    "SNConvTranspose2d",
+    "SNEmbedding",
+]
+
+FLAVOURS = ("hook", "parametrization")
+# torch.nn.utils.spectral_norm is shadowed by the function of that name: reach the module itself.
+_TorchSpectralNorm = importlib.import_module("torch.nn.utils.spectral_norm").SpectralNorm
+_TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+def _default_dim(module: torch.nn.Module, dim: Optional[int]) -> int:
+    if dim is not None:
+        return dim
+    return 1 if isinstance(module, _TRANSPOSED) else 0
+
+
+def _check_args(n_power_iterations, eps, flavour, backend):
+    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 0:
+        raise ValueError(f"n_power_iterations must be a non-negative int, got {n_power_iterations!r}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    check_spectral_backend(backend)
+
+
+class SpectralNormHook:
+    """The forward pre-hook of flavour "hook" (torch.nn.utils.spectral_norm's semantics)."""
+
+    _version = 1  # the state-dict format version PyTorch writes (weight_orig, weight_u, weight_v)
+
+    def __init__(self, name: str = "weight", n_power_iterations: int = 1, dim: int = 0, eps: float = 1e-12,
+                 backend: str = "auto"):
+        self.name, self.n_power_iterations, self.dim, self.eps, self.backend = name, n_power_iterations, dim, eps, backend
+
+    def compute_weight(self, module: torch.nn.Module, do_power_iteration: bool) -> torch.Tensor:
+        weight = getattr(module, self.name + "_orig")
+        u, v = getattr(module, self.name + "_u"), getattr(module, self.name + "_v")
+        return ref.spectral_normalize(weight, u, v, self.n_power_iterations, self.eps, "hook", self.dim,
+                                      training=do_power_iteration)
+
+    def __call__(self, module: torch.nn.Module, inputs) -> None:
+        setattr(module, self.name, self.compute_weight(module, do_power_iteration=module.training))
+
+    @staticmethod
+    def apply(module, name, n_power_iterations, dim, eps, backend="auto") -> "SpectralNormHook":
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, (SpectralNormHook, _TorchSpectralNorm)) and hook.name == name:
+                raise RuntimeError(f"Cannot register two spectral_norm hooks on the same parameter {name}")
+        weight = module._parameters.get(name)
+        if weight is None:
+            raise ValueError(f"spectral_norm: module has no parameter {name!r}")
+        if isinstance(weight, torch.nn.parameter.UninitializedParameter):
+            raise ValueError("spectral_norm: the module has uninitialized parameters; run a dummy forward first")
+        fn = SpectralNormHook(name, n_power_iterations, dim, eps, backend)
+        with torch.no_grad():
+            h, w = ref.weight_to_matrix(weight, dim).shape
+            # The same random draws, in the same order, as PyTorch: equal seeds give equal u, v.
+            u = F.normalize(weight.new_empty(h).normal_(0, 1), dim=0, eps=eps)
+            v = F.normalize(weight.new_empty(w).normal_(0, 1), dim=0, eps=eps)
+        delattr(module, name)
+        module.register_parameter(name + "_orig", weight)
+        setattr(module, name, weight.data)
+        module.register_buffer(name + "_u", u)
+        module.register_buffer(name + "_v", v)
+        module.register_forward_pre_hook(fn)
+        module._register_state_dict_hook(_StateDictVersion(fn))
+        return fn
+
+    def remove(self, module: torch.nn.Module) -> None:
+        with torch.no_grad():
+            weight = self.compute_weight(module, do_power_iteration=False)
+        for suffix in ("", "_u", "_v", "_orig"):
+            delattr(module, self.name + suffix)
+        module.register_parameter(self.name, torch.nn.Parameter(weight.detach()))
+
+
+class _StateDictVersion:
+    # PyTorch's loader reads this version to tell the current key layout from the pre-2018 one.
+    def __init__(self, fn: SpectralNormHook):
+        self.fn = fn
+
+    def __call__(self, module, state_dict, prefix, local_metadata) -> None:
+        local_metadata.setdefault("spectral_norm", {})[self.fn.name + ".version"] = self.fn._version
+
+
+class SpectralNormParametrization(torch.nn.Module):
+    """The parametrization of flavour "parametrization" (torch.nn.utils.parametrizations.spectral_norm's
+    semantics: buffers _u, _v; u = nrm(W v) then v = nrm(W^T u); 15 warm-up iterations)."""
+
+    def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, dim: int = 0, eps: float = 1e-12,
+                 backend: str = "auto"):
+        super().__init__()
+        ndim = weight.ndim
+        if dim >= ndim or dim < -ndim:
+            raise IndexError(f"dim must lie in [-{ndim}, {ndim - 1}], got {dim}")
+        self.dim = dim if dim >= 0 else dim + ndim
+        self.eps, self.n_power_iterations, self.backend = eps, n_power_iterations, backend
+        if ndim > 1:
+            weight_mat = ref.weight_to_matrix(weight, self.dim)
+            h, w = weight_mat.shape
+            u = weight_mat.new_empty(h).normal_(0, 1)
+            v = weight_mat.new_empty(w).normal_(0, 1)
+            self.register_buffer("_u", F.normalize(u, dim=0, eps=self.eps))
+            self.register_buffer("_v", F.normalize(v, dim=0, eps=self.eps))
+            ref.power_iteration_(weight_mat.detach(), self._u, self._v, 15, self.eps, "parametrization")
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:
+            return F.normalize(weight, dim=0, eps=self.eps)
+        return ref.spectral_normalize(weight, self._u, self._v, self.n_power_iterations, self.eps, "parametrization",
+                                      self.dim, training=self.training)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+def spectral_norm(module: torch.nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
+                  dim: Optional[int] = None, *, flavour: str = "hook", backend: str = "auto") -> torch.nn.Module:
+    """Spectrally normalize `module.<name>`; returns the module (as PyTorch's functions do).
+    flavour "hook" is a drop-in for torch.nn.utils.spectral_norm, "parametrization" for
+    torch.nn.utils.parametrizations.spectral_norm."""
+    _check_args(n_power_iterations, eps, flavour, backend)
+    dim = _default_dim(module, dim)
+    if flavour == "hook":
+        SpectralNormHook.apply(module, name, n_power_iterations, dim, eps, backend)
+    else:
+        weight = getattr(module, name, None)
+        if not isinstance(weight, torch.Tensor):
+            raise ValueError(f"spectral_norm: module has no parameter or buffer {name!r}")
+        parametrize.register_parametrization(
+            module, name, SpectralNormParametrization(weight, n_power_iterations, dim, eps, backend))
+    return module
+
+
+def remove_spectral_norm(module: torch.nn.Module, name: str = "weight") -> torch.nn.Module:
+    """Undo spectral_norm (either flavour, fastgan's or PyTorch's), leaving W / sigma as a plain weight."""
+    for k, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, (SpectralNormHook, _TorchSpectralNorm)) and hook.name == name:
+            hook.remove(module)
+            del module._forward_pre_hooks[k]
+            return module
+    if parametrize.is_parametrized(module, name):
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        return module
+    raise ValueError(f"spectral_norm of {name!r} not found in {module}")
+
+
+def convert_spectral_norm(model: torch.nn.Module, *, backend: str = "auto") -> torch.nn.Module:
+    """Swap every PyTorch spectral norm in `model` (either flavour) for fastgan's, in place, keeping
+    the weights, u, v and state-dict keys. Returns the number of layers converted as
+    `model._fastgan_spectral_norm_layers` and the model itself."""
+    check_spectral_backend(backend)
+    converted = 0
+    for module in model.modules():
+        for k, hook in list(module._forward_pre_hooks.items()):
+            if type(hook) is _TorchSpectralNorm:
+                module._forward_pre_hooks[k] = SpectralNormHook(hook.name, hook.n_power_iterations, hook.dim, hook.eps,
+                                                                backend)
+                converted += 1
+        plist = getattr(module, "parametrizations", None)
+        if isinstance(plist, torch.nn.ModuleDict):
+            for pname, chain in plist.items():
+                for idx, p in enumerate(chain):
+                    if type(p).__name__ == "_SpectralNorm" and type(p).__module__ == "torch.nn.utils.parametrizations":
+                        ours = SpectralNormParametrization.__new__(SpectralNormParametrization)
+                        torch.nn.Module.__init__(ours)
+                        ours.dim, ours.eps, ours.n_power_iterations, ours.backend = p.dim, p.eps, p.n_power_iterations, backend
+                        if hasattr(p, "_u"):
+                            ours.register_buffer("_u", p._u)
+                            ours.register_buffer("_v", p._v)
+                        ours.train(p.training)
+                        chain[idx] = ours
+                        converted += 1
+    model._fastgan_spectral_norm_layers = converted
+    return model
+
+
+def _sn(module, n_power_iterations, eps, flavour, backend):
+    return spectral_norm(module, n_power_iterations=n_power_iterations, eps=eps, flavour=flavour, backend=backend)
+
+
+def SNLinear(in_features, out_features, bias=True, *, n_power_iterations=1, eps=1e-12, flavour="hook",
+             backend="auto", **kw):
+    """torch.nn.Linear with spectral norm (StudioGAN uses eps=1e-6)."""
+    return _sn(torch.nn.Linear(in_features, out_features, bias, **kw), n_power_iterations, eps, flavour, backend)
+
+
+def SNConv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True, *,
+             n_power_iterations=1, eps=1e-12, flavour="hook", backend="auto", **kw):
+    """torch.nn.Conv2d with spectral norm."""
+    conv = torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, **kw)
+    return _sn(conv, n_power_iterations, eps, flavour, backend)
+
+
+def SNConvTranspose2d(in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                      bias=True, dilation=1, *, n_power_iterations=1, eps=1e-12, flavour="hook", backend="auto", **kw):
+    """torch.nn.ConvTranspose2d with spectral norm over dim 1."""
+    conv = torch.nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups,
+                                    bias, dilation, **kw)
+    return _sn(conv, n_power_iterations, eps, flavour, backend)
+
+
+def SNEmbedding(num_embeddings, embedding_dim, *, n_power_iterations=1, eps=1e-12, flavour="hook", backend="auto",
+                **kw):
+    """torch.nn.Embedding with spectral norm (StudioGAN's class embedding of the projection head)."""
+    return _sn(torch.nn.Embedding(num_embeddings, embedding_dim, **kw), n_power_iterations, eps, flavour, backend)
