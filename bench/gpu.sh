@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Everything a GPU session needs, in one call of under ten minutes (the device tool's `run`):
+#   build the CUDA extension, run the CUDA and Triton tests, run the GPU benchmark, leave the results
+#   in $OUT (or bench/results/<gpu>-<date>/ when OUT is unset).
+#   usage: bash bench/gpu.sh [--quick|--full]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PRESET=${1:-}
+GPU=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")
+DEST=${OUT:-bench/results/${GPU}-$(date -u +%Y%m%d)}
+mkdir -p "$DEST"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+status=0
+{
+  echo "== build ($(date -u))"
+  FASTGAN_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . || status=1
+  python3 -m fastgan info
+  echo "== tests: CUDA and Triton backends ($(date -u))"
+  timeout 240 python3 -m pytest -q -x tests/test_ops.py tests/test_functional.py tests/test_infonce.py \
+      -k "cuda or triton" || status=1
+  echo "== benchmark ($(date -u))"
+  timeout 300 python3 -m fastgan bench --device cuda ${PRESET} --out "$DEST" || status=1
+  echo "== done ($(date -u)), status $status"
+} 2>&1 | tee "$DEST/gpu_log.txt"
+exit $status
