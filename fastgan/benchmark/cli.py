@@ -135,8 +135,12 @@ def plot(rows, out_dir) -> List[str]:
     files = []
     ops = sorted({r["op"] for r in rows})
     for metric, ylabel in (("total_median_ms", "forward+backward (ms)"), ("peak_mem_mb", "extra peak memory (MB)")):
-        fig, axes = plt.subplots(1, len(ops), figsize=(4 * len(ops), 3.5), squeeze=False)
-        for ax, op in zip(axes[0], ops):
+        ncols = min(4, len(ops))
+        nrows = (len(ops) + ncols - 1) // ncols
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.3 * nrows), squeeze=False)
+        for ax in axes.flat[len(ops):]:
+            ax.set_visible(False)
+        for ax, op in zip(axes.flat, ops):
             for path in sorted({r["path"] for r in rows if r["op"] == op}):
                 pts = sorted((r["n"], r[metric]) for r in rows if r["op"] == op and r["path"] == path and metric in r)
                 if pts:
