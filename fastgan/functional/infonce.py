@@ -15,7 +15,7 @@ from .. import _checks as C
 from ..backend import resolve_backend
 from ..ops.contrastive_lse import contrastive_lse
 from ..reference import infonce as ref
-from ..reference.contrastive import PRED_DIFF, compute_dtype, normalize_rows
+from ..reference.contrastive import PRED_DIFF, _reduce as reduce, compute_dtype, normalize_rows
 
 __all__ = ["infonce_local_global"]
 
@@ -81,8 +81,4 @@ def infonce_local_global(
         mc = normalize_rows(mc, eps)
     pos = torch.einsum("nr,nrk->nk", mc, lc) / t
     per = torch.nn.functional.softplus(neg[:, :1] - pos)
-    if reduction == "mean":
-        return per.mean()
-    if reduction == "sum":
-        return per.sum()
-    return per
+    return reduce(per, reduction)

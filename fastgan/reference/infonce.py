@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .contrastive import compute_dtype, normalize_rows
+from .contrastive import _reduce as reduce, compute_dtype, normalize_rows
 
 MIMICRY_SELF_LOGIT = -10.0
 MODES = ("mimicry", "exact")
@@ -55,8 +55,4 @@ def infonce_local_global(
         neg_scores = torch.cat([neg_scores, const], dim=1)
     neg = torch.logsumexp(neg_scores, dim=1)  # (N,)
     per = torch.nn.functional.softplus(neg[:, None] - pos)
-    if reduction == "mean":
-        return per.mean()
-    if reduction == "sum":
-        return per.sum()
-    return per
+    return reduce(per, reduction)
