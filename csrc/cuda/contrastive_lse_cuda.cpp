@@ -1,0 +1,186 @@
+// TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/contrastive_lse.cu.
+// Compiled only in CUDA builds. Normalization statistics, the normalization backward and the extra
+// logit's gradient are O((N + M) D) ATen ops shared with the CPU kernels (csrc/cpu/common.h).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "cpu/common.h"
+#include "cuda/contrastive_lse.h"
+
+namespace fastgan {
+namespace {
+
+cuda::DType kernel_dtype(const at::Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      return cuda::DType::kFloat32;
+    case at::kHalf:
+      return cuda::DType::kFloat16;
+    case at::kBFloat16:
+      return cuda::DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "fastgan CUDA kernels take float32, float16 or bfloat16 (float64 runs on the cpu and "
+                         "reference backends), got ", x.scalar_type());
+  }
+}
+
+void check_cuda(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "a and b must be 2-D, got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.size(1) == b.size(1), "a and b must have the same feature size");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype");
+  TORCH_CHECK(a.is_cuda() && b.is_cuda() && a.device() == b.device(), "a and b must be on one CUDA device");
+}
+
+struct Prepared {
+  at::Tensor a, b, inv_a, inv_b, la, lb, extra;
+  cuda::LseParams p;
+};
+
+Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::optional<at::Tensor>& label_a,
+                 const std::optional<at::Tensor>& label_b, const std::optional<at::Tensor>& extra, double scale,
+                 double bias, bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset,
+                 at::IntArrayRef predicates) {
+  check_cuda(a_in, b_in);
+  TORCH_CHECK(!predicates.empty() && predicates.size() <= 3, "contrastive_lse: predicates must hold 1 to 3 entries");
+  Prepared r;
+  r.a = a_in.detach().contiguous();
+  r.b = b_in.detach().contiguous();
+  auto af = r.a.to(at::kFloat), bf = r.b.to(at::kFloat);
+  r.inv_a = inverse_norms(af, normalize, eps).contiguous();
+  r.inv_b = inverse_norms(bf, normalize, eps).contiguous();
+  bool need_labels = false;
+  for (auto q : predicates) {
+    TORCH_CHECK(q >= 0 && q <= 2, "contrastive_lse: unknown predicate ", q);
+    need_labels |= q != 0;
+  }
+  if (need_labels) {
+    TORCH_CHECK(label_a.has_value() && label_b.has_value(), "contrastive_lse: label_a and label_b are required");
+  }
+  if (label_a.has_value() && label_b.has_value()) {
+    r.la = label_a->to(r.a.device(), at::kLong).contiguous();
+    r.lb = label_b->to(r.a.device(), at::kLong).contiguous();
+    TORCH_CHECK(r.la.numel() == r.a.size(0) && r.lb.numel() == r.b.size(0), "contrastive_lse: label sizes");
+  }
+  if (extra.has_value()) {
+    r.extra = extra->detach().to(r.a.device(), at::kFloat).contiguous();
+    TORCH_CHECK(r.extra.numel() == r.a.size(0), "contrastive_lse: extra must have shape (N,)");
+  }
+  cuda::LseParams& p = r.p;
+  p.a = r.a.data_ptr();
+  p.b = r.b.data_ptr();
+  p.inv_a = r.inv_a.data_ptr<float>();
+  p.inv_b = r.inv_b.data_ptr<float>();
+  p.la = r.la.defined() ? r.la.data_ptr<int64_t>() : nullptr;
+  p.lb = r.lb.defined() ? r.lb.data_ptr<int64_t>() : nullptr;
+  p.extra = r.extra.defined() ? r.extra.data_ptr<float>() : nullptr;
+  p.n = r.a.size(0);
+  p.m = r.b.size(0);
+  p.d = r.a.size(1);
+  p.stride_a = r.a.size(1);
+  p.stride_b = r.b.size(1);
+  p.scale = static_cast<float>(scale);
+  p.bias = static_cast<float>(bias);
+  p.relu = relu;
+  p.exclude_self = exclude_self;
+  p.self_offset = self_offset;
+  p.num_predicates = static_cast<int>(predicates.size());
+  for (size_t k = 0; k < 3; ++k) p.predicates[k] = k < predicates.size() ? static_cast<int>(predicates[k]) : 0;
+  p.dtype = kernel_dtype(r.a);
+  return r;
+}
+
+std::tuple<at::Tensor, at::Tensor> contrastive_lse_cuda(const at::Tensor& a, const at::Tensor& b,
+                                                        const std::optional<at::Tensor>& label_a,
+                                                        const std::optional<at::Tensor>& label_b,
+                                                        const std::optional<at::Tensor>& extra, double scale,
+                                                        double bias, bool relu, bool normalize, double eps,
+                                                        bool exclude_self, int64_t self_offset,
+                                                        at::IntArrayRef predicates) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(a.device());
+  auto r = prepare(a, b, label_a, label_b, extra, scale, bias, relu, normalize, eps, exclude_self, self_offset,
+                   predicates);
+  auto opts = a.options().dtype(at::kFloat);
+  auto lse = at::empty({a.size(0), static_cast<int64_t>(predicates.size())}, opts);
+  auto rowmax = at::empty({a.size(0)}, opts);
+  auto err = cuda::contrastive_lse_forward(r.p, lse.data_ptr<float>(), rowmax.data_ptr<float>(),
+                                           c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "contrastive_lse CUDA kernel failed: ", cudaGetErrorString(err));
+  return {lse, rowmax};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cuda(
+    const at::Tensor& grad_lse, const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& label_a,
+    const std::optional<at::Tensor>& label_b, const std::optional<at::Tensor>& extra, const at::Tensor& lse,
+    double scale, double bias, bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset,
+    at::IntArrayRef predicates) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(a.device());
+  auto r = prepare(a, b, label_a, label_b, extra, scale, bias, relu, normalize, eps, exclude_self, self_offset,
+                   predicates);
+  auto w = grad_lse.detach().to(at::kFloat).contiguous();
+  auto l = lse.detach().to(at::kFloat).contiguous();
+  TORCH_CHECK(w.sizes() == l.sizes() && l.dim() == 2 && l.size(0) == a.size(0) &&
+                  l.size(1) == static_cast<int64_t>(predicates.size()),
+              "contrastive_lse_backward: grad_lse and lse must have shape (N, K)");
+  auto U = at::zeros({r.p.n, r.p.d}, a.options().dtype(at::kFloat));
+  auto V = at::zeros({r.p.m, r.p.d}, a.options().dtype(at::kFloat));
+  auto err = cuda::contrastive_lse_backward(r.p, l.data_ptr<float>(), w.data_ptr<float>(), U.data_ptr<float>(),
+                                            V.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward CUDA kernel failed: ", cudaGetErrorString(err));
+  auto grad_a = normalization_backward(r.a.to(at::kFloat), r.inv_a, U, normalize, eps).to(a.scalar_type());
+  auto grad_b = normalization_backward(r.b.to(at::kFloat), r.inv_b, V, normalize, eps).to(b.scalar_type());
+  at::Tensor grad_extra;
+  if (extra.has_value()) {
+    auto p = (r.extra.unsqueeze(1) - l).exp();
+    p = at::where(at::isfinite(l), p, at::zeros_like(p));
+    grad_extra = (w * p).sum(1).to(extra->scalar_type());
+  } else {
+    grad_extra = at::zeros({a.size(0)}, a.options().dtype(at::kFloat));
+  }
+  return {grad_a, grad_b, grad_extra};
+}
+
+at::Tensor cosine_similarity_matrix_cuda(const at::Tensor& a_in, const at::Tensor& b_in, double scale, double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_cuda(a_in, b_in);
+  c10::cuda::CUDAGuard guard(a_in.device());
+  auto a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
+  auto inv_a = inverse_norms(a.to(at::kFloat), true, eps).contiguous();
+  auto inv_b = inverse_norms(b.to(at::kFloat), true, eps).contiguous();
+  auto out = at::empty({a.size(0), b.size(0)}, a.options());
+  auto err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
+                                                    inv_b.data_ptr<float>(), a.size(0), b.size(0), a.size(1),
+                                                    a.size(1), b.size(1), static_cast<float>(scale), kernel_dtype(a),
+                                                    out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix CUDA kernel failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> cosine_similarity_matrix_backward_cuda(const at::Tensor& grad, const at::Tensor& a_in,
+                                                                          const at::Tensor& b_in, double scale,
+                                                                          double eps) {
+  // dS~ = scale * G * inv_a_i * inv_b_j, then two cuBLAS products and the normalization backward.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_cuda(a_in, b_in);
+  c10::cuda::CUDAGuard guard(a_in.device());
+  auto a = a_in.detach().to(at::kFloat), b = b_in.detach().to(at::kFloat);
+  auto inv_a = inverse_norms(a, true, eps), inv_b = inverse_norms(b, true, eps);
+  auto ds = grad.detach().to(at::kFloat) * (inv_a.unsqueeze(1) * scale) * inv_b.unsqueeze(0);
+  auto grad_a = normalization_backward(a, inv_a, at::mm(ds, b), true, eps).to(a_in.scalar_type());
+  auto grad_b = normalization_backward(b, inv_b, at::mm(ds.t(), a), true, eps).to(b_in.scalar_type());
+  return {grad_a, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("contrastive_lse", &contrastive_lse_cuda);
+  m.impl("contrastive_lse_backward", &contrastive_lse_backward_cuda);
+  m.impl("cosine_similarity_matrix", &cosine_similarity_matrix_cuda);
+  m.impl("cosine_similarity_matrix_backward", &cosine_similarity_matrix_backward_cuda);
+}
+
+}  // namespace fastgan
