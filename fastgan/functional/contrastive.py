@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from .. import _checks as C
+from .. import distributed as D
 from ..backend import resolve_backend
 from ..ops.contrastive_lse import contrastive_lse
 from ..ops.cosine_similarity_matrix import cosine_similarity_matrix as _cosine_similarity_matrix
@@ -46,6 +47,42 @@ def _pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     return (normalize_rows(x.to(ct), eps) * normalize_rows(y.to(ct), eps)).sum(dim=1)
 
 
+def _columns(x, labels, process_group, gradient):
+    """The column set: this rank's tensors, or the gathered global batch (see fastgan.distributed)."""
+    if process_group is None:
+        return x, labels, None, None
+    group = D.check_group(process_group, gradient)
+    cols, layout = D.gather(x, group)
+    return cols, (D.gather(labels, group, layout)[0] if labels is not None else None), layout, group
+
+
+def _finish(per, reduction, layout, group, gradient, count=None):
+    """Reduce the per-row losses: locally, or to the global-batch value on every rank. `count` is
+    the number of rows the mean divides by (default: all rows)."""
+    if layout is None:
+        if reduction == "mean" and count is not None:
+            return per.sum() / count.clamp_min(1)
+        return ref._reduce(per, reduction)
+    if reduction == "none":
+        return per  # this rank's rows
+    if reduction == "sum":
+        return D.global_mean(per.sum(), 1, group, gradient, layout.world)
+    if count is None:
+        denominator = layout.total
+    else:
+        denominator = count.detach().clone().to(per.dtype)
+        torch.distributed.all_reduce(denominator, group=group)
+        denominator = denominator.clamp_min(1)
+    return D.global_mean(per.sum(), denominator, group, gradient, layout.world)
+
+
+DISTRIBUTED_DOC = """
+    process_group: None (this rank's batch only), or a torch.distributed process group (True for the
+    default group): the loss is taken over the global batch, each rank computing its own rows against
+    the gathered columns; `gradient` is "exact" or "studiogan" (see fastgan.distributed). With
+    reduction="none" the local rows' terms are returned."""
+
+
 def cosine_similarity_matrix(
     a: torch.Tensor, b: Optional[torch.Tensor] = None, *, scale: float = 1.0, eps: float = 1e-8, backend: str = "auto"
 ) -> torch.Tensor:
@@ -79,6 +116,8 @@ def conditional_contrastive_loss(
     reduction: str = "mean",
     num_classes: Optional[int] = None,
     backend: str = "auto",
+    process_group=None,
+    gradient: str = "exact",
 ) -> torch.Tensor:
     """ContraGAN's conditional contrastive (2C) loss, SPEC.md 2:
         L_i = -log( (e^{p_i/t} + sum_{j!=i, y_j=y_i} e^{s_ij/t}) / (e^{p_i/t} + sum_{j!=i} e^{s_ij/t}) )
@@ -90,12 +129,13 @@ def conditional_contrastive_loss(
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
     be = resolve_backend(backend, embed.device)
-    if be == "reference":
+    if be == "reference" and process_group is None:
         return ref.conditional_contrastive_loss(embed, proxy, label, t, eps, reduction)
+    cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
     extra = _pair_cosine(embed, proxy, eps) / t
-    lse, _ = contrastive_lse(embed, embed, label, label, extra, 1.0 / t, 0.0, False, True, eps, True, 0,
-                             [PRED_ALL, PRED_SAME], be)
-    return ref._reduce(lse[:, 0] - lse[:, 1], reduction)
+    lse, _ = contrastive_lse(embed, cols, label, col_label, extra, 1.0 / t, 0.0, False, True, eps, True,
+                             layout.offset if layout else 0, [PRED_ALL, PRED_SAME], be)
+    return _finish(lse[:, 0] - lse[:, 1], reduction, layout, group, gradient)
 
 
 def data2data_cross_entropy_loss(
@@ -109,6 +149,8 @@ def data2data_cross_entropy_loss(
     reduction: str = "mean",
     num_classes: Optional[int] = None,
     backend: str = "auto",
+    process_group=None,
+    gradient: str = "exact",
 ) -> torch.Tensor:
     """ReACGAN's data-to-data cross-entropy (D2D-CE), SPEC.md 3, the public expression with its
     quirks: a_ij = (s_ij + m_p - 1)/t, M_i = max_{j!=i} a_ij (both classes, before the relu, constant
@@ -121,21 +163,25 @@ def data2data_cross_entropy_loss(
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
     be = resolve_backend(backend, embed.device)
-    if be == "reference":
+    if be == "reference" and process_group is None:
         return ref.data2data_cross_entropy_loss(embed, proxy, label, t, m_p, eps, reduction)
-    lse, rowmax = contrastive_lse(embed, embed, label, label, None, 1.0 / t, (m_p - 1.0) / t, True, True, eps,
-                                  True, 0, [PRED_DIFF], be)
+    cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
+    lse, rowmax = contrastive_lse(embed, cols, label, col_label, None, 1.0 / t, (m_p - 1.0) / t, True, True, eps,
+                                  True, layout.offset if layout else 0, [PRED_DIFF], be)
     # N = 1 has no j != i: M_i is taken as 0 (the set is empty and the term vanishes anyway).
     m_i = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
     q = torch.relu((m_p - _pair_cosine(embed, proxy, eps)) / t)
-    return ref._reduce(q + torch.logaddexp(-q, lse[:, 0] - m_i), reduction)
+    return _finish(q + torch.logaddexp(-q, lse[:, 0] - m_i), reduction, layout, group, gradient)
 
 
 def nt_xent_loss(
-    z: torch.Tensor, temperature: float = 0.5, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto"
+    z: torch.Tensor, temperature: float = 0.5, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto",
+    process_group=None, gradient: str = "exact",
 ) -> torch.Tensor:
     """SimCLR's NT-Xent, SPEC.md 4. z is (2N, D): rows [0, N) are the first views, rows [N, 2N) the
-    second, and row i's positive is (i + N) mod 2N. L_i = LSE_{k!=i}(s_ik/t) - s_i,pos/t."""
+    second, and row i's positive is (i + N) mod 2N. L_i = LSE_{k!=i}(s_ik/t) - s_i,pos/t.
+    Distributed, each rank holds its own (2n, D) two-view batch: positives stay on the rank, the
+    negatives are every other row of the global batch."""
     _features(z, "z")
     C.check_nonempty(z, "z")
     if z.shape[0] % 2:
@@ -144,22 +190,25 @@ def nt_xent_loss(
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
     be = resolve_backend(backend, z.device)
-    if be == "reference":
+    if be == "reference" and process_group is None:
         return ref.nt_xent_loss(z, t, eps, reduction)
+    cols, _, layout, group = _columns(z, None, process_group, gradient)
     zn = normalize_rows(z.to(compute_dtype(z.dtype)), eps)
     pos = (zn * zn.roll(z.shape[0] // 2, dims=0)).sum(dim=1) / t
-    lse, _ = contrastive_lse(z, z, None, None, None, 1.0 / t, 0.0, False, True, eps, True, 0, [PRED_ALL], be)
-    return ref._reduce(lse[:, 0] - pos, reduction)
+    lse, _ = contrastive_lse(z, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
+                             layout.offset if layout else 0, [PRED_ALL], be)
+    return _finish(lse[:, 0] - pos, reduction, layout, group, gradient)
 
 
-def _same_class_sums(x: torch.Tensor, labels: torch.Tensor):
-    """For each row i: (sum of x_j over j with labels_j == labels_i, class size), in O(N D) without an
+def _same_class_sums(x: torch.Tensor, labels: torch.Tensor, query: torch.Tensor):
+    """For each query label q: (sum of x_j over j with labels_j == q, class size), in O(N D) without an
     N x N mask and without a host sync: classes are keyed by their first index in sorted order."""
     sorted_labels, _ = labels.sort()
     first = torch.searchsorted(sorted_labels, labels)
-    count = torch.searchsorted(sorted_labels, labels, right=True) - first
     sums = torch.zeros_like(x).index_add(0, first, x)
-    return sums[first], count
+    q_first = torch.searchsorted(sorted_labels, query)
+    count = torch.searchsorted(sorted_labels, query, right=True) - q_first
+    return sums[q_first.clamp_max(max(labels.shape[0] - 1, 0))], count
 
 
 def supcon_loss(
@@ -170,6 +219,8 @@ def supcon_loss(
     eps: float = 1e-8,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
+    gradient: str = "exact",
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, the L_out form), SPEC.md 4:
     L_i = LSE_{a!=i}(s_ia/t) - mean_{p in P(i)} s_ip/t, P(i) = {p != i : y_p = y_i}; anchors with an
@@ -181,19 +232,19 @@ def supcon_loss(
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
     be = resolve_backend(backend, features.device)
-    if be == "reference":
+    if be == "reference" and process_group is None:
         return ref.supcon_loss(features, labels, t, eps, reduction)
-    fn = normalize_rows(features.to(compute_dtype(features.dtype)), eps)
-    class_sum, count = _same_class_sums(fn, labels)
-    n_pos = count - 1
-    mean_pos = (fn * (class_sum - fn)).sum(dim=1) / (t * n_pos.clamp_min(1))
-    lse, _ = contrastive_lse(features, features, None, None, None, 1.0 / t, 0.0, False, True, eps, True, 0,
-                             [PRED_ALL], be)
+    cols, col_labels, layout, group = _columns(features, labels, process_group, gradient)
+    ct = compute_dtype(features.dtype)
+    fn = normalize_rows(features.to(ct), eps)
+    class_sum, count = _same_class_sums(normalize_rows(cols.to(ct), eps), col_labels, labels)
+    n_pos = count - 1  # the anchor itself is in its class
+    mean_pos = (fn * (class_sum - fn)).sum(dim=1) / (t * n_pos.clamp_min(1).to(fn.dtype))  # not float32
+    lse, _ = contrastive_lse(features, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
+                             layout.offset if layout else 0, [PRED_ALL], be)
     has_pos = n_pos > 0
     per = torch.where(has_pos, lse[:, 0] - mean_pos, torch.zeros_like(mean_pos))
-    if reduction == "mean":
-        return per.sum() / has_pos.sum().clamp_min(1)
-    return ref._reduce(per, reduction)
+    return _finish(per, reduction, layout, group, gradient, count=has_pos.sum())
 
 
 def symmetric_infonce_loss(
@@ -204,6 +255,8 @@ def symmetric_infonce_loss(
     eps: float = 1e-12,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
+    gradient: str = "exact",
 ) -> torch.Tensor:
     """CLIP-style symmetric InfoNCE, SPEC.md 5: CE(logits, arange) + CE(logits^T, arange), the two
     means summed, logits = nrm(a) nrm(b)^T / t with nrm(x) = x * rsqrt(max(sum x^2, eps)) (XMC-GAN).
@@ -216,11 +269,13 @@ def symmetric_infonce_loss(
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
     be = resolve_backend(backend, a.device)
-    if be == "reference":
+    if be == "reference" and process_group is None:
         return ref.symmetric_infonce_loss(a, b, t, eps, reduction)
+    b_all, _, layout, group = _columns(b, None, process_group, gradient)
+    a_all = D.gather(a, group, layout)[0] if layout else a
     norm_eps = math.sqrt(eps)  # rsqrt(max(|x|^2, eps)) == 1 / max(|x|, sqrt(eps))
     ct = compute_dtype(a.dtype)
     diag = (normalize_rows(a.to(ct), norm_eps) * normalize_rows(b.to(ct), norm_eps)).sum(dim=1) / t
-    rows, _ = contrastive_lse(a, b, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
-    cols, _ = contrastive_lse(b, a, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
-    return ref._reduce((rows[:, 0] - diag) + (cols[:, 0] - diag), reduction)
+    rows, _ = contrastive_lse(a, b_all, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
+    cols, _ = contrastive_lse(b, a_all, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
+    return _finish((rows[:, 0] - diag) + (cols[:, 0] - diag), reduction, layout, group, gradient)

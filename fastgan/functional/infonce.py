@@ -13,6 +13,7 @@ import torch
 
 from .. import _checks as C
 from ..backend import resolve_backend
+from .contrastive import _columns, _finish
 from ..ops.contrastive_lse import contrastive_lse
 from ..reference import infonce as ref
 from ..reference.contrastive import PRED_DIFF, _reduce as reduce, compute_dtype, normalize_rows
@@ -48,6 +49,8 @@ def infonce_local_global(
     eps: float = 1e-12,
     reduction: str = "mean",
     backend: str = "auto",
+    process_group=None,
+    gradient: str = "exact",
 ) -> torch.Tensor:
     """loss = mean_{i,k} softplus(NEG_i - pos_ik) with pos_ik = m_i . l_i[:, k] and
     NEG_i = log(sum_{j!=i, k'} exp(m_i . l_j[:, k']) [+ HW e^-10 in mode="mimicry"]).
@@ -55,7 +58,10 @@ def infonce_local_global(
     l: local features (N, R, HW) (Mimicry) or (N, R, H, W); m: global features (N, R, 1) or (N, R).
     mode: "mimicry" (default; image i's own block as the constant logit -10, as Mimicry) or "exact"
     (own block removed). temperature divides the scores (not the -10 constant); normalize
-    L2-normalizes both sides over R. reduction="none" returns the (N, HW) terms."""
+    L2-normalizes both sides over R. reduction="none" returns the (N, HW) terms.
+    process_group: take the negatives from the global batch of a torch.distributed group (each rank
+    its own images against every rank's local features); `gradient` "exact" or "studiogan" as in
+    fastgan.distributed."""
     l, m = _check_local_global(l, m)
     if mode not in ref.MODES:
         raise ValueError(f"mode must be one of {ref.MODES}, got {mode!r}")
@@ -63,17 +69,19 @@ def infonce_local_global(
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
     be = resolve_backend(backend, l.device)
-    if be == "reference":
+    if be == "reference" and process_group is None:
         return ref.infonce_local_global(l, m, mode, t, normalize, eps, reduction)
     n, r, hw = l.shape
     ct = compute_dtype(l.dtype)
     # (N*HW, R) rows; a copy only when the map is not already position-major (channels-last).
-    local_rows = l.transpose(1, 2).reshape(n * hw, r)
-    image = torch.arange(n, device=l.device)
+    local_rows, _, layout, group = _columns(l.transpose(1, 2).reshape(n * hw, r), None, process_group, gradient)
+    offset = layout.offset // hw if layout else 0
+    image = torch.arange(offset, offset + n, device=l.device)
+    col_image = torch.arange(local_rows.shape[0] // hw, device=l.device).repeat_interleave(hw)
     extra = None
     if mode == "mimicry":
         extra = torch.full((n,), ref.MIMICRY_SELF_LOGIT + math.log(hw), dtype=ct, device=l.device)
-    neg, _ = contrastive_lse(m, local_rows, image, image.repeat_interleave(hw), extra, 1.0 / t, 0.0, False,
+    neg, _ = contrastive_lse(m, local_rows, image, col_image, extra, 1.0 / t, 0.0, False,
                              normalize, eps, False, 0, [PRED_DIFF], be)
     lc, mc = l.to(ct), m.to(ct)
     if normalize:
@@ -81,4 +89,8 @@ def infonce_local_global(
         mc = normalize_rows(mc, eps)
     pos = torch.einsum("nr,nrk->nk", mc, lc) / t
     per = torch.nn.functional.softplus(neg[:, :1] - pos)
+    if layout is not None:
+        if reduction == "none":
+            return per
+        return _finish(per.reshape(-1), reduction, layout, group, gradient)  # mean over all N_global * HW
     return reduce(per, reduction)
