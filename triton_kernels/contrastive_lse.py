@@ -49,6 +49,8 @@ def _online_update(m, s, v):
     m_new = tl.maximum(m, tl.max(v, axis=1))
     safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     s = s * tl.exp(m - safe) + tl.sum(tl.exp(v - safe[:, None]), axis=1)
+    # A +inf logit makes the LSE +inf (as torch.logsumexp), not inf - inf = NaN.
+    s = tl.where(m_new == float("inf"), 1.0, s)
     return m_new, s
 
 

@@ -235,6 +235,11 @@ inline void masked_lse_tile(const T* fz, const int32_t* lb, int32_t li, int64_t 
   }
   const T m = reduce_max(v, bc);
   m_out = m;
+  // A +inf logit makes the LSE +inf (as torch.logsumexp): count it as exp(0) instead of inf - inf.
+  if (m == -ninf) {
+    s_out = T(1);
+    return;
+  }
   s_out = m != ninf ? exp_shifted(v, bc, m, static_cast<T*>(nullptr)) : T(0);
 }
 
@@ -275,7 +280,7 @@ void forward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::Te
                 S = S * fast_exp(M - m) + s;
                 M = m;
               } else {
-                S += s * fast_exp(m - M);
+                S += s * (m == M ? T(1) : fast_exp(m - M));  // m == M == +inf must not give inf - inf
               }
             }
           }
@@ -295,10 +300,10 @@ void forward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::Te
         lse[i * K + k] = ninf;
         continue;
       }
-      T S = in.extra ? std::exp(in.extra[i] - M) : T(0);
+      T S = in.extra ? (in.extra[i] == M ? T(1) : std::exp(in.extra[i] - M)) : T(0);
       for (int64_t cp = 0; cp < sp.col_parts; ++cp) {
         const T pm = pmax[(cp * in.n + i) * K + k];
-        if (pm != ninf) S += psum[(cp * in.n + i) * K + k] * std::exp(pm - M);
+        if (pm != ninf) S += psum[(cp * in.n + i) * K + k] * (pm == M ? T(1) : std::exp(pm - M));
       }
       lse[i * K + k] = M + std::log(S);
     }

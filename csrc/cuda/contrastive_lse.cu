@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kTile* kThreadsY) forward_kernel(LseParams p, 
             sm[k] = sm[k] * expf(mx[k] - f) + 1.f;  // exp(-inf) = 0 on the first element
             mx[k] = f;
           } else {
-            sm[k] += expf(f - mx[k]);
+            sm[k] += (f == mx[k]) ? 1.f : expf(f - mx[k]);  // +inf == +inf must not give inf - inf
           }
         }
       }
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kTile* kThreadsY) forward_kernel(LseParams p, 
           s = s * expf(m - e) + 1.f;
           m = e;
         } else {
-          s += expf(e - m);
+          s += (e == m) ? 1.f : expf(e - m);
         }
       }
       lse[i * p.num_predicates + k] = (m == -INFINITY) ? -INFINITY : m + logf(s);

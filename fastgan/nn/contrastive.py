@@ -16,49 +16,50 @@ __all__ = [
 ]
 
 
-def _no_ddp(DDP: bool, name: str) -> None:
-    if DDP:
-        raise NotImplementedError(
-            f"{name}(DDP=True): the gathered global-batch loss is not implemented yet; compute it per rank "
-            "(DDP=False) or gather embed/proxy/label yourself"
-        )
+class _StudioGANLoss(torch.nn.Module):
+    def __init__(self, num_classes, DDP, gradient, eps, reduction, check_labels, backend):
+        super().__init__()
+        self.num_classes, self.eps, self.reduction = int(num_classes), eps, reduction
+        self.check_labels, self.backend = check_labels, backend
+        # DDP=True: the global batch of the default process group, every rank its own rows against
+        # the gathered columns; gradient "studiogan" reproduces StudioGAN's GatherLayer by default.
+        self.process_group, self.gradient = (True if DDP else None), gradient
+
+    def _kw(self):
+        return dict(eps=self.eps, reduction=self.reduction, num_classes=self.num_classes if self.check_labels else None,
+                    backend=self.backend, process_group=self.process_group, gradient=self.gradient)
 
 
-class ConditionalContrastiveLoss(torch.nn.Module):
+class ConditionalContrastiveLoss(_StudioGANLoss):
     """ContraGAN's 2C loss (StudioGAN `ConditionalContrastiveLoss`). `master_rank` is accepted for
-    signature compatibility; the loss runs on the inputs' device."""
+    signature compatibility; the loss runs on the inputs' device. DDP=True takes the loss over the
+    global batch (fastgan.distributed) with StudioGAN's gradient semantics unless `gradient="exact"`."""
 
     def __init__(self, num_classes: int, temperature: float = 1.0, master_rank=None, DDP: bool = False, *,
-                 eps: float = 1e-8, reduction: str = "mean", check_labels: bool = True, backend: str = "auto"):
-        super().__init__()
-        _no_ddp(DDP, type(self).__name__)
-        self.num_classes, self.temperature, self.eps = int(num_classes), temperature, eps
-        self.reduction, self.check_labels, self.backend = reduction, check_labels, backend
+                 gradient: str = "studiogan", eps: float = 1e-8, reduction: str = "mean", check_labels: bool = True,
+                 backend: str = "auto"):
+        super().__init__(num_classes, DDP, gradient, eps, reduction, check_labels, backend)
+        self.temperature = temperature
 
     def forward(self, embed: torch.Tensor, proxy: torch.Tensor, label: torch.Tensor, **_) -> torch.Tensor:
-        return F.conditional_contrastive_loss(
-            embed, proxy, label, self.temperature, eps=self.eps, reduction=self.reduction,
-            num_classes=self.num_classes if self.check_labels else None, backend=self.backend)
+        return F.conditional_contrastive_loss(embed, proxy, label, self.temperature, **self._kw())
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, temperature={self.temperature}, backend={self.backend!r}"
 
 
-class Data2DataCrossEntropyLoss(torch.nn.Module):
-    """ReACGAN's D2D-CE (StudioGAN `Data2DataCrossEntropyLoss(num_classes, temperature, m_p, master_rank, DDP)`)."""
+class Data2DataCrossEntropyLoss(_StudioGANLoss):
+    """ReACGAN's D2D-CE (StudioGAN `Data2DataCrossEntropyLoss(num_classes, temperature, m_p, master_rank, DDP)`);
+    DDP as ConditionalContrastiveLoss."""
 
     def __init__(self, num_classes: int, temperature: float = 0.5, m_p: float = 0.98, master_rank=None,
-                 DDP: bool = False, *, eps: float = 1e-8, reduction: str = "mean", check_labels: bool = True,
-                 backend: str = "auto"):
-        super().__init__()
-        _no_ddp(DDP, type(self).__name__)
-        self.num_classes, self.temperature, self.m_p, self.eps = int(num_classes), temperature, m_p, eps
-        self.reduction, self.check_labels, self.backend = reduction, check_labels, backend
+                 DDP: bool = False, *, gradient: str = "studiogan", eps: float = 1e-8, reduction: str = "mean",
+                 check_labels: bool = True, backend: str = "auto"):
+        super().__init__(num_classes, DDP, gradient, eps, reduction, check_labels, backend)
+        self.temperature, self.m_p = temperature, m_p
 
     def forward(self, embed: torch.Tensor, proxy: torch.Tensor, label: torch.Tensor, **_) -> torch.Tensor:
-        return F.data2data_cross_entropy_loss(
-            embed, proxy, label, self.temperature, self.m_p, eps=self.eps, reduction=self.reduction,
-            num_classes=self.num_classes if self.check_labels else None, backend=self.backend)
+        return F.data2data_cross_entropy_loss(embed, proxy, label, self.temperature, self.m_p, **self._kw())
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, temperature={self.temperature}, m_p={self.m_p}, backend={self.backend!r}"

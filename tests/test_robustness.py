@@ -1,0 +1,120 @@
+"""Hardening (issue 8): the non-finite policy, bad input at the op and function boundaries, 64-bit
+offsets in the CPU kernel, and bitwise determinism of every backend.
+
+Non-finite policy: a NaN or an infinity anywhere in the features makes the loss non-finite on every
+backend, exactly as on the reference path: NaN where the reference gives NaN (every normalized
+loss: inf / inf), +inf where it gives +inf (the unnormalized InfoNCE's scores). Never an exception,
+never a finite value. Labels are exact integers and cannot be non-finite.
+"""
+import math
+
+import pytest
+import torch
+
+import fastgan.functional as FG
+from fastgan import reference as R
+
+from conftest import backend_device, kernel_backends
+
+LOSSES = {
+    "2c": lambda x, p, y, b: FG.conditional_contrastive_loss(x, p, y, 0.1, backend=b),
+    "d2d": lambda x, p, y, b: FG.data2data_cross_entropy_loss(x, p, y, backend=b),
+    "ntxent": lambda x, p, y, b: FG.nt_xent_loss(torch.cat([x, p]), backend=b),
+    "supcon": lambda x, p, y, b: FG.supcon_loss(x, y, backend=b),
+    "clip": lambda x, p, y, b: FG.symmetric_infonce_loss(x, p, backend=b),
+    "infonce": lambda x, p, y, b: FG.infonce_local_global(x.reshape(x.shape[0], -1, 2), p[:, : x.shape[1] // 2], backend=b),
+}
+
+
+def inputs(device, gen, n=12, d=6):
+    x = torch.randn(n, d, generator=gen).to(device)
+    p = torch.randn(n, d, generator=gen).to(device)
+    y = torch.tensor([0, 1, 2] * (n // 3)).to(device)
+    return x, p, y
+
+
+@pytest.mark.parametrize("backend", ["reference"] + kernel_backends())
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_inputs_propagate_as_the_reference(backend, name, bad, gen):
+    x, p, y = inputs(backend_device(backend if backend != "reference" else "cpu"), gen)
+    x[3, 1] = bad
+    out = LOSSES[name](x, p, y, backend).cpu()
+    ref = LOSSES[name](x.cpu().double(), p.cpu().double(), y.cpu(), "reference")
+    assert not torch.isfinite(ref)
+    assert not torch.isfinite(out) and (torch.isnan(out) == torch.isnan(ref)) and (out == ref or torch.isnan(ref)), (out, ref)
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_bitwise_deterministic(backend, name, gen):
+    x, p, y = inputs(backend_device(backend), gen, n=66, d=10)
+    runs = []
+    for _ in range(2):
+        xs, ps = x.clone().requires_grad_(), p.clone().requires_grad_()
+        out = LOSSES[name](xs, ps, y, backend)
+        out.backward()
+        runs.append((out.detach(), xs.grad, ps.grad))
+    for a, b in zip(*runs):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_labels_of_other_integer_dtypes_are_accepted(gen):
+    x, p, y = inputs("cpu", gen)
+    want = FG.conditional_contrastive_loss(x, p, y, backend="cpu")
+    for dt in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(FG.conditional_contrastive_loss(x, p, y.to(dt), backend="cpu"), want)
+    with pytest.raises(TypeError, match="integer class labels"):
+        FG.conditional_contrastive_loss(x, p, y.bool(), backend="cpu")
+
+
+def test_mismatched_devices_are_refused(gen):
+    x, p, y = inputs("cpu", gen)
+    with pytest.raises(ValueError, match="proxy is on meta but embed is on cpu"):
+        FG.conditional_contrastive_loss(x, p.to("meta"), y)
+    with pytest.raises(ValueError, match="label is on meta"):
+        FG.conditional_contrastive_loss(x, p, y.to("meta"))
+
+
+def test_empty_inputs_are_refused():
+    e = torch.empty(0, 4)
+    for fn in (lambda: FG.conditional_contrastive_loss(e, e, torch.empty(0, dtype=torch.long)),
+               lambda: FG.supcon_loss(e, torch.empty(0, dtype=torch.long)),
+               lambda: FG.symmetric_infonce_loss(e, e),
+               lambda: FG.infonce_local_global(torch.empty(0, 4, 3), torch.empty(0, 4))):
+        with pytest.raises(ValueError, match="empty batch"):
+            fn()
+
+
+@pytest.mark.parametrize("args,match", [
+    (lambda a, y: (a.long(), a.long(), None, None, None, 1.0, 0.0, False, True, 1e-8, False, 0, [0]), "floating point"),
+    (lambda a, y: (a, a[:, :2], None, None, None, 1.0, 0.0, False, True, 1e-8, False, 0, [0]), "same feature size"),
+    (lambda a, y: (a, a, y, None, None, 1.0, 0.0, False, True, 1e-8, False, 0, [1]), "label_a and label_b"),
+    (lambda a, y: (a, a, y[:3], y, None, 1.0, 0.0, False, True, 1e-8, False, 0, [1]), "label_a must have"),
+    (lambda a, y: (a, a, y.float(), y.float(), None, 1.0, 0.0, False, True, 1e-8, False, 0, [1]), "1-D int64"),
+    (lambda a, y: (a, a, None, None, None, 1.0, 0.0, False, True, 1e-8, False, 0, [7]), "unknown predicate"),
+    (lambda a, y: (a, a, None, None, a[:2, 0], 1.0, 0.0, False, True, 1e-8, False, 0, [0]), "extra must have shape"),
+    (lambda a, y: (a, a, None, None, None, 1.0, 0.0, False, True, 1e-8, False, 0, []), "1 to 3 entries"),
+])
+def test_cpu_op_rejects_bad_arguments_cleanly(args, match, gen):
+    a = torch.randn(6, 4, generator=gen)
+    y = torch.arange(6)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.fastgan.contrastive_lse(*args(a, y))
+
+
+def test_cpu_kernel_64bit_offsets():
+    """N * M > 2^31 pairs (never stored, but every index into a tile row or a partial buffer must
+    be 64-bit). With D = 1 the normalized rows are +-1, so each row's LSE has a closed form."""
+    n, m = 65537, 32769
+    assert n * m > 2**31
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, 1, generator=g)
+    b = torch.randn(m, 1, generator=g)
+    scale = 2.0
+    lse, rowmax = torch.ops.fastgan.contrastive_lse(a, b, None, None, None, scale, 0.0, False, True, 1e-8, False, 0, [0])
+    pos_b = int((b[:, 0] > 0).sum())
+    same = torch.where(a[:, 0] > 0, pos_b, m - pos_b).double()
+    want = torch.log(same * math.exp(scale) + (m - same) * math.exp(-scale))
+    assert torch.allclose(lse[:, 0].double(), want, rtol=1e-6)
+    assert torch.allclose(rowmax, torch.full((n,), scale), rtol=1e-6)
