@@ -16,10 +16,15 @@ status=0
   FASTGAN_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . || status=1
   python3 -m fastgan info
   echo "== tests: CUDA and Triton backends ($(date -u))"
-  timeout 240 python3 -m pytest -q -x tests/test_ops.py tests/test_functional.py tests/test_infonce.py \
+  timeout 150 python3 -m pytest -q -x tests/test_ops.py tests/test_functional.py tests/test_infonce.py \
       -k "cuda or triton" || status=1
+  echo "== compute-sanitizer memcheck and racecheck on the CUDA kernels ($(date -u))"
+  for tool in memcheck racecheck; do
+    timeout 60 compute-sanitizer --tool $tool --error-exitcode 1 python3 -m pytest -q -x tests/test_ops.py \
+        -k "cuda and (2c or d2d or cosine) and not half" || status=1
+  done
   echo "== benchmark ($(date -u))"
-  timeout 300 python3 -m fastgan bench --device cuda ${PRESET} --out "$DEST" || status=1
+  timeout 240 python3 -m fastgan bench --device cuda ${PRESET} --out "$DEST" || status=1
   echo "== done ($(date -u)), status $status"
 } 2>&1 | tee "$DEST/gpu_log.txt"
 exit $status

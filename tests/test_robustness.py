@@ -118,3 +118,13 @@ def test_cpu_kernel_64bit_offsets():
     want = torch.log(same * math.exp(scale) + (m - same) * math.exp(-scale))
     assert torch.allclose(lse[:, 0].double(), want, rtol=1e-6)
     assert torch.allclose(rowmax, torch.full((n,), scale), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+def test_labels_anywhere_in_int64(backend, gen):
+    # Only equality between labels matters: labels near the int64 limits give the loss of 0, 1, 2.
+    x, p, y = inputs(backend_device(backend), gen)
+    big = torch.tensor([-(2**63), 2**63 - 1, 2**62], device=x.device)[y]
+    want = FG.conditional_contrastive_loss(x, p, y, backend=backend)
+    assert torch.equal(FG.conditional_contrastive_loss(x, p, big, backend=backend), want)
+    assert torch.equal(FG.supcon_loss(x, big, backend=backend), FG.supcon_loss(x, y, backend=backend))
