@@ -36,4 +36,9 @@ TORCH_LIBRARY(fastgan, m) {
 
   // ---- spectral normalization (schemas added by fastgan/ops/spectral_norm.py's C++ side) -------
   // SPECTRAL_NORM_SCHEMAS
+  // n power-iteration steps for a list of layers; u, v updated in place. hook_order: v = nrm(W^T u)
+  // then u = nrm(W v) (torch.nn.utils.spectral_norm), else the parametrization's opposite order.
+  m.def(
+      "spectral_norm_power_iteration_(Tensor[] weight_mats, Tensor(a!)[] us, Tensor(b!)[] vs,"
+      " int n_power_iterations, float eps, bool hook_order) -> ()");
 }

@@ -1,6 +1,8 @@
 """One rank of a gloo test (tests/test_distributed.py): computes a loss over the global batch with
 process_group, backpropagates, and saves the loss and the local gradients."""
 import datetime
+import faulthandler
+import os
 import sys
 
 import torch
@@ -52,8 +54,14 @@ def run_loss(case, t, gradient, backend, group):
 def main():
     rank, world, init, case, gradient, backend, out = sys.argv[1:8]
     rank, world = int(rank), int(world)
+    # If this rank is still alive near the test's deadline, print every thread's stack to stderr
+    # (the test shows it) and exit, so a hang is diagnosable instead of a bare timeout.
+    faulthandler.dump_traceback_later(150, exit=True)
+    # The collectives' timeout: short for the failing-rank case (the survivor must give up), generous
+    # otherwise (a loaded CI machine can take many seconds to start the peer's interpreter).
+    timeout = 10 if case == "raise" else 120
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=10))
+                            timeout=datetime.timedelta(seconds=timeout))
     if case == "raise":
         if rank == 1:
             raise RuntimeError("rank 1 fails before the collective")
@@ -76,13 +84,21 @@ def main():
         dist.destroy_process_group()
         return
     t = local(global_data(world), world, rank)
-    leaves = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in t.items()}
-    loss = run_loss(case, leaves, gradient, backend, True)
-    loss.backward()
-    grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
-    torch.save({"loss": loss.detach(), "grads": grads}, out)
+    results = {}
+    for mode in gradient.split(","):  # one process start for several gradient modes
+        leaves = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in t.items()}
+        loss = run_loss(case, leaves, mode, backend, True)
+        loss.backward()
+        results[mode] = {"loss": loss.detach(), "grads": {k: v.grad for k, v in leaves.items() if v.grad is not None}}
+    torch.save(results, out)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # Leave without interpreter teardown: the result file is written and the group destroyed, and
+    # nothing after this point is under test (gloo's and the thread pools' teardown can wait on a
+    # peer that already left).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -6,6 +6,7 @@ under DistributedDataParallel."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -19,23 +20,32 @@ import dist_worker as W  # noqa: E402
 WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
 
 
-def launch(tmp_path, world, case, gradient="exact", backend="cpu", timeout=90):
+def launch(tmp_path, world, case, gradient="exact", backend="cpu", timeout=180):
+    """Start `world` rank processes and wait for all of them (one shared deadline). Their stderr
+    goes to files, not pipes: a rank blocked on a full pipe would stall its peers' collectives."""
     init = tmp_path / "init"
-    procs, outs = [], []
+    procs, outs, logs = [], [], []
     for rank in range(world):
-        out = tmp_path / f"out{rank}.pt"
+        out, log = tmp_path / f"out{rank}.pt", tmp_path / f"err{rank}.txt"
         outs.append(out)
-        procs.append(subprocess.Popen([sys.executable, WORKER, str(rank), str(world), str(init), case, gradient,
-                                       backend, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for p in procs:
+        logs.append(log)
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen([sys.executable, WORKER, str(rank), str(world), str(init), case, gradient,
+                                           backend, str(out)], stdout=subprocess.DEVNULL, stderr=f))
+    deadline = time.monotonic() + timeout
+    hung = []
+    for rank, p in enumerate(procs):
         try:
-            _, err = p.communicate(timeout=timeout)
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"rank processes hung for {timeout} s")
-        results.append((p.returncode, err))
+            hung.append(rank)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    results = [(p.returncode, log.read_text()) for p, log in zip(procs, logs)]
+    if hung:  # the workers dump their Python stacks (faulthandler) before the deadline
+        pytest.fail(f"ranks {hung} hung for {timeout} s:\n" + "\n".join(e[-3000:] for _, e in results))
     return results, outs
 
 
@@ -64,22 +74,23 @@ def single_process(case, data, world):
 def test_global_batch_loss_and_gradients(tmp_path, world, case):
     data = W.global_data(world)
     want_loss, want_grads = single_process(case, data, world)
+    results, outs = launch(tmp_path, world, case, "exact,studiogan")
+    for rank, (rc, err) in enumerate(results):
+        assert rc == 0, err[-2000:]
     for gradient, factor in (("exact", world), ("studiogan", 1)):
-        (tmp_path / gradient).mkdir()
-        results, outs = launch(tmp_path / gradient, world, case, gradient)
-        for rank, (rc, err) in enumerate(results):
-            assert rc == 0, err[-2000:]
-            got = torch.load(outs[rank])
+        for rank in range(world):
+            got = torch.load(outs[rank])[gradient]
             assert torch.allclose(got["loss"], want_loss, rtol=1e-10), (rank, got["loss"], want_loss)
             lo, hi = sum(W.SIZES[:rank]), sum(W.SIZES[: rank + 1])
             if case == "ntxent":
                 lo, hi = 2 * lo, 2 * hi
+            assert set(got["grads"]) == set(want_grads), (gradient, rank, set(got["grads"]))
             for k, g in got["grads"].items():
                 assert torch.allclose(g, factor * want_grads[k][lo:hi], rtol=1e-9, atol=1e-12), (gradient, rank, k)
 
 
 def test_failing_rank_does_not_hang_the_others(tmp_path):
-    results, _ = launch(tmp_path, 2, "raise", timeout=90)
+    results, _ = launch(tmp_path, 2, "raise")
     assert results[1][0] != 0 and "rank 1 fails" in results[1][1]
     assert results[0][0] != 0  # rank 0 gave up after the process group's timeout
 

@@ -151,3 +151,92 @@ def test_projection_head():
 def test_bad_logits_type():
     with pytest.raises(TypeError, match="real_logits must be a torch.Tensor"):
         FG.hinge_d_loss([1.0], Fk)
+
+
+def test_minimax_g_loss():
+    assert FG.minimax_g_loss(Fk).item() == pytest.approx(sum(math.log(1 - 1 / (1 + math.exp(-y))) for y in f) / 5,
+                                                        rel=1e-12)
+
+
+def test_dual_contrastive_is_linear_in_memory():
+    # An N x M intermediate would need 4 * 2e5^2 bytes = 160 GB here; the O(N + M) form runs at once.
+    n = 200_000
+    a = torch.randn(n, generator=g)
+    b = torch.randn(n, generator=g)
+    d = FG.dual_contrastive_d_loss(a, b)
+    assert torch.isfinite(d)
+    # Large-logit stability: LSE never overflows where exp would.
+    big = FG.dual_contrastive_d_loss(R * 1e3, Fk * 1e3)
+    assert torch.isfinite(big)
+
+
+def test_more_gradchecks():
+    real = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    fake = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    lr, lf = R[:4].clone().requires_grad_(), Fk[:4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: FG.loss_sensitive_d_loss(a, b, real, fake, slope=0.3, gamma=0.1),
+                                    (lr, lf))
+    logits = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    logits2 = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 3, 3, 2])
+    assert torch.autograd.gradcheck(lambda a, b: FG.acgan_d_loss(a, y, b, y.flip(0)), (logits, logits2))
+    ra = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    rb = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p, q: FG.cycle_consistency_loss(p, a, q, a, 3.0, 2.0), (ra, rb))
+    assert torch.autograd.gradcheck(lambda p, q: FG.identity_loss(p, a, q, a), (ra, rb))
+    head = GN.ProjectionHead(5, 3, spectral_norm=False).double()
+    h = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: head(x, torch.tensor([2, 0, 1, 2])), (h,))
+
+
+def test_modules_match_functions():
+    logits = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 3, 3, 2])
+    ac = GN.ACGANLoss()
+    assert ac(logits, y, logits * 2, y).item() == FG.acgan_d_loss(logits, y, logits * 2, y).item()
+    assert ac.g(logits, y).item() == FG.acgan_g_loss(logits, y).item()
+    a, b = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)
+    assert GN.CycleConsistencyLoss(1.0, 2.0)(b, a, a, b).item() == pytest.approx(3 * float((a - b).abs().mean()))
+    assert GN.IdentityLoss(1.0, 1.0, 1.0)(b, a, a, b).item() == pytest.approx(2 * float((a - b).abs().mean()))
+    words, regions = torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    assert GN.WordRegionLoss(4.0, 3.0, 2.0)(words, regions).item() == pytest.approx(
+        FG.word_region_loss(words, regions, None, 4.0, 3.0, 2.0).item())
+    ls = GN.LossSensitiveLoss(slope=0.5)
+    x, xf = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
+    assert ls.d(R[:4], Fk[:4], x, xf).item() == FG.loss_sensitive_d_loss(R[:4], Fk[:4], x, xf, slope=0.5).item()
+    dc = GN.DualContrastiveLoss()
+    assert dc.g(R, Fk).item() == FG.dual_contrastive_g_loss(R, Fk).item() and dc(R, Fk).item() == dc.d(R, Fk).item()
+    with pytest.raises(ValueError, match="gamma3 must be a positive finite"):
+        GN.WordRegionLoss(gamma3=-1.0)
+    with pytest.raises(ValueError, match="lambda_a must be a positive finite"):
+        GN.CycleConsistencyLoss(lambda_a=float("nan"))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: FG.hinge_d_loss(R[:0], Fk), "real_logits is empty"),
+    (lambda: FG.loss_sensitive_d_loss(R[:3], Fk[:4], torch.zeros(4, 2), torch.zeros(4, 2)),
+     "real_scores must hold one score per sample"),
+    (lambda: FG.acgan_d_loss(torch.zeros(3, 2), torch.tensor([0, 1]), torch.zeros(3, 2), torch.tensor([0, 1, 1])),
+     "real_labels must have shape"),
+    (lambda: FG.acgan_g_loss(torch.zeros(3, 2), torch.tensor([0.0, 1.0, 1.0])), "fake_labels must hold integer"),
+    (lambda: FG.multi_hinge_loss(torch.zeros(3), torch.tensor([0, 1, 1])), "logits must be 2-D"),
+    (lambda: FG.identity_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 2)),
+     "idt_b and real_a must have the same shape"),
+    (lambda: FG.word_region_loss(torch.zeros(2, 3, 4), torch.zeros(3, 5, 4)), "same batch size"),
+    (lambda: FG.word_region_loss(torch.zeros(2, 3, 4), torch.zeros(2, 5, 3)), "same feature size"),
+    (lambda: FG.word_region_loss(torch.zeros(2, 3, 4), torch.zeros(2, 5, 4), torch.tensor([[1, 0, 0], [0, 0, 0]])),
+     "sentence with no words"),
+    (lambda: FG.word_region_loss(torch.zeros(2, 3, 4), torch.zeros(2, 5, 4), torch.ones(2, 3)), "word_mask must be bool"),
+    (lambda: FG.word_region_loss(torch.zeros(2, 3, 4), torch.zeros(2, 5, 4), gamma1=0.0), "gamma1 must be a positive"),
+    (lambda: GN.ProjectionHead(6, 3, spectral_norm=False)(torch.zeros(2, 5), torch.tensor([0, 1])), r"h must be \(N, 6\)"),
+])
+def test_clear_errors(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize("fn", [FG.hinge_d_loss, FG.dual_contrastive_d_loss, FG.dual_contrastive_g_loss])
+def test_compile_fullgraph(fn):
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(R, Fk), fn(R, Fk), rtol=1e-12)

@@ -156,7 +156,9 @@ def test_convert_spectral_norm_keeps_state_and_behaviour():
     reference_model = copy.deepcopy(model)
     GN.convert_spectral_norm(model)
     assert model._fastgan_spectral_norm_layers == 3
-    assert all(isinstance(h, GN.SpectralNormHook) for m in model.modules() for h in m._forward_pre_hooks.values())
+    assert all(isinstance(h, GN.SpectralNormHook) for m in model.children() for h in m._forward_pre_hooks.values())
+    # The model-level hook updates all "hook"-flavour layers together (multi-tensor op).
+    assert [type(h) for h in model._forward_pre_hooks.values()] == [GN.SpectralNormGroup]
     assert list(model.state_dict()) == list(reference_model.state_dict())
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
@@ -253,6 +255,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="flavour must be one of"):
         GN.spectral_norm(torch.nn.Linear(2, 2), flavour="x")
     with pytest.raises(BackendUnavailableError, match="spectral norm"):
-        GN.spectral_norm(torch.nn.Linear(2, 2), backend="cpu")
+        FG.spectral_normalize(w, u, v, backend="triton")  # no Triton kernel for spectral norm yet
+    with pytest.raises(ValueError, match="backend must be one of"):
+        GN.spectral_norm(torch.nn.Linear(2, 2), backend="gpu")
     with pytest.raises(RuntimeError, match="Cannot register two spectral_norm hooks"):
         GN.spectral_norm(GN.SNLinear(2, 2))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .. import _checks as C
 
 __all__ = [
-    "vanilla_d_loss", "vanilla_g_loss", "logistic_d_loss", "logistic_g_loss",
+    "vanilla_d_loss", "vanilla_g_loss", "minimax_g_loss", "logistic_d_loss", "logistic_g_loss",
     "least_squares_d_loss", "least_squares_g_loss",
     "hinge_d_loss", "hinge_g_loss",
     "wasserstein_d_loss", "wasserstein_g_loss",
@@ -22,7 +22,10 @@ __all__ = [
 
 
 def _logits(x, name):
-    return C.check_tensor(x, name)
+    C.check_tensor(x, name)
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the loss needs at least one sample")
+    return x
 
 
 def vanilla_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -33,6 +36,12 @@ def vanilla_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torc
 def vanilla_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss mean(softplus(-l_f))."""
     return F.softplus(-_logits(fake_logits, "fake_logits")).mean()
+
+
+def minimax_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The original (saturating) minimax generator loss mean(log(1 - sigmoid(l_f))) = -mean(softplus(l_f)),
+    for completeness (Goodfellow 2014); vanilla_g_loss is the non-saturating form used in practice."""
+    return -F.softplus(_logits(fake_logits, "fake_logits")).mean()
 
 
 # The logistic (non-saturating) GAN loss is the vanilla loss on logits.
@@ -73,7 +82,9 @@ def wasserstein_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 def _paired(real_scores, fake_scores, real, fake):
     for t, name in ((real_scores, "real_scores"), (fake_scores, "fake_scores"), (real, "real"), (fake, "fake")):
         C.check_tensor(t, name)
-    n = real.shape[0]
+    n = real.shape[0] if real.dim() else 0
+    if n == 0:
+        raise ValueError(f"real must be a non-empty batch (N, ...), got shape {tuple(real.shape)}")
     if fake.shape != real.shape:
         raise ValueError(f"real and fake must have the same shape (paired by batch index), got {tuple(real.shape)} "
                          f"and {tuple(fake.shape)}")
@@ -123,14 +134,15 @@ def dual_contrastive_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor
     return _dual(_logits(fake_logits, "fake_logits").reshape(-1), _logits(real_logits, "real_logits").reshape(-1))
 
 
-def _class_logits(logits, labels, name):
+def _class_logits(logits, labels, name, label_name):
     C.check_tensor(logits, name, ndim=2)
-    return C.check_labels(labels, name.replace("logits", "labels"), logits.shape[0], logits.device, logits.shape[1])
+    C.check_nonempty(logits, name)
+    return C.check_labels(labels, label_name, logits.shape[0], logits.device, logits.shape[1])
 
 
 def multi_hinge_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Crammer-Singer multi-class hinge: mean(relu(1 + max_{c != y} o_c - o_y))."""
-    labels = _class_logits(logits, labels, "logits")
+    labels = _class_logits(logits, labels, "logits", "labels")
     if logits.shape[1] < 2:
         raise ValueError(f"logits must have at least 2 classes, got {logits.shape[1]}")
     true = logits.gather(1, labels[:, None])[:, 0]
@@ -141,14 +153,14 @@ def multi_hinge_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 def acgan_d_loss(real_class_logits: torch.Tensor, real_labels: torch.Tensor, fake_class_logits: torch.Tensor,
                  fake_labels: torch.Tensor) -> torch.Tensor:
     """ACGAN's auxiliary classification term for D: CE on real plus CE on fake samples."""
-    real_labels = _class_logits(real_class_logits, real_labels, "real_class_logits")
-    fake_labels = _class_logits(fake_class_logits, fake_labels, "fake_class_logits")
+    real_labels = _class_logits(real_class_logits, real_labels, "real_class_logits", "real_labels")
+    fake_labels = _class_logits(fake_class_logits, fake_labels, "fake_class_logits", "fake_labels")
     return F.cross_entropy(real_class_logits, real_labels) + F.cross_entropy(fake_class_logits, fake_labels)
 
 
 def acgan_g_loss(fake_class_logits: torch.Tensor, fake_labels: torch.Tensor) -> torch.Tensor:
     """ACGAN's auxiliary classification term for G: CE on fake samples."""
-    fake_labels = _class_logits(fake_class_logits, fake_labels, "fake_class_logits")
+    fake_labels = _class_logits(fake_class_logits, fake_labels, "fake_class_logits", "fake_labels")
     return F.cross_entropy(fake_class_logits, fake_labels)
 
 
@@ -164,6 +176,7 @@ def cycle_consistency_loss(rec_a: torch.Tensor, real_a: torch.Tensor, rec_b: tor
     """CycleGAN: lambda_a * L1(G_B(G_A(a)), a) + lambda_b * L1(G_A(G_B(b)), b)."""
     _same_shape(rec_a, real_a, "rec_a", "real_a")
     _same_shape(rec_b, real_b, "rec_b", "real_b")
+    lambda_a, lambda_b = C.check_positive_finite(lambda_a, "lambda_a"), C.check_positive_finite(lambda_b, "lambda_b")
     return lambda_a * F.l1_loss(rec_a, real_a) + lambda_b * F.l1_loss(rec_b, real_b)
 
 
@@ -173,6 +186,8 @@ def identity_loss(idt_a: torch.Tensor, real_b: torch.Tensor, idt_b: torch.Tensor
     idt_a = G_A(b), idt_b = G_B(a)."""
     _same_shape(idt_a, real_b, "idt_a", "real_b")
     _same_shape(idt_b, real_a, "idt_b", "real_a")
+    lambda_a, lambda_b = C.check_positive_finite(lambda_a, "lambda_a"), C.check_positive_finite(lambda_b, "lambda_b")
+    lambda_identity = C.check_positive_finite(lambda_identity, "lambda_identity")
     return lambda_identity * (lambda_b * F.l1_loss(idt_a, real_b) + lambda_a * F.l1_loss(idt_b, real_a))
 
 
@@ -189,10 +204,25 @@ def word_region_scores(words: torch.Tensor, regions: torch.Tensor, word_mask=Non
     C.check_tensor(regions, "regions", ndim=3)
     if words.shape[2] != regions.shape[2]:
         raise ValueError(f"words and regions must have the same feature size, got {words.shape[2]} and {regions.shape[2]}")
+    C.check_same_device(words=words, regions=regions)
+    C.check_same_dtype(words=words, regions=regions)
+    gamma1, gamma2 = C.check_positive_finite(gamma1, "gamma1"), C.check_positive_finite(gamma2, "gamma2")
+    eps = C.check_positive_finite(eps, "eps")
+    if regions.shape[1] == 0:
+        raise ValueError(f"regions must hold at least one region per image, got shape {tuple(regions.shape)}")
     if word_mask is None:
         word_mask = torch.ones(words.shape[:2], dtype=torch.bool, device=words.device)
+    if not isinstance(word_mask, torch.Tensor):
+        raise TypeError(f"word_mask must be a torch.Tensor (True for real words), got {type(word_mask).__name__}")
     if word_mask.shape != words.shape[:2]:
         raise ValueError(f"word_mask must have shape {tuple(words.shape[:2])}, got {tuple(word_mask.shape)}")
+    if word_mask.is_floating_point() or word_mask.is_complex():
+        raise TypeError(f"word_mask must be bool or integer (True/1 for real words), got {word_mask.dtype}")
+    C.check_same_device(words=words, word_mask=word_mask)
+    if word_mask.device.type == "cpu" and words.shape[0] and not bool(word_mask.bool().any(dim=1).all()):
+        # An all-padding sentence has no score (log of an empty sum = -inf); CPU only: a value check on
+        # CUDA would be a host sync.
+        raise ValueError("word_mask has a sentence with no words: every row needs at least one True entry")
     wn = F.normalize(words, dim=2, eps=eps)
     rn = F.normalize(regions, dim=2, eps=eps)
     attn = torch.softmax(gamma1 * torch.einsum("std,brd->sbtr", wn, rn), dim=3)  # (S, B, T, R)
@@ -206,8 +236,13 @@ def word_region_loss(words: torch.Tensor, regions: torch.Tensor, word_mask=None,
                      gamma2: float = 5.0, gamma3: float = 50.0) -> torch.Tensor:
     """Symmetric cross-entropy over the B x B word-region scores scaled by gamma3 (matching pairs on
     the diagonal): CE(gamma3 S, arange) + CE(gamma3 S^T, arange)."""
+    C.check_tensor(words, "words", ndim=3)
+    C.check_tensor(regions, "regions", ndim=3)
     if words.shape[0] != regions.shape[0]:
-        raise ValueError(f"words and regions must have the same batch size, got {words.shape[0]} and {regions.shape[0]}")
+        raise ValueError(f"words and regions must have the same batch size (matching pairs), got {words.shape[0]} "
+                         f"and {regions.shape[0]}")
+    C.check_nonempty(words, "words")
+    gamma3 = C.check_positive_finite(gamma3, "gamma3")
     s = gamma3 * word_region_scores(words, regions, word_mask, gamma1, gamma2)
     target = torch.arange(s.shape[0], device=s.device)
     return F.cross_entropy(s, target) + F.cross_entropy(s.T, target)

@@ -2,19 +2,44 @@
 import torch
 
 from .. import _checks as C
-from ..backend import BackendUnavailableError
+from ..backend import BACKENDS, BackendUnavailableError, resolve_backend
+from ..ops import spectral_norm as ops
 from ..reference import spectral_norm as ref
 
 __all__ = ["spectral_normalize"]
 
 
 def check_spectral_backend(backend: str) -> None:
-    if backend not in ("auto", "reference", "cpu", "cuda", "triton"):
-        raise ValueError(f"backend must be one of ('auto', 'reference', 'cpu', 'cuda', 'triton'), got {backend!r}")
-    if backend not in ("auto", "reference"):
-        raise BackendUnavailableError(
-            f"backend={backend!r} is not available for spectral norm: its fused kernels are not built yet, "
-            "only the reference path (backend='reference' or 'auto')")
+    """Validate a user's backend argument (resolution happens per call, on the weight's device)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _spectral_backend(backend: str, device: torch.device) -> str:
+    """The concrete path: the fused CPU op on CPU tensors; elsewhere the reference loop (the CUDA and
+    Triton kernels of spectral norm are not written yet, so asking for them explicitly raises)."""
+    resolved = resolve_backend(backend, device)
+    if resolved in ("cuda", "triton"):
+        if backend in ("cuda", "triton"):
+            raise BackendUnavailableError(
+                f"backend={backend!r} is not available for spectral norm yet: only 'reference' and 'cpu'")
+        return "reference"
+    return resolved
+
+
+def normalize_weight(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float,
+                     order: str, dim: int, training: bool, backend: str) -> torch.Tensor:
+    """Unchecked core shared with fastgan.nn: power iteration (in place, training only) by the
+    resolved backend, then W / (u^T W v) in plain autograd with clones of u, v as constants."""
+    resolved = _spectral_backend(backend, weight.device)
+    weight_mat = ref.weight_to_matrix(weight, dim)
+    if training and n_power_iterations > 0:
+        ops.power_iteration_([weight_mat.detach()], [u], [v], n_power_iterations, eps, order, resolved)
+        # Clones: the buffers change again in the next forward (D(real) then D(fake)), while the
+        # autograd graph of this one must keep the u, v it used.
+        u = u.clone(memory_format=torch.contiguous_format)
+        v = v.clone(memory_format=torch.contiguous_format)
+    return weight / ref.sigma(weight_mat, u, v)
 
 
 def spectral_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int = 1,
@@ -43,4 +68,4 @@ def spectral_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n
     if order not in ref.ORDERS:
         raise ValueError(f"order must be one of {ref.ORDERS}, got {order!r}")
     check_spectral_backend(backend)
-    return ref.spectral_normalize(weight, u, v, n_power_iterations, eps, order, dim, training)
+    return normalize_weight(weight, u, v, n_power_iterations, eps, order, dim, training, backend)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from ..functional.spectral_norm import check_spectral_backend
+from ..functional.spectral_norm import check_spectral_backend, normalize_weight, _spectral_backend
+from ..ops import spectral_norm as ops
 from ..reference import spectral_norm as ref
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "convert_spectral_norm",
     "SpectralNormHook",
     "SpectralNormParametrization",
+    "SpectralNormGroup",
     "SNLinear",
     "SNConv2d",
     "SNConvTranspose2d",
@@ -68,10 +70,15 @@ class SpectralNormHook:
     def compute_weight(self, module: torch.nn.Module, do_power_iteration: bool) -> torch.Tensor:
         weight = getattr(module, self.name + "_orig")
         u, v = getattr(module, self.name + "_u"), getattr(module, self.name + "_v")
-        return ref.spectral_normalize(weight, u, v, self.n_power_iterations, self.eps, "hook", self.dim,
-                                      training=do_power_iteration)
+        return normalize_weight(weight, u, v, self.n_power_iterations, self.eps, "hook", self.dim,
+                                do_power_iteration, self.backend)
 
     def __call__(self, module: torch.nn.Module, inputs) -> None:
+        if getattr(self, "_group_fresh", False):
+            # A SpectralNormGroup already iterated u, v and set the weight for this forward.
+            self._group_fresh = False
+            if module.training:
+                return
         setattr(module, self.name, self.compute_weight(module, do_power_iteration=module.training))
 
     @staticmethod
@@ -135,16 +142,59 @@ class SpectralNormParametrization(torch.nn.Module):
             v = weight_mat.new_empty(w).normal_(0, 1)
             self.register_buffer("_u", F.normalize(u, dim=0, eps=self.eps))
             self.register_buffer("_v", F.normalize(v, dim=0, eps=self.eps))
-            ref.power_iteration_(weight_mat.detach(), self._u, self._v, 15, self.eps, "parametrization")
+            ops.power_iteration_([weight_mat.detach()], [self._u], [self._v], 15, self.eps, "parametrization",
+                                 _spectral_backend(backend, weight.device))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)
-        return ref.spectral_normalize(weight, self._u, self._v, self.n_power_iterations, self.eps, "parametrization",
-                                      self.dim, training=self.training)
+        return normalize_weight(weight, self._u, self._v, self.n_power_iterations, self.eps, "parametrization",
+                                self.dim, self.training, self.backend)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value
+
+
+class SpectralNormGroup:
+    """The "hook"-flavour spectral norms of many layers, updated together: one multi-tensor power
+    iteration call (fastgan::spectral_norm_power_iteration_) for all of them, then W / sigma per layer
+    with clones of u, v, exactly what each layer's own hook would do. Used as a model-level forward
+    pre-hook by convert_spectral_norm: a training-mode model forward updates every layer once, and
+    each layer's hook then skips its own update for that forward (a layer called again within the
+    same model forward, or outside it, updates itself as usual)."""
+
+    def __init__(self, modules, backend: str = "auto"):
+        self.entries = []
+        for module in modules:
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, SpectralNormHook):
+                    self.entries.append((module, hook))
+        check_spectral_backend(backend)
+        self.backend = backend
+
+    def update_(self) -> None:
+        """One training step of every layer: u, v in place (one call), then module.weight = W / sigma."""
+        groups = {}
+        for module, hook in self.entries:
+            if not module.training or hook.n_power_iterations == 0:
+                continue
+            weight = getattr(module, hook.name + "_orig")
+            key = (weight.device, hook.n_power_iterations, hook.eps)
+            groups.setdefault(key, []).append((module, hook, weight))
+        for (device, n, eps), items in groups.items():
+            mats = [ref.weight_to_matrix(w, h.dim).detach() for _, h, w in items]
+            us = [getattr(m, h.name + "_u") for m, h, _ in items]
+            vs = [getattr(m, h.name + "_v") for m, h, _ in items]
+            ops.power_iteration_(mats, us, vs, n, eps, "hook", _spectral_backend(self.backend, device))
+            for (module, hook, weight), u, v in zip(items, us, vs):
+                u = u.clone(memory_format=torch.contiguous_format)
+                v = v.clone(memory_format=torch.contiguous_format)
+                setattr(module, hook.name, weight / ref.sigma(ref.weight_to_matrix(weight, hook.dim), u, v))
+                hook._group_fresh = True
+
+    def __call__(self, model: torch.nn.Module, inputs) -> None:
+        if model.training:
+            self.update_()
 
 
 def spectral_norm(module: torch.nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
@@ -178,10 +228,12 @@ def remove_spectral_norm(module: torch.nn.Module, name: str = "weight") -> torch
     raise ValueError(f"spectral_norm of {name!r} not found in {module}")
 
 
-def convert_spectral_norm(model: torch.nn.Module, *, backend: str = "auto") -> torch.nn.Module:
+def convert_spectral_norm(model: torch.nn.Module, *, backend: str = "auto", group: bool = True) -> torch.nn.Module:
     """Swap every PyTorch spectral norm in `model` (either flavour) for fastgan's, in place, keeping
     the weights, u, v and state-dict keys. Returns the number of layers converted as
-    `model._fastgan_spectral_norm_layers` and the model itself."""
+    `model._fastgan_spectral_norm_layers` and the model itself. With group=True the "hook"-flavour
+    layers (fastgan's or converted) are updated together by one SpectralNormGroup, a forward pre-hook
+    on `model` (one multi-tensor power-iteration call per training forward of the model)."""
     check_spectral_backend(backend)
     converted = 0
     for module in model.modules():
@@ -205,6 +257,14 @@ def convert_spectral_norm(model: torch.nn.Module, *, backend: str = "auto") -> t
                         chain[idx] = ours
                         converted += 1
     model._fastgan_spectral_norm_layers = converted
+    if group:
+        # Replace an earlier group (a second conversion) rather than stacking two.
+        for k, hook in list(model._forward_pre_hooks.items()):
+            if isinstance(hook, SpectralNormGroup):
+                del model._forward_pre_hooks[k]
+        sn_group = SpectralNormGroup(model.modules(), backend)
+        if sn_group.entries:
+            model.register_forward_pre_hook(sn_group)
     return model
 
 
