@@ -8,10 +8,14 @@
 // max and sum in float32 registers of one thread per row. Backward recomputes the z tiles and never
 // uses atomics: each (row, feature) of u and each (column, feature) of v has one writer, so results
 // are deterministic.
+// Tensor cores: for float16 and bfloat16 inputs the z tiles (the 2NMD-flop part of every kernel)
+// come from WMMA 16x16x16 fragments with float32 accumulation (tile_logits_tc); float32 inputs and
+// the gradient products dS @ B, dS^T @ A stay SIMT in float32.
 // Floor: forward 2NMD flops, backward 2 x 4NMD (each gradient kernel recomputes z); (N + M) D
-// inputs read per pass. This is the SIMT version (no tensor cores yet).
+// inputs read per pass.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #include <cmath>
 
@@ -42,10 +46,84 @@ __device__ __forceinline__ bool admissible(const LseParams& p, int64_t i, int64_
   return i < p.n && j < p.m && !(p.exclude_self && j == i + p.self_offset);
 }
 
+template <typename T>
+struct IsHalfLike {
+  static constexpr bool value = false;
+};
+template <>
+struct IsHalfLike<__half> {
+  static constexpr bool value = true;
+};
+template <>
+struct IsHalfLike<__nv_bfloat16> {
+  static constexpr bool value = true;
+};
+
+// Staged half rows: 40 elements (80 bytes), a multiple of 8 as WMMA's ldm requires; the fragments
+// start at rows 0 and 16 and columns 0 and 16, all 32-byte aligned as load_matrix_sync requires.
+constexpr int kLdh = kTile + 8;
+constexpr int kLdc = kTile + 4;  // float accumulator staging: ldm a multiple of 4
+
+// The tensor-core version of tile_logits for float16 / bfloat16: the block's 8 warps load the
+// 32 x 32 slices of A and B (raw, no conversion), warps 0-3 each own one 16 x 16 quarter of z and
+// accumulate it in float32 over D; the epilogue applies the inverse norms, scale and bias.
+// z = A_tile B_tile^T: B's slice stored as bh[c][k] is B^T in column-major order (ldm kLdh).
+template <typename T>
+__device__ void tile_logits_tc(const LseParams& p, int64_t r0, int64_t c0, float (*zs)[kTile + 1]) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(32) T ah[kTile][kLdh];
+  __shared__ __align__(32) T bh[kTile][kLdh];
+  __shared__ __align__(32) float cs[kTile][kLdc];
+  const T* a = static_cast<const T*>(p.a);
+  const T* b = static_cast<const T*>(p.b);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int warp = ty;  // blockDim.x == 32: row ty of the block is warp ty
+  const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;
+  const T zero = T(0.f);
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 0.f);
+  for (int64_t d0 = 0; d0 < p.d; d0 += kTile) {
+    for (int q = 0; q < kPer; ++q) {
+      const int r = ty * kPer + q;
+      const int64_t dd = d0 + tx;
+      const int64_t ia = r0 + r, jb = c0 + r;
+      ah[r][tx] = (ia < p.n && dd < p.d) ? a[ia * p.stride_a + dd] : zero;
+      bh[r][tx] = (jb < p.m && dd < p.d) ? b[jb * p.stride_b + dd] : zero;
+    }
+    __syncthreads();
+    if (warp < 4) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+#pragma unroll
+      for (int kk = 0; kk < kTile; kk += 16) {
+        wmma::load_matrix_sync(fa, &ah[fr][kk], kLdh);
+        wmma::load_matrix_sync(fb, &bh[fc][kk], kLdh);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+    }
+    __syncthreads();  // ah, bh are rewritten by the next slice
+  }
+  if (warp < 4) wmma::store_matrix_sync(&cs[fr][fc], acc, kLdc, wmma::mem_row_major);
+  __syncthreads();
+  const int64_t j = c0 + tx;
+  const float ib = j < p.m ? p.inv_b[j] : 0.f;
+  for (int q = 0; q < kPer; ++q) {
+    const int r = ty * kPer + q;
+    const int64_t i = r0 + r;
+    const float ia = i < p.n ? p.inv_a[i] : 0.f;
+    zs[r][tx] = cs[r][tx] * ia * p.scale * ib + p.bias;
+  }
+  __syncthreads();
+}
+
 // z[r][c] for rows r0.. and columns c0.. of the tile into zs (kTile x kTile + 1), all threads.
 template <typename T>
 __device__ void tile_logits(const LseParams& p, int64_t r0, int64_t c0, float (*as)[kTile + 1],
                             float (*bs)[kTile + 1], float (*zs)[kTile + 1]) {
+  if constexpr (IsHalfLike<T>::value) {
+    tile_logits_tc<T>(p, r0, c0, zs);
+    return;
+  }
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
   const int tx = threadIdx.x, ty = threadIdx.y;

@@ -56,3 +56,29 @@ def infonce_local_global(
     neg = torch.logsumexp(neg_scores, dim=1)  # (N,)
     per = torch.nn.functional.softplus(neg[:, None] - pos)
     return reduce(per, reduction)
+
+
+def infonce_lse(l: torch.Tensor, m: torch.Tensor, scale: float, self_logit, normalize: bool, eps: float):
+    """The contract of the fused op fastgan::infonce_lse (pure PyTorch, materializes (N, N, HW)).
+
+    l (N, R, HW) and m (N, R), any strides. With x^ = x / max(||x||, eps) over R when `normalize`
+    (else x) and S[i, j, k] = scale * <m^_i, l^_j[:, k]>:
+        pos[i, k] = S[i, i, k]                                                        (N, HW)
+        neg[i]    = log( sum_{j != i, k} exp(S[i, j, k]) [+ HW * exp(self_logit)] )   (N,)
+    self_logit=None removes image i's own block (exact); Mimicry's mode is self_logit=-10 (a logit,
+    not multiplied by scale). neg is -inf when the sum is empty (N = 1, exact). Both in float64 for
+    float64 inputs, float32 otherwise. Differentiable in l and m by autograd."""
+    ct = compute_dtype(l.dtype)
+    l, m = l.to(ct), m.to(ct)
+    n, _, hw = l.shape
+    if normalize:
+        l = normalize_rows(l.transpose(1, 2), eps).transpose(1, 2)
+        m = normalize_rows(m, eps)
+    scores = torch.einsum("ir,jrk->ijk", m, l) * scale  # (N, N, HW)
+    pos = scores[torch.arange(n), torch.arange(n)]
+    own = torch.eye(n, dtype=torch.bool, device=l.device)[:, :, None]
+    neg_scores = scores.masked_fill(own, float("-inf")).reshape(n, n * hw)
+    if self_logit is not None:
+        const = torch.full((n, 1), float(self_logit) + math.log(hw), dtype=ct, device=l.device)
+        neg_scores = torch.cat([neg_scores, const], dim=1)
+    return pos, torch.logsumexp(neg_scores, dim=1)
