@@ -34,11 +34,28 @@ TORCH_LIBRARY(fastgan, m) {
       " bool normalize, float eps, bool exclude_self, int self_offset, int[] predicates)"
       " -> (Tensor grad_a, Tensor grad_b, Tensor grad_extra)");
 
+  // ---- InfoMax-GAN's local x global InfoNCE: per image i the positives S[i, i, :] and the LSE over
+  // the other images' local features (+ HW exp(self_logit)), S[i, j, k] = scale <nrm(m_i), nrm(l_j[:, k])>.
+  // l (N, R, HW) any strides, m (N, R). See fastgan/reference/infonce.py:infonce_lse for the contract.
+  m.def("infonce_lse(Tensor l, Tensor m, float scale, float? self_logit, bool normalize, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "infonce_lse_backward(Tensor grad_pos, Tensor grad_neg, Tensor l, Tensor m, Tensor neg, float scale,"
+      " float? self_logit, bool normalize, float eps) -> (Tensor, Tensor)");
+
   // ---- spectral normalization (schemas added by fastgan/ops/spectral_norm.py's C++ side) -------
   // SPECTRAL_NORM_SCHEMAS
   // n power-iteration steps for a list of layers; u, v updated in place. hook_order: v = nrm(W^T u)
   // then u = nrm(W v) (torch.nn.utils.spectral_norm), else the parametrization's opposite order.
+  // Returns one 0-dim sigma = <u, W v> per layer (float32; float64 for float64 weights), taken
+  // from the last normalization (n == 0: one pass). Contract: fastgan/ops/spectral_norm.py.
   m.def(
       "spectral_norm_power_iteration_(Tensor[] weight_mats, Tensor(a!)[] us, Tensor(b!)[] vs,"
-      " int n_power_iterations, float eps, bool hook_order) -> ()");
+      " int n_power_iterations, float eps, bool hook_order) -> Tensor[]");
+  // weight_mat / sigma (contiguous, weight_mat's dtype); autograd with sigma = u^T W v (u, v
+  // constants): grad_w = G / sigma - (<G, W> / sigma^2) u v^T. The autograd kernel is C++ and
+  // device-independent (csrc/ops/spectral_norm_autograd.cpp); devices implement the two ops.
+  m.def("spectral_norm_apply(Tensor weight_mat, Tensor u, Tensor v, Tensor sigma) -> Tensor");
+  m.def(
+      "spectral_norm_apply_backward(Tensor grad, Tensor weight_mat, Tensor u, Tensor v, Tensor sigma)"
+      " -> Tensor");
 }

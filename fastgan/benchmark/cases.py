@@ -158,7 +158,10 @@ def sn_layers(case: Case, flavour):
 
 def sn_step(layers):
     """The spectral-norm work of one training forward: every layer's normalized weight, summed so
-    backward reaches every weight."""
+    backward reaches every weight. A SpectralNormGroup on the list (convert_spectral_norm) updates
+    every layer in one call first, as a model's forward would; each layer's own hook then skips."""
+    for hook in layers._forward_pre_hooks.values():
+        hook(layers, ())
     total = 0
     for m in layers:
         if hasattr(m, "weight_orig"):
@@ -168,11 +171,32 @@ def sn_step(layers):
     return total
 
 
-SN_PATHS = {
-    "fastgan_hook": lambda m: GN.spectral_norm(m),
+SN_TORCH = {
     "torch_hook": lambda m: torch.nn.utils.spectral_norm(m),
     "torch_parametrization": lambda m: torch.nn.utils.parametrizations.spectral_norm(m),
 }
+
+
+def sn_paths(case: Case) -> Dict[str, Callable]:
+    """fastgan per layer and grouped (one multi-tensor call per step) for every backend available
+    here; PyTorch's two flavours eager and under torch.compile. "torch_hook" is the baseline."""
+    device = torch.device(case.device)
+    out: Dict[str, Callable] = {}
+    for backend in ("cpu", "cuda", "triton"):
+        if unavailable_reason(backend, device) is not None or (backend == "triton" and device.type == "cpu"):
+            continue
+        layers = sn_layers(case, lambda m, b=backend: GN.spectral_norm(m, backend=b))
+        out[f"fastgan_{backend}"] = lambda layers=layers: sn_step(layers)
+        grouped = GN.convert_spectral_norm(sn_layers(case, lambda m, b=backend: GN.spectral_norm(m, backend=b)),
+                                           backend=backend, group=True)
+        out[f"fastgan_{backend}_group"] = lambda layers=grouped: sn_step(layers)
+    for name, flavour in SN_TORCH.items():
+        layers = sn_layers(case, flavour)
+        out[name] = lambda layers=layers: sn_step(layers)
+    for name, flavour in SN_TORCH.items():
+        layers = sn_layers(case, flavour)
+        out[name + "_compiled"] = torch.compile(lambda layers=layers: sn_step(layers))
+    return out
 
 
 def paths(case: Case) -> Dict[str, Callable]:
@@ -180,10 +204,7 @@ def paths(case: Case) -> Dict[str, Callable]:
     device = torch.device(case.device)
     out: Dict[str, Callable] = {}
     if case.op == "spectral_norm":
-        for name, flavour in SN_PATHS.items():
-            layers = sn_layers(case, flavour)
-            out[name] = lambda layers=layers: sn_step(layers)
-        return out
+        return sn_paths(case)
     fused, reference = LOSS[case.op]
     for backend in ("cpu", "cuda", "triton"):
         if unavailable_reason(backend, device) is None and not (backend == "triton" and device.type == "cpu"):

@@ -1,11 +1,13 @@
 """InfoMax-GAN's InfoNCE over local x global features, SPEC.md 6.
 
 The negative term NEG_i does not depend on the local position k, so the fused path needs one
-log-sum-exp per image: it is contrastive_lse with a = m (N, R), b = the local features as N*HW rows
-of size R, label_b[j*HW + k] = j, predicate "different image", and (Mimicry mode) the constant
-self block HW * e^-10 folded in as one extra logit log(HW) - 10 per row. Positives pos_ik are an
-(N, HW) batched dot product in plain autograd. Memory: O(N * HW) beside the inputs, against
-Mimicry's (N, HW, 1 + N*HW) candidate tensor.
+log-sum-exp per image. Single process: the dedicated op fastgan::infonce_lse (fastgan/ops/infonce_lse.py)
+returns pos (N, HW) and NEG (N,) reading l in place with its strides (a channels-last map is not
+copied) and never stores the (N, N, HW) scores; memory O(N * HW) beside the inputs and gradients,
+against Mimicry's (N, HW, 1 + N*HW) candidate tensor. Distributed (process_group given): contrastive_lse
+with a = m (N, R), b = the local features as N*HW rows of size R, label_b[j*HW + k] = j, predicate
+"different image", and (Mimicry mode) the constant self block HW * e^-10 folded in as one extra logit
+log(HW) - 10 per row; positives by a batched dot product in plain autograd.
 """
 import math
 
@@ -15,6 +17,7 @@ from .. import _checks as C
 from ..backend import resolve_backend
 from .contrastive import _columns, _finish
 from ..ops.contrastive_lse import contrastive_lse
+from ..ops.infonce_lse import infonce_lse
 from ..reference import infonce as ref
 from ..reference.contrastive import PRED_DIFF, _reduce as reduce, compute_dtype, normalize_rows
 
@@ -71,6 +74,10 @@ def infonce_local_global(
     be = resolve_backend(backend, l.device)
     if be == "reference" and process_group is None:
         return ref.infonce_local_global(l, m, mode, t, normalize, eps, reduction)
+    if process_group is None:
+        self_logit = ref.MIMICRY_SELF_LOGIT if mode == "mimicry" else None
+        pos, neg = infonce_lse(l, m, 1.0 / t, self_logit, normalize, eps, be)
+        return reduce(torch.nn.functional.softplus(neg[:, None] - pos), reduction)
     n, r, hw = l.shape
     ct = compute_dtype(l.dtype)
     # (N*HW, R) rows; a copy only when the map is not already position-major (channels-last).

@@ -1,4 +1,5 @@
-"""Spectral normalization as a function: W / sigma with in-place power iteration of u and v."""
+"""Spectral normalization as a function: W / sigma with in-place power iteration of u and v (fused
+ops fastgan::spectral_norm_power_iteration_ -> sigma, fastgan::spectral_norm_apply; SPEC.md 7)."""
 import torch
 
 from .. import _checks as C
@@ -16,30 +17,52 @@ def check_spectral_backend(backend: str) -> None:
 
 
 def _spectral_backend(backend: str, device: torch.device) -> str:
-    """The concrete path: the fused CPU op on CPU tensors; elsewhere the reference loop (the CUDA and
-    Triton kernels of spectral norm are not written yet, so asking for them explicitly raises)."""
+    """The concrete path: the fused C++ ops on CPU tensors ("cpu") and on CUDA tensors ("cuda", where
+    fastgan._C carries the spectral-norm CUDA kernels), the Triton ops ("triton"), else the reference.
+    Asking explicitly for "cuda" without those kernels raises."""
     resolved = resolve_backend(backend, device)
-    if resolved in ("cuda", "triton"):
-        if backend in ("cuda", "triton"):
+    if resolved == "cuda" and not ops.cuda_kernels_registered():
+        if backend == "cuda":
             raise BackendUnavailableError(
-                f"backend={backend!r} is not available for spectral norm yet: only 'reference' and 'cpu'")
+                "backend='cuda' is not available for spectral norm: fastgan._C has no CUDA spectral-norm kernels")
         return "reference"
     return resolved
+
+
+def matrix_to_weight(out_mat: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    """Inverse of weight_to_matrix: the (contiguous) matrix back in the weight's shape and layout."""
+    if dim == 0:
+        return out_mat.reshape(shape)
+    perm = [dim] + [d for d in range(len(shape)) if d != dim]
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return out_mat.reshape([shape[p] for p in perm]).permute(inverse).contiguous()
 
 
 def normalize_weight(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float,
                      order: str, dim: int, training: bool, backend: str) -> torch.Tensor:
     """Unchecked core shared with fastgan.nn: power iteration (in place, training only) by the
-    resolved backend, then W / (u^T W v) in plain autograd with clones of u, v as constants."""
+    resolved backend, then W / sigma. Fused backends: the power-iteration op returns sigma (n = 0 in
+    eval mode: <u, W v> with the stored u, v) and spectral_norm_apply divides, with its fused
+    backward; the reference: W / (u^T W v) in plain autograd. Either way u, v are constants for
+    autograd and, after an update, clones (the buffers change again at the next forward, D(real)
+    then D(fake), while this forward's graph must keep the u, v it used)."""
     resolved = _spectral_backend(backend, weight.device)
     weight_mat = ref.weight_to_matrix(weight, dim)
-    if training and n_power_iterations > 0:
-        ops.power_iteration_([weight_mat.detach()], [u], [v], n_power_iterations, eps, order, resolved)
-        # Clones: the buffers change again in the next forward (D(real) then D(fake)), while the
-        # autograd graph of this one must keep the u, v it used.
+    iterate = training and n_power_iterations > 0
+    if resolved == "reference":
+        if iterate:
+            ops.power_iteration([weight_mat.detach()], [u], [v], n_power_iterations, eps, order, resolved)
+            u = u.clone(memory_format=torch.contiguous_format)
+            v = v.clone(memory_format=torch.contiguous_format)
+        return weight / ref.sigma(weight_mat, u, v)
+    sigma = ops.power_iteration([weight_mat.detach()], [u], [v], n_power_iterations if iterate else 0, eps, order,
+                                resolved)[0]
+    if iterate:
         u = u.clone(memory_format=torch.contiguous_format)
         v = v.clone(memory_format=torch.contiguous_format)
-    return weight / ref.sigma(weight_mat, u, v)
+    return matrix_to_weight(ops.apply(weight_mat, u, v, sigma, resolved), weight.shape, dim)
 
 
 def spectral_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int = 1,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from ..functional.spectral_norm import check_spectral_backend, normalize_weight, _spectral_backend
+from ..functional.spectral_norm import check_spectral_backend, matrix_to_weight, normalize_weight, _spectral_backend
 from ..ops import spectral_norm as ops
 from ..reference import spectral_norm as ref
 
@@ -58,6 +58,16 @@ def _check_args(n_power_iterations, eps, flavour, backend):
     check_spectral_backend(backend)
 
 
+def _set_weight(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """module.<name> = value. The name is a plain attribute (neither parameter, buffer nor submodule
+    since registration), for which Module.__setattr__ ends in object.__setattr__ after ~15 us of
+    checks; eagerly we go there directly (a discriminator does this once per SN layer per forward)."""
+    if torch.compiler.is_compiling() or name in module._parameters or name in module._buffers:
+        setattr(module, name, value)
+    else:
+        object.__setattr__(module, name, value)
+
+
 class SpectralNormHook:
     """The forward pre-hook of flavour "hook" (torch.nn.utils.spectral_norm's semantics)."""
 
@@ -79,7 +89,7 @@ class SpectralNormHook:
             self._group_fresh = False
             if module.training:
                 return
-        setattr(module, self.name, self.compute_weight(module, do_power_iteration=module.training))
+        _set_weight(module, self.name, self.compute_weight(module, do_power_iteration=module.training))
 
     @staticmethod
     def apply(module, name, n_power_iterations, dim, eps, backend="auto") -> "SpectralNormHook":
@@ -157,8 +167,9 @@ class SpectralNormParametrization(torch.nn.Module):
 
 class SpectralNormGroup:
     """The "hook"-flavour spectral norms of many layers, updated together: one multi-tensor power
-    iteration call (fastgan::spectral_norm_power_iteration_) for all of them, then W / sigma per layer
-    with clones of u, v, exactly what each layer's own hook would do. Used as a model-level forward
+    iteration call (fastgan::spectral_norm_power_iteration_, which returns every layer's sigma) for
+    all of them, then W / sigma per layer (fastgan::spectral_norm_apply, fused backward) with clones
+    of u, v, exactly what each layer's own hook would do. Used as a model-level forward
     pre-hook by convert_spectral_norm: a training-mode model forward updates every layer once, and
     each layer's hook then skips its own update for that forward (a layer called again within the
     same model forward, or outside it, updates itself as usual)."""
@@ -182,14 +193,20 @@ class SpectralNormGroup:
             key = (weight.device, hook.n_power_iterations, hook.eps)
             groups.setdefault(key, []).append((module, hook, weight))
         for (device, n, eps), items in groups.items():
-            mats = [ref.weight_to_matrix(w, h.dim).detach() for _, h, w in items]
+            backend = _spectral_backend(self.backend, device)
+            mats = [ref.weight_to_matrix(w, h.dim) for _, h, w in items]
             us = [getattr(m, h.name + "_u") for m, h, _ in items]
             vs = [getattr(m, h.name + "_v") for m, h, _ in items]
-            ops.power_iteration_(mats, us, vs, n, eps, "hook", _spectral_backend(self.backend, device))
-            for (module, hook, weight), u, v in zip(items, us, vs):
+            sigmas = ops.power_iteration([w.detach() for w in mats], us, vs, n, eps, "hook", backend)
+            for (module, hook, weight), w_mat, u, v, sigma in zip(items, mats, us, vs, sigmas):
+                # Clones: this forward's graph keeps the u, v it used (see normalize_weight).
                 u = u.clone(memory_format=torch.contiguous_format)
                 v = v.clone(memory_format=torch.contiguous_format)
-                setattr(module, hook.name, weight / ref.sigma(ref.weight_to_matrix(weight, hook.dim), u, v))
+                if backend == "reference":
+                    out = weight / ref.sigma(w_mat, u, v)
+                else:
+                    out = matrix_to_weight(ops.apply(w_mat, u, v, sigma, backend), weight.shape, hook.dim)
+                _set_weight(module, hook.name, out)
                 hook._group_fresh = True
 
     def __call__(self, model: torch.nn.Module, inputs) -> None:

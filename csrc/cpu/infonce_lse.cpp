@@ -1,0 +1,347 @@
+// Fused CPU kernel of fastgan::infonce_lse and its backward: InfoMax-GAN's local x global InfoNCE
+// (SPEC.md 6; contract: fastgan/reference/infonce.py:infonce_lse).
+//
+// With m^_i = m_i * a_i, l^_jk = l_j[:, k] * b_jk (a, b the inverse norms when normalizing, else 1):
+//   S[i, j, k] = scale * <m^_i, l^_jk>,  pos[i, k] = S[i, i, k],
+//   neg[i] = log( sum_{j != i, k} exp(S[i, j, k]) [+ HW exp(self_logit)] ).
+//
+// The work is cut by image j: block j is the (N x HW) score block Z = M @ L_j from BLAS, M = m
+// and L_j = l[j] (R x HW) read in place with their strides (a channels-last map is a transposed
+// BLAS operand, no copy; half and bfloat16 are converted to float32, m once and l one block at a
+// time); row i is then scaled by s_i = scale * a_i and column k by b_jk.
+// Forward: row j of the block is pos[j]; the other rows feed an online (max, sum exp) per image i.
+// Threads own contiguous ranges of j, keep (max, sum) partials of size N, merged in task order
+// (bitwise reproducible for a given thread count).
+// Backward recomputes the block, forms D[i, k] = dS[i, j, k] * s_i * b_jk, writes
+//   grad_l[j] = M^T @ D - [||l_jk|| > eps] b_jk^2 (sum_i dS S)_k l_jk           (normalize only)
+// straight into grad_l's (R, HW) slice, and accumulates P += D @ L_j^T per task (N x R); then
+//   grad_m = P_i - [||m_i|| > eps] a_i^2 (sum_jk dS S)_i m_i.
+// Flops: forward 2 N^2 HW R, backward 6 N^2 HW R. Extra memory: O(T (N HW + N R + R HW)) for T
+// threads, beside the outputs; the (N, N, HW) score tensor is never stored.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/common.h"
+#include "cpu/vec_math.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <vector>
+
+namespace fastgan {
+namespace {
+
+using namespace vec;
+
+struct Split {
+  int64_t tasks;
+  std::pair<int64_t, int64_t> range(int64_t n, int64_t t) const { return {n * t / tasks, n * (t + 1) / tasks}; }
+};
+inline Split make_split(int64_t n) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  return {std::max<int64_t>(1, std::min(threads, n))};
+}
+
+// State shared by forward and backward.
+struct Prep {
+  at::Tensor mt;         // (N, R) ct: m itself (any strides) when it has the compute dtype
+  at::Tensor inv_m;      // (N,) ct: a_i
+  at::Tensor row_scale;  // (N,) ct contiguous: s_i = scale * a_i
+  at::ScalarType ct;
+  bool convert;  // l's blocks must be converted to ct
+};
+
+Prep prepare(const at::Tensor& l, const at::Tensor& m, double scale, bool normalize, double eps) {
+  Prep p;
+  p.ct = compute_type(l);
+  p.convert = l.scalar_type() != p.ct;
+  p.mt = m.detach().to(p.ct);
+  p.inv_m = inverse_norms(p.mt, normalize, eps);
+  p.row_scale = (p.inv_m * scale).contiguous();
+  return p;
+}
+
+// l[j] as an (R, HW) ct matrix: the view itself, or a float32 copy in `scratch` (half / bfloat16).
+inline at::Tensor block_of(const at::Tensor& l, int64_t j, const Prep& p, at::Tensor& scratch) {
+  at::Tensor lj = l.select(0, j);
+  if (!p.convert) return lj;
+  auto out = scratch.narrow(0, 0, lj.numel()).view(lj.sizes());
+  out.copy_(lj);
+  return out;
+}
+
+// Z = S[:, j, :] (N x HW) into `z`, and (normalize) b_jk and the column norms of block j.
+template <typename T>
+void score_block(const Prep& p, const at::Tensor& lj, at::Tensor& z, bool normalize, double eps, at::Tensor& inv_l,
+                 at::Tensor& norm_l) {
+  at::mm_out(z, p.mt, lj);
+  const int64_t n = z.size(0), hw = z.size(1);
+  T* zp = z.data_ptr<T>();
+  const T* s = p.row_scale.data_ptr<T>();
+  if (normalize) {
+    norm_l = lj.norm(2, {0});
+    inv_l = norm_l.clamp_min(eps).reciprocal().contiguous();
+    const T* b = inv_l.data_ptr<T>();
+    for (int64_t i = 0; i < n; ++i) {
+      T* zr = zp + i * hw;
+      const T si = s[i];
+#pragma omp simd
+      for (int64_t k = 0; k < hw; ++k) zr[k] = zr[k] * si * b[k];
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      T* zr = zp + i * hw;
+      const T si = s[i];
+#pragma omp simd
+      for (int64_t k = 0; k < hw; ++k) zr[k] *= si;
+    }
+  }
+}
+
+// (max, sum exp(v - max)) over n values; +inf counts as exp(0) (the LSE is +inf), a row of only
+// -inf / NaN gives (-inf, 0) or a NaN sum when a NaN is present (NaN propagates as in the reference).
+template <typename T>
+inline void row_lse(const T* v, int64_t n, T& m_out, T& s_out) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T m = reduce_max(v, n);
+  m_out = m;
+  if (m == -ninf) {
+    s_out = T(1);
+    return;
+  }
+  if (m == ninf) {
+    s_out = T(0);
+    for (int64_t c = 0; c < n; ++c)
+      if (v[c] != v[c]) {
+        m_out = T(0);
+        s_out = v[c];
+        return;
+      }
+    return;
+  }
+  s_out = exp_shifted(v, n, m, static_cast<T*>(nullptr));
+}
+
+template <typename T>
+inline void merge(T& M, T& S, T m, T s) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  if (m == ninf && s == T(0)) return;
+  if (m > M) {
+    S = S * (M == ninf ? T(0) : fast_exp(M - m)) + s;
+    M = m;
+  } else {
+    S += s * (m == M ? T(1) : fast_exp(m - M));  // m == M == +inf must not give inf - inf
+  }
+}
+
+// ---------------------------------------------------------------- forward
+template <typename T>
+void forward_impl(const at::Tensor& l, const Prep& p, bool normalize, double eps, std::optional<double> self_logit,
+                  at::Tensor& pos, at::Tensor& neg) {
+  const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const Split sp = make_split(n);
+  std::vector<T> pmax(sp.tasks * n, ninf), psum(sp.tasks * n, T(0));
+  T* pos_p = pos.data_ptr<T>();
+  at::parallel_for(0, sp.tasks, 1, [&](int64_t t0, int64_t t1) {
+    auto opts = l.options().dtype(p.ct);
+    at::Tensor z = at::empty({n, hw}, opts);
+    at::Tensor scratch = p.convert ? at::empty({r * hw}, opts) : at::Tensor();
+    at::Tensor inv_l, norm_l;
+    for (int64_t task = t0; task < t1; ++task) {
+      auto [j0, j1] = sp.range(n, task);
+      T* M = pmax.data() + task * n;
+      T* S = psum.data() + task * n;
+      for (int64_t j = j0; j < j1; ++j) {
+        at::Tensor lj = block_of(l, j, p, scratch);
+        score_block<T>(p, lj, z, normalize, eps, inv_l, norm_l);
+        const T* zp = z.data_ptr<T>();
+        std::copy(zp + j * hw, zp + (j + 1) * hw, pos_p + j * hw);
+        for (int64_t i = 0; i < n; ++i) {
+          if (i == j || hw == 0) continue;
+          T bm, bs;
+          row_lse(zp + i * hw, hw, bm, bs);
+          merge(M[i], S[i], bm, bs);
+        }
+      }
+    }
+  });
+  T* neg_p = neg.data_ptr<T>();
+  const bool has_self = self_logit.has_value();
+  const T extra = has_self ? static_cast<T>(*self_logit + std::log(static_cast<double>(hw))) : ninf;
+  for (int64_t i = 0; i < n; ++i) {
+    T M = ninf, S = T(0);
+    for (int64_t t = 0; t < sp.tasks; ++t) merge(M, S, pmax[t * n + i], psum[t * n + i]);
+    if (has_self) merge(M, S, extra, T(1));
+    neg_p[i] = (M == ninf) ? ninf : (M == -ninf ? M : M + std::log(S));
+  }
+}
+
+// ---------------------------------------------------------------- backward
+template <typename T>
+void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double eps, double scale,
+                   const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& neg, at::Tensor& grad_l,
+                   at::Tensor& grad_m) {
+  const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const Split sp = make_split(n);
+  const T* gp = grad_pos.data_ptr<T>();
+  const T* gn = grad_neg.data_ptr<T>();
+  const T* ng = neg.data_ptr<T>();
+  const T* rs = p.row_scale.data_ptr<T>();
+  auto opts = l.options().dtype(p.ct);
+  at::Tensor P = at::zeros({sp.tasks, n, r}, opts);
+  std::vector<T> cm(sp.tasks * n, T(0));  // sum_{j,k} dS * S per row i and task (normalize)
+  const bool out_direct = !p.convert;     // grad_l has the compute dtype: BLAS writes into it
+  at::parallel_for(0, sp.tasks, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor z = at::empty({n, hw}, opts);
+    at::Tensor scratch = p.convert ? at::empty({r * hw}, opts) : at::Tensor();
+    at::Tensor gscratch = out_direct ? at::Tensor() : at::empty({r, hw}, opts);
+    at::Tensor cl_t = normalize ? at::empty({hw}, opts) : at::Tensor();
+    at::Tensor inv_l, norm_l;
+    std::vector<T> e(hw);
+    for (int64_t task = t0; task < t1; ++task) {
+      auto [j0, j1] = sp.range(n, task);
+      at::Tensor Pt = P.select(0, task);
+      T* cmt = cm.data() + task * n;
+      for (int64_t j = j0; j < j1; ++j) {
+        at::Tensor lj = block_of(l, j, p, scratch);
+        score_block<T>(p, lj, z, normalize, eps, inv_l, norm_l);
+        T* zp = z.data_ptr<T>();
+        T* cl = normalize ? cl_t.data_ptr<T>() : nullptr;
+        if (normalize) std::fill(cl, cl + hw, T(0));
+        // z <- dS * s_i (row by row, in place), with sum dS * S per row (cm) and per column (cl).
+        for (int64_t i = 0; i < n; ++i) {
+          T* zr = zp + i * hw;
+          T* ep = e.data();
+          if (i == j) {
+            std::copy(gp + j * hw, gp + (j + 1) * hw, ep);
+          } else if (gn[i] == T(0) || ng[i] == ninf) {
+            std::fill(ep, ep + hw, T(0));
+          } else {
+            exp_shifted(zr, hw, ng[i], ep);
+            const T g = gn[i];
+#pragma omp simd
+            for (int64_t k = 0; k < hw; ++k) ep[k] *= g;
+          }
+          if (normalize) {
+            T acc = 0;
+            for (int64_t k = 0; k < hw; ++k) {
+              const T t = ep[k] * zr[k];
+              acc += t;
+              cl[k] += t;
+            }
+            cmt[i] += acc;
+          }
+          const T si = rs[i];
+#pragma omp simd
+          for (int64_t k = 0; k < hw; ++k) zr[k] = ep[k] * si;
+        }
+        if (normalize) z.mul_(inv_l.unsqueeze(0));  // D = dS * s_i * b_jk
+        // grad_l[j] = M^T D (- the normalization term); grad_m partial += D L_j^T.
+        at::Tensor gl = out_direct ? grad_l.select(0, j) : gscratch;
+        at::mm_out(gl, p.mt.t(), z);
+        if (normalize) {
+          auto coef = inv_l * inv_l * cl_t * (norm_l > eps).to(inv_l.scalar_type());
+          gl.addcmul_(lj, coef.unsqueeze(0), -1);
+        }
+        if (!out_direct) grad_l.select(0, j).copy_(gl);
+        Pt.addmm_(z, lj.t());
+      }
+    }
+  });
+  // Merge the task partials in order.
+  at::Tensor Pm = P.select(0, 0);
+  for (int64_t t = 1; t < sp.tasks; ++t) Pm.add_(P.select(0, t));
+  at::Tensor gm = Pm;
+  if (normalize) {
+    at::Tensor cmv = at::empty({n}, opts);
+    T* c = cmv.data_ptr<T>();
+    for (int64_t i = 0; i < n; ++i) {
+      T s = 0;
+      for (int64_t t = 0; t < sp.tasks; ++t) s += cm[t * n + i];
+      c[i] = s;
+    }
+    auto active = (p.mt.norm(2, {1}) > eps).to(p.ct);
+    gm.sub_(p.mt * (p.inv_m * p.inv_m * cmv * active).unsqueeze(1));
+  }
+  grad_m.copy_(gm);
+}
+
+// ---------------------------------------------------------------- checks and entry points
+void check_inputs(const char* op, const at::Tensor& l, const at::Tensor& m, double eps) {
+  TORCH_CHECK(l.dim() == 3, op, ": l must have shape (N, R, HW), got ", l.sizes());
+  TORCH_CHECK(m.dim() == 2, op, ": m must have shape (N, R), got ", m.sizes());
+  TORCH_CHECK(l.size(0) == m.size(0), op, ": l and m must have the same batch size N, got ", l.size(0), " and ",
+              m.size(0));
+  TORCH_CHECK(l.size(1) == m.size(1), op, ": l and m must have the same feature size R, got ", l.size(1), " and ",
+              m.size(1));
+  TORCH_CHECK(l.scalar_type() == m.scalar_type(), op, ": l and m must have the same dtype, got ", l.scalar_type(),
+              " and ", m.scalar_type());
+  const auto st = l.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+              ": l must be float16, bfloat16, float32 or float64, got ", st);
+  TORCH_CHECK(l.device().is_cpu() && m.device().is_cpu(), op, " (CPU kernel): l and m must be on the CPU, got ",
+              l.device(), " and ", m.device());
+  TORCH_CHECK(eps > 0 && std::isfinite(eps), op, ": eps must be positive and finite, got ", eps);
+}
+
+void check_vector(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, at::ScalarType ct) {
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == ct, op, ": ", name, " must have dtype ", ct, " (the compute dtype), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), op, " (CPU kernel): ", name, " must be on the CPU, got ", t.device());
+}
+
+std::tuple<at::Tensor, at::Tensor> infonce_lse_cpu(const at::Tensor& l, const at::Tensor& m, double scale,
+                                                   std::optional<double> self_logit, bool normalize, double eps) {
+  // Below autograd: the ATen calls inside the kernel must not record (or refuse) autograd history.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_inputs("infonce_lse", l, m, eps);
+  const int64_t n = l.size(0), hw = l.size(2);
+  // detach(): at::parallel_for workers do not inherit the autograd TLS of the guard above.
+  const at::Tensor ld = l.detach();
+  Prep p = prepare(ld, m, scale, normalize, eps);
+  auto pos = at::empty({n, hw}, l.options().dtype(p.ct));
+  auto neg = at::empty({n}, l.options().dtype(p.ct));
+  AT_DISPATCH_FLOATING_TYPES(p.ct, "infonce_lse_cpu", [&] {
+    forward_impl<scalar_t>(ld, p, normalize, eps, self_logit, pos, neg);
+  });
+  return {pos, neg};
+}
+
+std::tuple<at::Tensor, at::Tensor> infonce_lse_backward_cpu(const at::Tensor& grad_pos, const at::Tensor& grad_neg,
+                                                            const at::Tensor& l, const at::Tensor& m,
+                                                            const at::Tensor& neg, double scale,
+                                                            std::optional<double> self_logit, bool normalize,
+                                                            double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const char* op = "infonce_lse_backward";
+  check_inputs(op, l, m, eps);
+  const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
+  const at::Tensor ld = l.detach();
+  Prep p = prepare(ld, m, scale, normalize, eps);
+  check_vector(op, "grad_pos", grad_pos, {n, hw}, p.ct);
+  check_vector(op, "grad_neg", grad_neg, {n}, p.ct);
+  check_vector(op, "neg", neg, {n}, p.ct);
+  auto gp = grad_pos.detach().contiguous(), gn = grad_neg.detach().contiguous(), ng = neg.detach().contiguous();
+  auto grad_l = at::empty({n, r, hw}, l.options().memory_format(at::MemoryFormat::Contiguous));
+  auto grad_m = at::empty({n, r}, m.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(p.ct, "infonce_lse_backward_cpu", [&] {
+    backward_impl<scalar_t>(ld, p, normalize, eps, scale, gp, gn, ng, grad_l, grad_m);
+  });
+  return {grad_l, grad_m};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+  m.impl("infonce_lse", &infonce_lse_cpu);
+  m.impl("infonce_lse_backward", &infonce_lse_backward_cpu);
+}
+
+}  // namespace fastgan

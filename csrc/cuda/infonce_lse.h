@@ -1,0 +1,43 @@
+// Launchers of the CUDA kernels of infonce_lse (InfoMax-GAN's local x global InfoNCE, contract:
+// fastgan/reference/infonce.py:infonce_lse). Plain types only: no torch headers, so CI
+// compile-checks the .cu file with nvcc alone (.ci/nvcc_check.sh).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "contrastive_lse.h"  // DType
+
+namespace fastgan {
+namespace cuda {
+
+struct InfonceParams {
+  const void* l;  // (N, R, HW), element (j, r, k) at l[j * l_stride_n + r * l_stride_r + k * l_stride_k]
+  const void* m;  // (N, R), element (i, r) at m[i * m_stride_n + r * m_stride_r]; same dtype as l
+  int64_t n, r, hw;
+  int64_t l_stride_n, l_stride_r, l_stride_k;  // in elements, any non-negative values
+  int64_t m_stride_n, m_stride_r;
+  float scale;
+  int has_self;     // self_logit given: neg also holds HW * exp(self_logit) ...
+  float self_term;  // ... as the single logit self_logit + log(HW) (computed by the caller in double)
+  int normalize;
+  float eps;
+  DType dtype;
+};
+
+// Float32 scratch the launchers need (a count of floats; the caller allocates it, no zeroing needed).
+int64_t infonce_lse_forward_workspace(const InfonceParams& p);
+int64_t infonce_lse_backward_workspace(const InfonceParams& p);
+
+// pos: (N, HW) float32 contiguous, neg: (N,) float32.
+cudaError_t infonce_lse_forward(const InfonceParams& p, float* pos, float* neg, float* workspace,
+                                cudaStream_t stream);
+
+// grad_pos (N, HW), grad_neg (N,), neg (N,): float32 contiguous. grad_l: (N, R, HW) contiguous and
+// grad_m: (N, R) contiguous, both in p.dtype.
+cudaError_t infonce_lse_backward(const InfonceParams& p, const float* grad_pos, const float* grad_neg,
+                                 const float* neg, void* grad_l, void* grad_m, float* workspace,
+                                 cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastgan

@@ -1,0 +1,300 @@
+"""Triton kernels of infonce_lse (contract: fastgan/reference/infonce.py:infonce_lse).
+
+S[i, j, k] = scale * <m^_i, l^_j[:, k]> over images i (rows) and the N*HW flattened columns
+c = j*HW + k (every image's every position), so any HW (1 to thousands) fills whole tiles.
+  norms     one tiny kernel per input: ||x|| over R for every column (strided, O(N*HW) output);
+            inverse norms and the normalization coefficients are O(N*HW) torch ops.
+  forward   one program per BLOCK_M images i; loop over BLOCK_K column tiles, each S tile built by
+            tl.dot over BLOCK_R slices of R (l read through its strides: a permuted channels-last
+            map is never copied); the own block (c // HW == i) is written to pos, every other
+            column enters an online (max, sum) per row in float32 (float64) registers; the
+            constant HW * exp(self_logit) is merged at the end. Writes pos (N, HW) and neg (N,).
+  backward  no atomics, deterministic: a row kernel (one program per BLOCK_M images) accumulates
+            grad_m = sum_c W_ic l_c with W = scale a_i b_c dS, a column kernel (one program per
+            BLOCK_K columns) accumulates grad_l_c = sum_i W_ic m_i; both recompute S tile by tile
+            (dS_ic = grad_neg_i exp(S_ic - neg_i) off the own block, grad_pos_ik on it) and
+            accumulate sum dS*S in the same loop, so the normalization chain
+            (- [||x|| > eps] / ||x||^2 (sum dS S) x) is applied in the kernel's final pass.
+            Accumulators live in the output (float32/float64 inputs) or in one compute-dtype
+            buffer of the gradient's size (half inputs).
+Floor: forward 2 N (N HW) R flops; backward 2 x (2 + 2) N (N HW) R (each kernel recomputes S);
+N R (HW + 1) inputs read. Extra memory O(N*HW) (plus the half-input accumulators).
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .contrastive_lse import _compute_dtype, _online_update, _tl_dtype
+
+
+@triton.jit
+def _norm_kernel(x_ptr, out_ptr, C, R, HW, s0, s1, s2,
+                 BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CT: tl.constexpr):
+    # out[c] = ||x[c // HW, :, c % HW]|| for the flattened columns c of an (N, R, HW) strided view.
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    base = (cols // HW) * s0 + (cols % HW) * s2
+    acc = tl.zeros((BLOCK_C,), CT)
+    for r0 in range(0, R, BLOCK_R):
+        rs = r0 + tl.arange(0, BLOCK_R)
+        x = tl.load(x_ptr + base[None, :] + rs[:, None] * s1, mask=(rs[:, None] < R) & (cols[None, :] < C),
+                    other=0.0).to(CT)
+        acc += tl.sum(x * x, axis=0)
+    tl.store(out_ptr + cols, tl.sqrt(acc), mask=cols < C)
+
+
+@triton.jit
+def _scores(m_ptr, l_ptr, inva_ptr, invb_ptr, rows, cols, N, R, C, HW, sm0, sm1, sl0, sl1, sl2, scale,
+            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
+            UPCAST: tl.constexpr):
+    # S tile (BLOCK_M x BLOCK_K): scale * a_i * b_c * <m_i, l_c>; zero outside the valid range.
+    lbase = (cols // HW) * sl0 + (cols % HW) * sl2
+    acc = tl.zeros((BLOCK_M, BLOCK_K), CT)
+    for r0 in range(0, R, BLOCK_R):
+        rs = r0 + tl.arange(0, BLOCK_R)
+        a = tl.load(m_ptr + rows[:, None] * sm0 + rs[None, :] * sm1, mask=(rows[:, None] < N) & (rs[None, :] < R),
+                    other=0.0)
+        b = tl.load(l_ptr + lbase[None, :] + rs[:, None] * sl1, mask=(rs[:, None] < R) & (cols[None, :] < C),
+                    other=0.0)
+        if UPCAST:
+            acc += tl.dot(a.to(CT), b.to(CT), input_precision="ieee", out_dtype=CT)
+        else:
+            acc += tl.dot(a, b, input_precision=PREC, out_dtype=CT)
+    inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
+    invb = tl.load(invb_ptr + cols, mask=cols < C, other=0.0)
+    return acc * (inva[:, None] * scale) * invb[None, :]
+
+
+@triton.jit
+def _forward_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, par_ptr, pos_ptr, neg_ptr,
+                    N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
+                    HAS_SELF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+                    CT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    scale = tl.load(par_ptr)
+    ninf = float("-inf")
+    mx = tl.full((BLOCK_M,), ninf, CT)
+    sm = tl.zeros((BLOCK_M,), CT)
+    for c0 in range(0, C, BLOCK_K):
+        cols = c0 + tl.arange(0, BLOCK_K)
+        z = _scores(m_ptr, l_ptr, inva_ptr, invb_ptr, rows, cols, N, R, C, HW, sm0, sm1, sl0, sl1, sl2, scale,
+                    BLOCK_M, BLOCK_K, BLOCK_R, CT, PREC, UPCAST)
+        ok = (rows[:, None] < N) & (cols[None, :] < C)
+        own = (cols[None, :] // HW) == rows[:, None]
+        # pos[i, k] sits at i*HW + k = c on the own block (contiguous (N, HW)); one row per column.
+        tl.store(pos_ptr + cols[None, :] + rows[:, None] * 0, z, mask=ok & own)
+        mx, sm = _online_update(mx, sm, tl.where(ok & ~own, z, ninf))
+    if HAS_SELF:
+        # HW * exp(self_logit) as the single logit self_logit + log(HW) (-inf for HW = 0).
+        st = tl.load(par_ptr + 1)
+        mx, sm = _online_update(mx, sm, tl.zeros((BLOCK_M, 1), CT) + st)
+    empty = mx == ninf
+    tl.store(neg_ptr + rows, tl.where(empty, ninf, mx + tl.log(tl.where(empty, 1.0, sm))), mask=rows < N)
+
+
+@triton.jit
+def _dscores(z, rows, cols, N, C, HW, gpos_ptr, gneg, negs, live):
+    # dS tile: grad_pos on the own block, grad_neg_i exp(S - neg_i) elsewhere, 0 outside / for empty sets.
+    ok = (rows[:, None] < N) & (cols[None, :] < C)
+    own = (cols[None, :] // HW) == rows[:, None]
+    gp = tl.load(gpos_ptr + cols[None, :] + rows[:, None] * 0, mask=ok & own, other=0.0)
+    keep = ok & live[:, None] & (gneg[:, None] != 0)
+    # exp only where it is used (the own block's S - neg may overflow).
+    e = tl.where(keep, gneg[:, None] * tl.exp(tl.where(keep & ~own, z - negs[:, None], 0.0)), 0.0)
+    return tl.where(own, gp, e)
+
+
+@triton.jit
+def _backward_m_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefa_ptr, par_ptr, gpos_ptr, gneg_ptr, neg_ptr,
+                       acc_ptr, out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
+                       NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                       BLOCK_R: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # grad_m[rows] = sum over column tiles of W @ L[cols]^T, then the normalization term. Owns its rows.
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    scale = tl.load(par_ptr)
+    neg = tl.load(neg_ptr + rows, mask=rows < N, other=float("-inf")).to(CT)
+    live = neg != float("-inf")
+    negs = tl.where(live, neg, 0.0)
+    gneg = tl.load(gneg_ptr + rows, mask=rows < N, other=0.0).to(CT)
+    inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
+    csum = tl.zeros((BLOCK_M,), CT)
+    for c0 in range(0, C, BLOCK_K):
+        cols = c0 + tl.arange(0, BLOCK_K)
+        z = _scores(m_ptr, l_ptr, inva_ptr, invb_ptr, rows, cols, N, R, C, HW, sm0, sm1, sl0, sl1, sl2, scale,
+                    BLOCK_M, BLOCK_K, BLOCK_R, CT, PREC, UPCAST)
+        ds = _dscores(z, rows, cols, N, C, HW, gpos_ptr, gneg, negs, live)
+        if NORMALIZE:
+            csum += tl.sum(tl.where(ds != 0, ds * z, 0.0), axis=1)
+        invb = tl.load(invb_ptr + cols, mask=cols < C, other=0.0)
+        w = ds * (inva[:, None] * scale) * invb[None, :]
+        lbase = (cols // HW) * sl0 + (cols % HW) * sl2
+        for r0 in range(0, R, BLOCK_R):
+            rs = r0 + tl.arange(0, BLOCK_R)
+            lt = tl.load(l_ptr + lbase[:, None] + rs[None, :] * sl1, mask=(cols[:, None] < C) & (rs[None, :] < R),
+                         other=0.0).to(CT)
+            u_ptrs = acc_ptr + rows[:, None] * R + rs[None, :]
+            um = (rows[:, None] < N) & (rs[None, :] < R)
+            u = tl.load(u_ptrs, mask=um, other=0.0)
+            tl.store(u_ptrs, u + tl.dot(w, lt, input_precision="ieee", out_dtype=CT), mask=um)
+    tl.debug_barrier()
+    coef = tl.load(coefa_ptr + rows, mask=rows < N, other=0.0) * csum
+    for r0 in range(0, R, BLOCK_R):
+        rs = r0 + tl.arange(0, BLOCK_R)
+        um = (rows[:, None] < N) & (rs[None, :] < R)
+        u = tl.load(acc_ptr + rows[:, None] * R + rs[None, :], mask=um, other=0.0)
+        if NORMALIZE:
+            x = tl.load(m_ptr + rows[:, None] * sm0 + rs[None, :] * sm1, mask=um, other=0.0).to(CT)
+            u = u - coef[:, None] * x
+        tl.store(out_ptr + rows[:, None] * R + rs[None, :], u.to(out_ptr.dtype.element_ty), mask=um)
+
+
+@triton.jit
+def _backward_l_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefb_ptr, par_ptr, gpos_ptr, gneg_ptr, neg_ptr,
+                       acc_ptr, out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
+                       NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                       BLOCK_R: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # grad_l[cols] = sum over row tiles of M[rows]^T @ W, then the normalization term. Owns its columns.
+    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    scale = tl.load(par_ptr)
+    invb = tl.load(invb_ptr + cols, mask=cols < C, other=0.0)
+    # grad_l is contiguous (N, R, HW): column c = j*HW + k, channel r at j*R*HW + r*HW + k.
+    obase = (cols // HW) * (R * HW) + (cols % HW)
+    lbase = (cols // HW) * sl0 + (cols % HW) * sl2
+    csum = tl.zeros((BLOCK_K,), CT)
+    for i0 in range(0, N, BLOCK_M):
+        rows = i0 + tl.arange(0, BLOCK_M)
+        neg = tl.load(neg_ptr + rows, mask=rows < N, other=float("-inf")).to(CT)
+        live = neg != float("-inf")
+        negs = tl.where(live, neg, 0.0)
+        gneg = tl.load(gneg_ptr + rows, mask=rows < N, other=0.0).to(CT)
+        inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
+        z = _scores(m_ptr, l_ptr, inva_ptr, invb_ptr, rows, cols, N, R, C, HW, sm0, sm1, sl0, sl1, sl2, scale,
+                    BLOCK_M, BLOCK_K, BLOCK_R, CT, PREC, UPCAST)
+        ds = _dscores(z, rows, cols, N, C, HW, gpos_ptr, gneg, negs, live)
+        if NORMALIZE:
+            csum += tl.sum(tl.where(ds != 0, ds * z, 0.0), axis=0)
+        w = ds * (inva[:, None] * scale) * invb[None, :]
+        for r0 in range(0, R, BLOCK_R):
+            rs = r0 + tl.arange(0, BLOCK_R)
+            mt = tl.load(m_ptr + rows[None, :] * sm0 + rs[:, None] * sm1, mask=(rows[None, :] < N) & (rs[:, None] < R),
+                         other=0.0).to(CT)
+            v_ptrs = acc_ptr + obase[None, :] + rs[:, None] * HW
+            vm = (rs[:, None] < R) & (cols[None, :] < C)
+            v = tl.load(v_ptrs, mask=vm, other=0.0)
+            tl.store(v_ptrs, v + tl.dot(mt, w, input_precision="ieee", out_dtype=CT), mask=vm)
+    tl.debug_barrier()
+    coef = tl.load(coefb_ptr + cols, mask=cols < C, other=0.0) * csum
+    for r0 in range(0, R, BLOCK_R):
+        rs = r0 + tl.arange(0, BLOCK_R)
+        vm = (rs[:, None] < R) & (cols[None, :] < C)
+        v = tl.load(acc_ptr + obase[None, :] + rs[:, None] * HW, mask=vm, other=0.0)
+        if NORMALIZE:
+            x = tl.load(l_ptr + lbase[None, :] + rs[:, None] * sl1, mask=vm, other=0.0).to(CT)
+            v = v - coef[None, :] * x
+        tl.store(out_ptr + obase[None, :] + rs[:, None] * HW, v.to(out_ptr.dtype.element_ty), mask=vm)
+
+
+def _pow2_block(x, lo, hi):
+    return max(lo, min(hi, triton.next_power_of_2(max(int(x), 1))))
+
+
+def _blocks(n, hw, r):
+    # One config (the interpreter cannot autotune): BLOCK_M images x BLOCK_K flattened columns,
+    # R in slices of BLOCK_R; every tile at least 16 (tl.dot's minimum).
+    return _pow2_block(n, 16, 32), _pow2_block(n * hw, 16, 64), _pow2_block(r, 16, 64)
+
+
+def _meta(l, n, hw, r):
+    bm, bk, br = _blocks(n, hw, r)
+    ct = _compute_dtype(l)
+    # The interpreter's tl.dot is wrong for bfloat16 operands (Triton 3.6): upcast the tiles there.
+    upcast = l.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_R=br, CT=_tl_dtype(ct),
+                PREC="ieee" if l.dtype in (torch.float32, torch.float64) else "tf32", UPCAST=upcast)
+
+
+def _column_norms(x, n, r, hw, strides, ct):
+    # ||x[j, :, k]|| for the N*HW flattened columns of a strided (N, R, HW) view, in ct.
+    out = torch.empty((n * hw,), dtype=ct, device=x.device)
+    if n * hw == 0:
+        return out
+    bc, br = 32, _pow2_block(r, 16, 64)
+    _norm_kernel[(triton.cdiv(n * hw, bc),)](x, out, n * hw, r, hw, *strides, BLOCK_C=bc, BLOCK_R=br,
+                                             CT=_tl_dtype(ct))
+    return out
+
+
+def _scalings(l, m, normalize, eps, ct):
+    """Inverse norms a (N,), b (N*HW,) and the normalization coefficients [||x|| > eps] / max(||x||, eps)^2."""
+    n, r, hw = l.shape
+    if not normalize:
+        ones_a = torch.ones((n,), dtype=ct, device=l.device)
+        ones_b = torch.ones((n * hw,), dtype=ct, device=l.device)
+        return ones_a, ones_b, ones_a, ones_b
+    na = _column_norms(m, n, r, 1, (m.stride(0), m.stride(1), 0), ct)
+    nb = _column_norms(l, n, r, hw, (l.stride(0), l.stride(1), l.stride(2)), ct)
+    inva, invb = na.clamp_min(eps).reciprocal(), nb.clamp_min(eps).reciprocal()
+    coefa = torch.where(na > eps, inva * inva, torch.zeros_like(inva))
+    coefb = torch.where(nb > eps, invb * invb, torch.zeros_like(invb))
+    return inva, invb, coefa, coefb
+
+
+def _params(scale, self_logit, hw, ct, device):
+    # Scalars as a compute-dtype tensor: Triton passes Python floats as float32.
+    st = float(self_logit) + math.log(hw) if (self_logit is not None and hw > 0) else float("-inf")
+    return torch.tensor([float(scale), st], dtype=ct, device=device)
+
+
+def _check(l, m):
+    if l.dim() != 3 or m.dim() != 2 or m.shape[0] != l.shape[0] or m.shape[1] != l.shape[1]:
+        raise RuntimeError(f"infonce_lse: expected l (N, R, HW) and m (N, R), got {tuple(l.shape)} and {tuple(m.shape)}")
+    if l.dtype != m.dtype or l.device != m.device:
+        raise RuntimeError("infonce_lse: l and m must have the same dtype and device")
+
+
+def infonce_lse_forward(l, m, scale, self_logit, normalize, eps):
+    """(pos (N, HW), neg (N,)) in the compute dtype; see the module docstring and the reference."""
+    _check(l, m)
+    n, r, hw = l.shape
+    ct = _compute_dtype(l)
+    pos = torch.empty((n, hw), dtype=ct, device=l.device)
+    neg = torch.empty((n,), dtype=ct, device=l.device)
+    if n == 0:
+        return pos, neg
+    meta = _meta(l, n, hw, r)
+    inva, invb, _, _ = _scalings(l, m, normalize, eps, ct)
+    par = _params(scale, self_logit, hw, ct, l.device)
+    grid = (triton.cdiv(n, meta["BLOCK_M"]),)
+    _forward_kernel[grid](m, l, inva, invb, par, pos, neg, n, r, n * hw, hw, m.stride(0), m.stride(1),
+                          l.stride(0), l.stride(1), l.stride(2), HAS_SELF=self_logit is not None, **meta)
+    return pos, neg
+
+
+def infonce_lse_backward(grad_pos, grad_neg, l, m, neg, scale, self_logit, normalize, eps):
+    """(grad_l (N, R, HW) contiguous in l's dtype, grad_m (N, R) contiguous in m's dtype)."""
+    _check(l, m)
+    n, r, hw = l.shape
+    ct = _compute_dtype(l)
+    grad_l = torch.zeros((n, r, hw), dtype=l.dtype, device=l.device)
+    grad_m = torch.zeros((n, r), dtype=m.dtype, device=m.device)
+    if n == 0 or r == 0 or hw == 0:
+        return grad_l, grad_m
+    meta = _meta(l, n, hw, r)
+    inva, invb, coefa, coefb = _scalings(l, m, normalize, eps, ct)
+    par = _params(scale, self_logit, hw, ct, l.device)
+    gpos = grad_pos.to(ct).contiguous()
+    gneg = grad_neg.to(ct).contiguous()
+    negc = neg.to(ct).contiguous()
+    # Accumulators: the outputs themselves when they are in the compute dtype.
+    acc_l = grad_l if l.dtype == ct else torch.zeros((n, r, hw), dtype=ct, device=l.device)
+    acc_m = grad_m if m.dtype == ct else torch.zeros((n, r), dtype=ct, device=m.device)
+    strides = (m.stride(0), m.stride(1), l.stride(0), l.stride(1), l.stride(2))
+    common = (m, l, inva, invb)
+    tail = (par, gpos, gneg, negc)
+    _backward_m_kernel[(triton.cdiv(n, meta["BLOCK_M"]),)](*common, coefa, *tail, acc_m, grad_m, n, r, n * hw, hw, *strides,
+                                                           NORMALIZE=bool(normalize), **meta)
+    _backward_l_kernel[(triton.cdiv(n * hw, meta["BLOCK_K"]),)](*common, coefb, *tail, acc_l, grad_l, n, r, n * hw, hw,
+                                                                *strides, NORMALIZE=bool(normalize), **meta)
+    return grad_l, grad_m
