@@ -3,9 +3,12 @@
     python bench/cpu_targets.py            # all
     python bench/cpu_targets.py --no-studiogan   # skip the 30 s StudioGAN-style case
 
-Each (path, size) runs in its own process so that its peak resident memory (ru_maxrss, minus the
-process's resident size before the first step) is its own; times are medians of repeated
-forward+backward steps after a warm-up. Paths: the fused CPU kernel, the careful eager reference
+Each (path, size) runs in its own process. Two memory figures per path: the allocator's high-water
+mark of one forward+backward beyond the inputs (the profiler's allocation events, as in
+`python -m fastgan bench`; it includes the gradients of the inputs, which every path must produce)
+and the peak resident memory (ru_maxrss minus the process's resident size before the first step,
+so also the libraries' lazy initialization and the allocator's caching). Times are medians of
+repeated forward+backward steps after a warm-up. Paths: the fused CPU kernel, the careful eager reference
 (normalize, one matmul, masked logsumexp), and the public implementations' style (StudioGAN's
 broadcast N x N x D cosine and host-built masks; Mimicry's N x HW x (1 + N HW) candidates).
 """
@@ -29,7 +32,7 @@ def child(op, size, path, reps):
     import torch
 
     from fastgan.benchmark import cases as C
-    from fastgan.benchmark.timing import _fresh
+    from fastgan.benchmark.timing import _fresh, peak_memory
 
     case = C.Case(op, tuple(size), "cpu", torch.float32)
     fn = C.paths(case)[path]
@@ -46,7 +49,9 @@ def child(op, size, path, reps):
         step()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"ms": statistics.median(times) * 1e3, "extra_peak_mb": (peak - base) / 1024}))
+    grads_mb = sum(t.numel() * t.element_size() for t in tensors) / 2**20
+    print(json.dumps({"ms": statistics.median(times) * 1e3, "extra_peak_mb": (peak - base) / 1024,
+                      "alloc_peak_mb": peak_memory(fn, tensors, labels, "cpu") / 2**20, "grads_mb": grads_mb}))
 
 
 def main():
@@ -72,8 +77,10 @@ def main():
             if r is None:
                 print(f"  {path:<18} failed")
                 continue
-            print(f"  {path:<18} {r['ms']:10.1f} ms  extra peak RSS {r['extra_peak_mb']:8.0f} MB   "
-                  f"fused is {r['ms'] / fused['ms']:.2f}x faster, {r['extra_peak_mb'] / max(fused['extra_peak_mb'], 1):.1f}x less memory")
+            print(f"  {path:<18} {r['ms']:10.1f} ms  allocated peak {r['alloc_peak_mb']:8.1f} MB "
+                  f"(of which input gradients {r['grads_mb']:.1f})  peak RSS +{r['extra_peak_mb']:6.0f} MB   "
+                  f"fused: {r['ms'] / fused['ms']:.2f}x faster, {r['alloc_peak_mb'] / fused['alloc_peak_mb']:.1f}x less "
+                  f"allocated, {r['extra_peak_mb'] / max(fused['extra_peak_mb'], 1):.1f}x less RSS")
 
 
 if __name__ == "__main__":

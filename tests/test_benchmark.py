@@ -16,7 +16,9 @@ def test_bench_cli_writes_results(tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     paths = {(r["op"], r["path"]) for r in rows}
     assert {("2c", "fastgan_cpu"), ("2c", "reference_eager"), ("2c", "reference_compiled"), ("2c", "studiogan_style"),
-            ("infonce", "mimicry_style"), ("spectral_norm", "torch_hook")} <= paths
+            ("infonce", "mimicry_style"), ("spectral_norm", "torch_hook"), ("spectral_norm", "fastgan_cpu"),
+            ("spectral_norm", "fastgan_cpu_group"), ("spectral_norm", "torch_hook_compiled"),
+            ("spectral_norm", "torch_parametrization_compiled")} <= paths
     for r in rows:
         assert r.get("note", "") == "", r
         if r["op"] != "spectral_norm":
@@ -24,7 +26,8 @@ def test_bench_cli_writes_results(tmp_path):
         assert float(r["total_median_ms"]) > 0
     meta = json.load(open(out / "results.json"))["machine"]
     assert meta["torch"] and meta["date"] and meta["device"] == "cpu"
-    assert (out / "table.txt").read_text().count("fastgan_cpu") == 2
+    # One row per (op, fastgan path): 2c and infonce, spectral norm per layer and grouped.
+    assert (out / "table.txt").read_text().count("fastgan_cpu") == 4
 
 
 def test_info_command():

@@ -107,18 +107,18 @@ def run_case(case, args, peaks) -> List[dict]:
 
 
 def format_table(rows) -> str:
-    head = f"{'op':<25}{'size':<14}{'path':<22}{'fwd ms':>9}{'bwd ms':>9}{'f+b ms (p20-p80)':>24}{'mem MB':>9}" \
+    head = f"{'op':<25}{'size':<14}{'path':<32}{'fwd ms':>9}{'bwd ms':>9}{'f+b ms (p20-p80)':>27}{'mem MB':>9}" \
            f"{'rel err':>10}{'speedup':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         if "total_median_ms" not in r:
-            lines.append(f"{r['op']:<25}{r['size']:<14}{r['path']:<22}  {r.get('note', '')}")
+            lines.append(f"{r['op']:<25}{r['size']:<14}{r['path']:<32}  {r.get('note', '')}")
             continue
         rng = f"{r['total_median_ms']:.2f} ({r['total_p20_ms']:.2f}-{r['total_p80_ms']:.2f})"
         err = f"{r['rel_err']:.1e}" if "rel_err" in r else "-"
         sp = f"{r['speedup_vs_eager']:.2f}x" if "speedup_vs_eager" in r else "-"
-        line = f"{r['op']:<25}{r['size']:<14}{r['path']:<22}{r['forward_median_ms']:>9.2f}{r['backward_median_ms']:>9.2f}" \
-               f"{rng:>24}{r['peak_mem_mb']:>9.1f}{err:>10}{sp:>9}"
+        line = f"{r['op']:<25}{r['size']:<14}{r['path']:<32}{r['forward_median_ms']:>9.2f}{r['backward_median_ms']:>9.2f}" \
+               f"{rng:>27}{r['peak_mem_mb']:>9.1f}{err:>10}{sp:>9}"
         if "floor_fraction" in r:
             line += f"  floor {r['floor_ms']:.3f} ms ({100 * r['floor_fraction']:.0f}%)"
         lines.append(line)

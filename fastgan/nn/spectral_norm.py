@@ -184,21 +184,26 @@ class SpectralNormGroup:
         self.backend = backend
 
     def update_(self) -> None:
-        """One training step of every layer: u, v in place (one call), then module.weight = W / sigma."""
+        """One training step of every layer: u, v in place (one call), then module.weight = W / sigma.
+        Per layer this is the Python a model pays on every forward, so it reads the parameter and
+        buffer dicts directly (tensors are looked up each call: .to() and load_state_dict may
+        replace them) and leaves the checks to the ops."""
         groups = {}
         for module, hook in self.entries:
             if not module.training or hook.n_power_iterations == 0:
                 continue
-            weight = getattr(module, hook.name + "_orig")
+            name = hook.name
+            weight = module._parameters[name + "_orig"]
             key = (weight.device, hook.n_power_iterations, hook.eps)
-            groups.setdefault(key, []).append((module, hook, weight))
+            groups.setdefault(key, []).append((module, hook, weight, module._buffers[name + "_u"],
+                                               module._buffers[name + "_v"]))
+        compiling = torch.compiler.is_compiling()
         for (device, n, eps), items in groups.items():
             backend = _spectral_backend(self.backend, device)
-            mats = [ref.weight_to_matrix(w, h.dim) for _, h, w in items]
-            us = [getattr(m, h.name + "_u") for m, h, _ in items]
-            vs = [getattr(m, h.name + "_v") for m, h, _ in items]
-            sigmas = ops.power_iteration([w.detach() for w in mats], us, vs, n, eps, "hook", backend)
-            for (module, hook, weight), w_mat, u, v, sigma in zip(items, mats, us, vs, sigmas):
+            mats = [ref.weight_to_matrix(w, h.dim) for _, h, w, _, _ in items]
+            sigmas = ops.power_iteration([w.detach() for w in mats], [it[3] for it in items], [it[4] for it in items],
+                                         n, eps, "hook", backend)
+            for (module, hook, weight, u, v), w_mat, sigma in zip(items, mats, sigmas):
                 # Clones: this forward's graph keeps the u, v it used (see normalize_weight).
                 u = u.clone(memory_format=torch.contiguous_format)
                 v = v.clone(memory_format=torch.contiguous_format)
@@ -206,7 +211,10 @@ class SpectralNormGroup:
                     out = weight / ref.sigma(w_mat, u, v)
                 else:
                     out = matrix_to_weight(ops.apply(w_mat, u, v, sigma, backend), weight.shape, hook.dim)
-                _set_weight(module, hook.name, out)
+                if compiling:
+                    setattr(module, hook.name, out)
+                else:  # a plain attribute since registration (see _set_weight)
+                    object.__setattr__(module, hook.name, out)
                 hook._group_fresh = True
 
     def __call__(self, model: torch.nn.Module, inputs) -> None:
