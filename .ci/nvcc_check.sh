@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compile-check the CUDA kernels (csrc/cuda/*.cu: plain CUDA, no torch headers) for sm_80 and sm_90.
-# Nothing here runs on a GPU; the torch glue (csrc/cuda/*_cuda.cpp) is built only in CUDA builds.
+# Nothing here runs on a GPU. The torch glue (csrc/cuda/*_cuda.cpp) is built only in CUDA builds; here
+# it gets a syntax-only pass against the installed torch's headers, so a CUDA-only typo cannot wait
+# for a GPU session to show.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
@@ -11,4 +13,17 @@ for cu in csrc/cuda/*.cu; do
       -gencode "arch=compute_${arch},code=sm_${arch}" -o "$out/$(basename "$cu" .cu)_sm${arch}.o" "$cu"
   done
   echo "nvcc: $cu compiles for sm_80 and sm_90"
+done
+
+# The CPU wheel ships the c10/cuda headers but not the one CMake generates (cuda_cmake_macros.h, a
+# single define); a stand-in supplies it. Same flags as the build (fastgan/_build_config.py).
+torch_inc=$(${PYTHON:-python3} -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")
+mkdir -p "$out/shim/c10/cuda/impl"
+printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$out/shim/c10/cuda/impl/cuda_cmake_macros.h"
+# nvcc may be a wrapper script; ask it where its headers are.
+cuda_inc=$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/.*INCLUDES="-I\([^"]*\)".*/\1/p' | head -n 1)
+for cpp in csrc/cuda/*_cuda.cpp; do
+  g++ -std=c++17 -fsyntax-only -DFASTGAN_WITH_CUDA=1 -Icsrc -I"$out/shim" -I"$torch_inc" \
+    -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc" "$cpp" 2>"$out/glue.log" || { cat "$out/glue.log"; exit 1; }
+  echo "g++: $cpp passes a syntax-only check against torch's headers"
 done

@@ -304,19 +304,6 @@ __global__ void __launch_bounds__(kTile* kThreadsY) cosine_kernel(LseParams p, T
   }
 }
 
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat16:
-      return fn(__half{});
-    case DType::kBFloat16:
-      return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 unsigned blocks(int64_t count) { return static_cast<unsigned>((count + kTile - 1) / kTile); }
 
 }  // namespace

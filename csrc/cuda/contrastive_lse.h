@@ -5,10 +5,10 @@
 
 #include <cstdint>
 
+#include "dtype.h"
+
 namespace fastgan {
 namespace cuda {
-
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 struct LseParams {
   const void* a;         // N x D, row stride stride_a, dtype `dtype`

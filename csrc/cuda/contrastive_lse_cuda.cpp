@@ -8,23 +8,10 @@
 
 #include "cpu/common.h"
 #include "cuda/contrastive_lse.h"
+#include "cuda/kernel_dtype.h"
 
 namespace fastgan {
 namespace {
-
-cuda::DType kernel_dtype(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      return cuda::DType::kFloat32;
-    case at::kHalf:
-      return cuda::DType::kFloat16;
-    case at::kBFloat16:
-      return cuda::DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, "fastgan CUDA kernels take float32, float16 or bfloat16 (float64 runs on the cpu and "
-                         "reference backends), got ", x.scalar_type());
-  }
-}
 
 void check_cuda(const at::Tensor& a, const at::Tensor& b) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "a and b must be 2-D, got ", a.sizes(), " and ", b.sizes());
@@ -87,7 +74,7 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   p.self_offset = self_offset;
   p.num_predicates = static_cast<int>(predicates.size());
   for (size_t k = 0; k < 3; ++k) p.predicates[k] = k < predicates.size() ? static_cast<int>(predicates[k]) : 0;
-  p.dtype = kernel_dtype(r.a);
+  p.dtype = cuda::kernel_dtype(r.a, "contrastive_lse", "a");
   return r;
 }
 
@@ -153,7 +140,7 @@ at::Tensor cosine_similarity_matrix_cuda(const at::Tensor& a_in, const at::Tenso
   auto out = at::empty({a.size(0), b.size(0)}, a.options());
   auto err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
                                                     inv_b.data_ptr<float>(), a.size(0), b.size(0), a.size(1),
-                                                    a.size(1), b.size(1), static_cast<float>(scale), kernel_dtype(a),
+                                                    a.size(1), b.size(1), static_cast<float>(scale), cuda::kernel_dtype(a, "cosine_similarity_matrix", "a"),
                                                     out.data_ptr(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix CUDA kernel failed: ", cudaGetErrorString(err));
   return out;

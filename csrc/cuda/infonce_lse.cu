@@ -527,19 +527,6 @@ __global__ void grad_l_finish_kernel(InfonceParams p, Norms nm, const float* v, 
   }
 }
 
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat16:
-      return fn(__half{});
-    case DType::kBFloat16:
-      return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Column split of the row-block kernels: a function of the sizes only (determinism).

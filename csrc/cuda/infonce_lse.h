@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "contrastive_lse.h"  // DType
+#include "dtype.h"
 
 namespace fastgan {
 namespace cuda {

@@ -11,23 +11,10 @@
 #include <optional>
 
 #include "cuda/infonce_lse.h"
+#include "cuda/kernel_dtype.h"
 
 namespace fastgan {
 namespace {
-
-cuda::DType infonce_kernel_dtype(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      return cuda::DType::kFloat32;
-    case at::kHalf:
-      return cuda::DType::kFloat16;
-    case at::kBFloat16:
-      return cuda::DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, "infonce_lse: the CUDA kernels take l and m in float32, float16 or bfloat16 (float64 "
-                         "runs on the cpu and reference backends), got ", x.scalar_type());
-  }
-}
 
 struct Inputs {
   at::Tensor l, m;  // detached, original strides; one dtype (float32 copies when l and m differ)
@@ -52,7 +39,7 @@ Inputs prepare(const at::Tensor& l_in, const at::Tensor& m_in, double scale, con
     r.m = r.m.to(at::kFloat);
   }
   cuda::InfonceParams& p = r.p;
-  p.dtype = infonce_kernel_dtype(r.l);
+  p.dtype = cuda::kernel_dtype(r.l, op, "l and m");
   p.l = r.l.data_ptr();  // data_ptr includes the storage offset; strides are in elements
   p.m = r.m.data_ptr();
   p.n = r.l.size(0);

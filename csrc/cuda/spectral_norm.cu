@@ -385,19 +385,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename Fn>
-cudaError_t dispatch(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat16:
-      return fn(__half{});
-    case DType::kBFloat16:
-      return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 unsigned grid_of(int64_t work_items) {
   const int64_t g = work_items < 1 ? 1 : (work_items < kMaxGrid ? work_items : kMaxGrid);
   return static_cast<unsigned>(g);

@@ -14,24 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "cuda/kernel_dtype.h"
 #include "cuda/spectral_norm.h"
 
 namespace fastgan {
 namespace {
-
-cuda::DType kernel_dtype(const at::Tensor& x, const char* op, const std::string& name) {
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      return cuda::DType::kFloat32;
-    case at::kHalf:
-      return cuda::DType::kFloat16;
-    case at::kBFloat16:
-      return cuda::DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, op, ": ", name, " must be float32, float16 or bfloat16 for the CUDA kernels, got ",
-                  x.scalar_type());
-  }
-}
 
 std::string indexed(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
 
@@ -52,7 +39,7 @@ cuda::SnMatrix kernel_matrix(const at::Tensor& w, const char* op, const std::str
   m.cols = w.size(1);
   m.stride_r = w.stride(0);
   m.stride_c = w.stride(1);
-  m.dtype = kernel_dtype(w, op, name);
+  m.dtype = cuda::kernel_dtype(w, op, name);
   return m;
 }
 
@@ -73,7 +60,7 @@ cuda::SnVector kernel_vector(const at::Tensor& x, const char* op, const std::str
   r.p = x.data_ptr();
   r.size = x.size(0);
   r.stride = x.stride(0);
-  r.dtype = kernel_dtype(x, op, name);
+  r.dtype = cuda::kernel_dtype(x, op, name);
   return r;
 }
 
