@@ -12,6 +12,7 @@ import fastgan.functional as FG
 import fastgan.nn as GN
 
 SIZES = [5, 7, 6]  # unequal per-rank batch sizes
+KEEP_ALIVE = []  # objects whose teardown must not run before os._exit (see the sn_ddp case)
 D = 4
 
 
@@ -82,6 +83,10 @@ def main():
         torch.save({"u": [model[0].weight_u.clone(), model[2].weight_u.clone()],
                     "v": [model[0].weight_v.clone(), model[2].weight_v.clone()]}, out)
         dist.destroy_process_group()
+        # DDP's reducer holds the gloo process group: freeing it with main's locals joins gloo's
+        # threads, which can wait on a peer that already left (a CI run hung there, after main had
+        # returned). Keep it alive until os._exit.
+        KEEP_ALIVE.append(ddp)
         return
     t = local(global_data(world), world, rank)
     results = {}
