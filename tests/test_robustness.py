@@ -14,7 +14,7 @@ import torch
 import fastgan.functional as FG
 from fastgan import reference as R
 
-from conftest import backend_device, kernel_backends
+from conftest import backend_device, kernel_backends, rel_err
 
 LOSSES = {
     "2c": lambda x, p, y, b: FG.conditional_contrastive_loss(x, p, y, 0.1, backend=b),
@@ -128,3 +128,38 @@ def test_labels_anywhere_in_int64(backend, gen):
     want = FG.conditional_contrastive_loss(x, p, y, backend=backend)
     assert torch.equal(FG.conditional_contrastive_loss(x, p, big, backend=backend), want)
     assert torch.equal(FG.supcon_loss(x, big, backend=backend), FG.supcon_loss(x, y, backend=backend))
+
+
+SMALL_T_LOSSES = {
+    "2c": lambda x, p, y, t, b: FG.conditional_contrastive_loss(x, p, y, t, backend=b),
+    "d2d": lambda x, p, y, t, b: FG.data2data_cross_entropy_loss(x, p, y, t, backend=b),
+    "ntxent": lambda x, p, y, t, b: FG.nt_xent_loss(torch.cat([x, p]), t, backend=b),
+    "supcon": lambda x, p, y, t, b: FG.supcon_loss(x, y, t, backend=b),
+    "clip": lambda x, p, y, t, b: FG.symmetric_infonce_loss(x, p, t, backend=b),
+    "infonce": lambda x, p, y, t, b: FG.infonce_local_global(x.reshape(x.shape[0], -1, 2), p[:, : x.shape[1] // 2],
+                                                              temperature=t, normalize=True, backend=b),
+}
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("name", list(SMALL_T_LOSSES))
+@pytest.mark.parametrize("t", [1e-3, 1e-4])
+def test_tiny_temperatures_match_the_reference(backend, name, t, gen):
+    """Temperatures far below the usual 0.05-0.5: logits of size 1/t, so exp(z - lse) of the columns a
+    predicate leaves out overflows (float64 too, past z - lse = 709). Those columns must drop out of
+    the gradient (a select, not 0 * inf = NaN); values and gradients equal the reference's."""
+    dev = backend_device(backend)
+    dt = torch.float32 if dev.type == "cuda" else torch.float64
+    x, p, y = (v.to(torch.float64) if v.is_floating_point() else v for v in inputs("cpu", gen, n=24, d=6))
+    want_leaves = [x.clone().requires_grad_(), p.clone().requires_grad_()]
+    want = SMALL_T_LOSSES[name](*want_leaves, y, t, "reference")
+    want_grads = torch.autograd.grad(want, want_leaves, allow_unused=True)
+    leaves = [x.to(dev, dt).requires_grad_(), p.to(dev, dt).requires_grad_()]
+    got = SMALL_T_LOSSES[name](*leaves, y.to(dev), t, backend)
+    grads = torch.autograd.grad(got, leaves, allow_unused=True)
+    tol = 1e-10 if dt == torch.float64 else 1e-4
+    assert rel_err(got, want) < tol, (got, want)
+    for g, w in zip(grads, want_grads):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert torch.isfinite(g).all() and rel_err(g, w) < tol

@@ -255,8 +255,10 @@ void backward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::T
                 const int32_t* lbt = in.lb + c0;
                 const int32_t li = in.la[i];
                 const bool want_same = p == kSame;
+                // A select, not a 0/1 multiply: outside the predicate z may exceed lse_ik by any amount,
+                // and exp(z - lse_ik) = inf (float64) or wk * FLT_MAX = inf would make 0 * inf = NaN.
 #pragma omp simd
-                for (int64_t c = 0; c < bc; ++c) gp[c] += static_cast<T>((lbt[c] == li) == want_same) * wk * ep[c];
+                for (int64_t c = 0; c < bc; ++c) gp[c] += ((lbt[c] == li) == want_same) ? wk * ep[c] : T(0);
               }
             }
             const T sa = static_cast<T>(prm.scale) * in.inv_a[i];
