@@ -213,11 +213,12 @@ void backward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::T
   const int64_t K = static_cast<int64_t>(prm.predicates.size());
   const T ninf = -std::numeric_limits<T>::infinity();
   const Split sp = make_split(in.n, in.m);
-  // Row parts write disjoint rows of U but share all of V (and vice versa for column parts):
-  // each task accumulates its share of the shared one into its own partial buffer.
+  // Row parts write disjoint rows of U but share all of V (and vice versa for column parts): part 0
+  // accumulates its share of the shared one into V itself, every other part into its own partial
+  // buffer, added to V afterwards in part order (fixed: deterministic).
   const int64_t tasks = sp.row_parts * sp.col_parts;
-  at::Tensor Upart = sp.col_parts > 1 ? at::zeros({sp.col_parts, in.n, in.d}, a_t.options()) : U.unsqueeze(0);
-  at::Tensor Vpart = sp.row_parts > 1 ? at::zeros({sp.row_parts, in.m, in.d}, a_t.options()) : V.unsqueeze(0);
+  at::Tensor Uextra = sp.col_parts > 1 ? at::zeros({sp.col_parts - 1, in.n, in.d}, a_t.options()) : at::Tensor();
+  at::Tensor Vextra = sp.row_parts > 1 ? at::zeros({sp.row_parts - 1, in.m, in.d}, a_t.options()) : at::Tensor();
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     at::Tensor buf = at::empty({kBlockRows * kBlockCols}, a_t.options());
     std::vector<T> fz(kBlockCols), g(kBlockCols), e(kBlockCols);
@@ -225,8 +226,8 @@ void backward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::T
       const int64_t rp = task / sp.col_parts, cp = task % sp.col_parts;
       auto [rlo, rhi] = part(in.n, sp.row_parts, rp, kBlockRows);
       auto [clo, chi] = part(in.m, sp.col_parts, cp, kBlockCols);
-      at::Tensor Ut = Upart[sp.col_parts > 1 ? cp : 0];
-      at::Tensor Vt = Vpart[sp.row_parts > 1 ? rp : 0];
+      at::Tensor Ut = cp == 0 ? U : Uextra[cp - 1];
+      at::Tensor Vt = rp == 0 ? V : Vextra[rp - 1];
       for (int64_t r0 = rlo; r0 < rhi; r0 += kBlockRows) {
         const int64_t br = std::min(kBlockRows, rhi - r0);
         for (int64_t c0 = clo; c0 < chi; c0 += kBlockCols) {
@@ -281,8 +282,8 @@ void backward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::T
       }
     }
   });
-  if (sp.col_parts > 1) U.copy_(Upart.sum(0));
-  if (sp.row_parts > 1) V.copy_(Vpart.sum(0));
+  for (int64_t k = 1; k < sp.col_parts; ++k) U.add_(Uextra[k - 1]);
+  for (int64_t k = 1; k < sp.row_parts; ++k) V.add_(Vextra[k - 1]);
 }
 
 void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& la,
