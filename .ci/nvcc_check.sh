@@ -7,9 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# The half/bfloat16 flags torch.utils.cpp_extension adds to every nvcc call (COMMON_NVCC_FLAGS): they
+# remove __half's and __nv_bfloat16's implicit conversions, so code that compiles without them can
+# still fail the real extension build.
+torch_nvcc_flags="-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__"
 for cu in csrc/cuda/*.cu; do
   for arch in 80 90; do
-    nvcc -c -std=c++17 -O3 --expt-relaxed-constexpr -Werror all-warnings -Icsrc \
+    nvcc -c -std=c++17 -O3 --expt-relaxed-constexpr -Werror all-warnings -Icsrc $torch_nvcc_flags \
       -gencode "arch=compute_${arch},code=sm_${arch}" -o "$out/$(basename "$cu" .cu)_sm${arch}.o" "$cu"
   done
   echo "nvcc: $cu compiles for sm_80 and sm_90"

@@ -79,7 +79,8 @@ __device__ void tile_logits_tc(const LseParams& p, int64_t r0, int64_t c0, float
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int warp = ty;  // blockDim.x == 32: row ty of the block is warp ty
   const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;
-  const T zero = T(0.f);
+  T zero;
+  from_float(0.f, &zero);
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
   wmma::fill_fragment(acc, 0.f);
   for (int64_t d0 = 0; d0 < p.d; d0 += kTile) {
