@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(kTile* kThreadsY) forward_kernel(LseParams p, 
         if (!admissible(p, i, j)) continue;
         const float z = zs[tid][c];
         rmax = fmaxf(rmax, z);
-        const float f = p.relu ? fmaxf(z, 0.f) : z;
+        const float f = (p.relu && z < 0.f) ? 0.f : z;
         for (int k = 0; k < p.num_predicates; ++k) {
           if (!passes(p, p.predicates[k], i, j)) continue;
           if (f > mx[k]) {
@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kTile* kThreadsY) forward_kernel(LseParams p, 
           s += (e == m) ? 1.f : expf(e - m);
         }
       }
-      lse[i * p.num_predicates + k] = (m == -INFINITY) ? -INFINITY : m + logf(s);
+      lse[i * p.num_predicates + k] = (m == -INFINITY && !isnan(s)) ? -INFINITY : m + logf(s);
     }
   }
 }

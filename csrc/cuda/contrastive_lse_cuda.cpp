@@ -45,14 +45,19 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   if (need_labels) {
     TORCH_CHECK(label_a.has_value() && label_b.has_value(), "contrastive_lse: label_a and label_b are required");
   }
+  for (auto* l : {&label_a, &label_b}) {
+    if (l->has_value()) {
+      TORCH_CHECK((*l)->scalar_type() == at::kLong && (*l)->dim() == 1, "contrastive_lse: labels must be 1-D int64");
+    }
+  }
   if (label_a.has_value() && label_b.has_value()) {
-    r.la = label_a->to(r.a.device(), at::kLong).contiguous();
-    r.lb = label_b->to(r.a.device(), at::kLong).contiguous();
+    r.la = label_a->to(r.a.device()).contiguous();
+    r.lb = label_b->to(r.a.device()).contiguous();
     TORCH_CHECK(r.la.numel() == r.a.size(0) && r.lb.numel() == r.b.size(0), "contrastive_lse: label sizes");
   }
   if (extra.has_value()) {
     r.extra = extra->detach().to(r.a.device(), at::kFloat).contiguous();
-    TORCH_CHECK(r.extra.numel() == r.a.size(0), "contrastive_lse: extra must have shape (N,)");
+    TORCH_CHECK(r.extra.dim() == 1 && r.extra.size(0) == r.a.size(0), "contrastive_lse: extra must have shape (N,)");
   }
   cuda::LseParams& p = r.p;
   p.a = r.a.data_ptr();

@@ -35,6 +35,9 @@ Inputs prepare(const at::Tensor& l_in, const at::Tensor& m_in, double scale, con
   r.l = l_in.detach();
   r.m = m_in.detach();
   if (r.l.scalar_type() != r.m.scalar_type()) {  // one kernel dtype: compute both in float32
+    // Each must be a kernel dtype itself: a float64 (or integer) input must not be cast silently.
+    cuda::kernel_dtype(r.l, op, "l");
+    cuda::kernel_dtype(r.m, op, "m");
     r.l = r.l.to(at::kFloat);
     r.m = r.m.to(at::kFloat);
   }

@@ -272,7 +272,8 @@ __global__ void __launch_bounds__(kThreads)
     float s = 0.f;
     for (int64_t i = threadIdx.x; i < count; i += kThreads) s += partials[p.first_tile + i];
     s = block_sum(s, red);
-    const float denom = fmaxf(sqrtf(s), eps);
+    const float nrm = sqrtf(s);
+    const float denom = nrm < eps ? eps : nrm;  // clamp_min as F.normalize: a NaN norm stays NaN (fmaxf drops it)
     if ((flags & kNormalize) && threadIdx.x < kTile) {
       const int64_t o = (g - p.first_tile) * kTile + threadIdx.x;
       if (o < p.n_out) {
