@@ -163,3 +163,32 @@ def test_tiny_temperatures_match_the_reference(backend, name, t, gen):
         assert (g is None) == (w is None)
         if w is not None:
             assert torch.isfinite(g).all() and rel_err(g, w) < tol
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("n,m", [(4, 5), (40, 300)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("extra", [False, True])
+def test_contrastive_lse_nan_rows_and_columns_as_the_reference(backend, n, m, relu, extra, gen):
+    """The primitive's NaN pattern equals the reference's: a NaN row (every logit NaN) gives NaN for
+    every predicate, not the -inf of an empty set; a NaN column makes NaN exactly the sets holding it;
+    the other values are unchanged. Column counts past the 8-wide vector paths and the tile widths."""
+    from fastgan.ops.contrastive_lse import contrastive_lse
+
+    dev = backend_device(backend)
+    dt = torch.float32 if dev.type == "cuda" else torch.float64
+    a = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(m, 3, generator=gen, dtype=torch.float64)
+    a[1, 0] = float("nan")
+    b[2, 1] = float("nan")
+    la, lb = torch.randint(0, 2, (n,), generator=gen), torch.randint(0, 2, (m,), generator=gen)
+    e = torch.randn(n, generator=gen, dtype=torch.float64) if extra else None
+    params = (2.0, 0.0, relu, True, 1e-8, True, 0, [0, 1, 2])
+    want, _ = R.contrastive_lse(a, b, la, lb, e, *params)
+    got, _ = contrastive_lse(a.to(dev, dt), b.to(dev, dt), la.to(dev), lb.to(dev),
+                             e.to(dev, dt) if extra else None, *params, backend=backend)
+    got = got.cpu().double()
+    assert torch.isnan(want[1]).all()
+    assert torch.equal(torch.isnan(got), torch.isnan(want)), (got, want)
+    finite = ~torch.isnan(want)
+    assert torch.allclose(got[finite], want[finite], rtol=1e-5)

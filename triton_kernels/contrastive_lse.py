@@ -100,11 +100,12 @@ def _forward_kernel(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, extra_ptr,
         m1, s1 = _online_update(m1, s1, e[:, None])
         m2, s2 = _online_update(m2, s2, e[:, None])
     tl.store(rowmax_ptr + rows, rmax, mask=rows < N)
-    tl.store(lse_ptr + rows * K, tl.where(m0 == ninf, ninf, m0 + tl.log(s0)), mask=rows < N)
+    # m = -inf: nothing admissible (s = 0, lse = -inf), or only NaN (s = NaN, lse = NaN as the reference).
+    tl.store(lse_ptr + rows * K, tl.where((m0 == ninf) & (s0 == s0), ninf, m0 + tl.log(s0)), mask=rows < N)
     if K > 1:
-        tl.store(lse_ptr + rows * K + 1, tl.where(m1 == ninf, ninf, m1 + tl.log(s1)), mask=rows < N)
+        tl.store(lse_ptr + rows * K + 1, tl.where((m1 == ninf) & (s1 == s1), ninf, m1 + tl.log(s1)), mask=rows < N)
     if K > 2:
-        tl.store(lse_ptr + rows * K + 2, tl.where(m2 == ninf, ninf, m2 + tl.log(s2)), mask=rows < N)
+        tl.store(lse_ptr + rows * K + 2, tl.where((m2 == ninf) & (s2 == s2), ninf, m2 + tl.log(s2)), mask=rows < N)
 
 
 @triton.jit

@@ -127,14 +127,20 @@ inline void masked_lse_tile(const T* fz, const int32_t* lb, int32_t li, int64_t 
     for (int64_t c = 0; c < bc; ++c) val[c] = ((lb[c] == li) == want_same) ? fz[c] : ninf;
     v = val;
   }
-  const T m = reduce_max(v, bc);
+  const T m = reduce_max(v, bc);  // skips NaN
   m_out = m;
   // A +inf logit makes the LSE +inf (as torch.logsumexp): count it as exp(0) instead of inf - inf.
   if (m == -ninf) {
     s_out = T(1);
     return;
   }
-  s_out = m != ninf ? exp_shifted(v, bc, m, static_cast<T*>(nullptr)) : T(0);
+  if (m == ninf) {  // empty, or only NaN: the sum is 0 or NaN (then the LSE is NaN, as the reference's)
+    T nan_sum = 0;
+    for (int64_t c = 0; c < bc; ++c) nan_sum += std::isnan(v[c]) ? v[c] : T(0);
+    s_out = nan_sum;
+    return;
+  }
+  s_out = exp_shifted(v, bc, m, static_cast<T*>(nullptr));
 }
 
 // ---------------------------------------------------------------- forward
@@ -167,7 +173,7 @@ void forward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::Te
               T m, s;
               masked_lse_tile(fz.data(), in.lb ? in.lb + c0 : nullptr, in.la ? in.la[i] : 0, prm.predicates[k], bc,
                               val.data(), m, s);
-              if (m == ninf) continue;  // nothing admissible in this tile
+              if (m == ninf && s == T(0)) continue;  // nothing admissible in this tile (a NaN sum goes on)
               T& M = pmax[(cp * in.n + i) * K + k];
               T& S = psum[(cp * in.n + i) * K + k];
               if (m > M) {
@@ -190,14 +196,11 @@ void forward_impl(const Inputs<T>& in, const Params& prm, at::Tensor a_t, at::Te
     for (int64_t k = 0; k < K; ++k) {
       T M = in.extra ? in.extra[i] : ninf;
       for (int64_t cp = 0; cp < sp.col_parts; ++cp) M = std::max(M, pmax[(cp * in.n + i) * K + k]);
-      if (M == ninf) {
-        lse[i * K + k] = ninf;
-        continue;
-      }
+      // M = -inf (nothing admissible) gives S = 0 and lse = -inf, or S = NaN (only NaN) and lse = NaN.
       T S = in.extra ? (in.extra[i] == M ? T(1) : std::exp(in.extra[i] - M)) : T(0);
       for (int64_t cp = 0; cp < sp.col_parts; ++cp) {
-        const T pm = pmax[(cp * in.n + i) * K + k];
-        if (pm != ninf) S += psum[(cp * in.n + i) * K + k] * (pm == M ? T(1) : std::exp(pm - M));
+        const T pm = pmax[(cp * in.n + i) * K + k], ps = psum[(cp * in.n + i) * K + k];
+        S += pm != ninf ? ps * (pm == M ? T(1) : std::exp(pm - M)) : ps;  // ps is 0 or NaN when pm = -inf
       }
       lse[i * K + k] = M + std::log(S);
     }
