@@ -192,3 +192,29 @@ def test_contrastive_lse_nan_rows_and_columns_as_the_reference(backend, n, m, re
     assert torch.equal(torch.isnan(got), torch.isnan(want)), (got, want)
     finite = ~torch.isnan(want)
     assert torch.allclose(got[finite], want[finite], rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("n,hw", [(3, 2), (7, 20)])
+@pytest.mark.parametrize("self_logit", [None, -10.0])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_infonce_lse_nan_pattern_as_the_reference(backend, n, hw, self_logit, normalize, gen):
+    """infonce_lse's positives and negative log-sum-exps are NaN exactly where the reference's are: a
+    NaN in m_1 (image 1's negatives are all NaN: NaN, not the -inf of an empty set) and one NaN local
+    feature of image 2; every other value unchanged."""
+    from fastgan.ops.infonce_lse import infonce_lse
+    from fastgan.reference.infonce import infonce_lse as ref_infonce_lse
+
+    dev = backend_device(backend)
+    dt = torch.float32 if dev.type == "cuda" else torch.float64
+    l = torch.randn(n, 4, hw, generator=gen, dtype=torch.float64)
+    m = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    m[1, 0] = float("nan")
+    l[2, 1, 0] = float("nan")
+    want = ref_infonce_lse(l, m, 1.0, self_logit, normalize, 1e-12)
+    got = infonce_lse(l.to(dev, dt), m.to(dev, dt), 1.0, self_logit, normalize, 1e-12, backend=backend)
+    for g, w in zip(got, want):
+        g = g.cpu().double()
+        assert torch.equal(torch.isnan(g), torch.isnan(w)), (g, w)
+        finite = ~torch.isnan(w)
+        assert torch.allclose(g[finite], w[finite], rtol=1e-5)

@@ -90,7 +90,7 @@ def _forward_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, par_ptr, pos_ptr, neg_ptr,
         # HW * exp(self_logit) as the single logit self_logit + log(HW) (-inf for HW = 0).
         st = tl.load(par_ptr + 1)
         mx, sm = _online_update(mx, sm, tl.zeros((BLOCK_M, 1), CT) + st)
-    empty = mx == ninf
+    empty = (mx == ninf) & (sm == sm)  # mx = -inf with a NaN sum: only NaN scores, lse NaN as the reference
     tl.store(neg_ptr + rows, tl.where(empty, ninf, mx + tl.log(tl.where(empty, 1.0, sm))), mask=rows < N)
 
 
