@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <optional>
 
 namespace fastgan {
 
@@ -16,6 +17,34 @@ inline at::ScalarType compute_type(const at::Tensor& a) {
 inline at::Tensor inverse_norms(const at::Tensor& x, bool normalize, double eps) {
   if (!normalize) return at::ones({x.size(0)}, x.options());
   return x.norm(2, {1}).clamp_min(eps).reciprocal();
+}
+
+// The device-independent argument contract of fastgan::contrastive_lse and its backward, checked
+// by the CPU kernel and the CUDA glue alike: 1 to 3 known predicates (0 all, 1 same label, 2 other
+// label), both labels where a predicate needs them, labels 1-D int64 with one entry per row of a and
+// b, and extra of shape (N,).
+inline void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& la,
+                                   const std::optional<at::Tensor>& lb, const std::optional<at::Tensor>& extra,
+                                   at::IntArrayRef predicates) {
+  TORCH_CHECK(!predicates.empty() && predicates.size() <= 3, "contrastive_lse: predicates must hold 1 to 3 entries");
+  bool need_labels = false;
+  for (auto p : predicates) {
+    TORCH_CHECK(p >= 0 && p <= 2, "contrastive_lse: unknown predicate ", p);
+    need_labels |= p != 0;
+  }
+  if (need_labels) {
+    TORCH_CHECK(la.has_value() && lb.has_value(), "contrastive_lse: label_a and label_b are required by the predicates");
+  }
+  for (auto* l : {&la, &lb}) {
+    if (l->has_value()) {
+      TORCH_CHECK((*l)->scalar_type() == at::kLong && (*l)->dim() == 1, "contrastive_lse: labels must be 1-D int64");
+    }
+  }
+  if (la.has_value()) TORCH_CHECK(la->size(0) == a.size(0), "contrastive_lse: label_a must have a.size(0) entries");
+  if (lb.has_value()) TORCH_CHECK(lb->size(0) == b.size(0), "contrastive_lse: label_b must have b.size(0) entries");
+  if (extra.has_value()) {
+    TORCH_CHECK(extra->dim() == 1 && extra->size(0) == a.size(0), "contrastive_lse: extra must have shape (N,)");
+  }
 }
 
 // The CPU rows of normalization_backward below: out_r = U_r - [||x_r|| > eps] x^_r (x^_r . U_r). x^ is

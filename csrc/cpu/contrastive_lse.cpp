@@ -33,7 +33,6 @@ namespace {
 
 constexpr int64_t kBlockRows = 128;
 constexpr int64_t kBlockCols = 512;
-constexpr int kMaxPredicates = 3;
 enum Predicate : int64_t { kAll = 0, kSame = 1, kDiff = 2 };
 
 using namespace vec;  // fast_exp, exp8, reduce_max, exp_shifted: cpu/vec_math.h
@@ -298,27 +297,11 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "contrastive_lse: a and b must have the same dtype");
   TORCH_CHECK(at::isFloatingType(a.scalar_type()), "contrastive_lse: a must be floating point, got ", a.scalar_type());
   TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "contrastive_lse (CPU kernel): tensors must be on the CPU");
-  TORCH_CHECK(!predicates.empty() && predicates.size() <= kMaxPredicates,
-              "contrastive_lse: predicates must hold 1 to 3 entries");
-  bool need_labels = false;
-  for (auto p : predicates) {
-    TORCH_CHECK(p == kAll || p == kSame || p == kDiff, "contrastive_lse: unknown predicate ", p);
-    need_labels |= p != kAll;
-  }
-  if (need_labels) {
-    TORCH_CHECK(la.has_value() && lb.has_value(), "contrastive_lse: label_a and label_b are required by the predicates");
-  }
-  for (auto* l : {&la, &lb}) {
-    if (l->has_value()) {
-      TORCH_CHECK((*l)->scalar_type() == at::kLong && (*l)->dim() == 1, "contrastive_lse: labels must be 1-D int64");
-      TORCH_CHECK((*l)->device().is_cpu(), "contrastive_lse (CPU kernel): labels must be on the CPU");
+  check_contrastive_args(a, b, la, lb, extra, predicates);
+  for (auto* t : {&la, &lb, &extra}) {
+    if (t->has_value()) {
+      TORCH_CHECK((*t)->device().is_cpu(), "contrastive_lse (CPU kernel): labels and extra must be on the CPU");
     }
-  }
-  if (la.has_value()) TORCH_CHECK(la->size(0) == a.size(0), "contrastive_lse: label_a must have a.size(0) entries");
-  if (lb.has_value()) TORCH_CHECK(lb->size(0) == b.size(0), "contrastive_lse: label_b must have b.size(0) entries");
-  if (extra.has_value()) {
-    TORCH_CHECK(extra->dim() == 1 && extra->size(0) == a.size(0), "contrastive_lse: extra must have shape (N,)");
-    TORCH_CHECK(extra->device().is_cpu(), "contrastive_lse (CPU kernel): extra must be on the CPU");
   }
 }
 

@@ -30,35 +30,18 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
                  double bias, bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset,
                  at::IntArrayRef predicates) {
   check_cuda(a_in, b_in);
-  TORCH_CHECK(!predicates.empty() && predicates.size() <= 3, "contrastive_lse: predicates must hold 1 to 3 entries");
+  check_contrastive_args(a_in, b_in, label_a, label_b, extra, predicates);
   Prepared r;
   r.a = a_in.detach().contiguous();
   r.b = b_in.detach().contiguous();
   auto af = r.a.to(at::kFloat), bf = r.b.to(at::kFloat);
   r.inv_a = inverse_norms(af, normalize, eps).contiguous();
   r.inv_b = inverse_norms(bf, normalize, eps).contiguous();
-  bool need_labels = false;
-  for (auto q : predicates) {
-    TORCH_CHECK(q >= 0 && q <= 2, "contrastive_lse: unknown predicate ", q);
-    need_labels |= q != 0;
-  }
-  if (need_labels) {
-    TORCH_CHECK(label_a.has_value() && label_b.has_value(), "contrastive_lse: label_a and label_b are required");
-  }
-  for (auto* l : {&label_a, &label_b}) {
-    if (l->has_value()) {
-      TORCH_CHECK((*l)->scalar_type() == at::kLong && (*l)->dim() == 1, "contrastive_lse: labels must be 1-D int64");
-    }
-  }
   if (label_a.has_value() && label_b.has_value()) {
     r.la = label_a->to(r.a.device()).contiguous();
     r.lb = label_b->to(r.a.device()).contiguous();
-    TORCH_CHECK(r.la.numel() == r.a.size(0) && r.lb.numel() == r.b.size(0), "contrastive_lse: label sizes");
   }
-  if (extra.has_value()) {
-    r.extra = extra->detach().to(r.a.device(), at::kFloat).contiguous();
-    TORCH_CHECK(r.extra.dim() == 1 && r.extra.size(0) == r.a.size(0), "contrastive_lse: extra must have shape (N,)");
-  }
+  if (extra.has_value()) r.extra = extra->detach().to(r.a.device(), at::kFloat).contiguous();
   cuda::LseParams& p = r.p;
   p.a = r.a.data_ptr();
   p.b = r.b.data_ptr();
@@ -145,8 +128,9 @@ at::Tensor cosine_similarity_matrix_cuda(const at::Tensor& a_in, const at::Tenso
   auto out = at::empty({a.size(0), b.size(0)}, a.options());
   auto err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
                                                     inv_b.data_ptr<float>(), a.size(0), b.size(0), a.size(1),
-                                                    a.size(1), b.size(1), static_cast<float>(scale), cuda::kernel_dtype(a, "cosine_similarity_matrix", "a"),
-                                                    out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+                                                    a.size(1), b.size(1), static_cast<float>(scale),
+                                                    cuda::kernel_dtype(a, "cosine_similarity_matrix", "a"), out.data_ptr(),
+                                                    c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix CUDA kernel failed: ", cudaGetErrorString(err));
   return out;
 }

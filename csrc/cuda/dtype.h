@@ -3,6 +3,10 @@
 // turns a runtime DType into a compile-time element type inside the .cu files.
 #pragma once
 #include <cuda_runtime.h>
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
 
 namespace fastgan {
 namespace cuda {
@@ -10,13 +14,6 @@ namespace cuda {
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 #ifdef __CUDACC__
-}  // namespace cuda
-}  // namespace fastgan
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-namespace fastgan {
-namespace cuda {
-
 // Calls fn(T{}) with T the element type of dtype; the launchers instantiate their kernels there.
 template <typename Fn>
 cudaError_t dispatch(DType dtype, Fn fn) {
