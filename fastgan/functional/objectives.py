@@ -219,9 +219,9 @@ def word_region_scores(words: torch.Tensor, regions: torch.Tensor, word_mask=Non
     if word_mask.is_floating_point() or word_mask.is_complex():
         raise TypeError(f"word_mask must be bool or integer (True/1 for real words), got {word_mask.dtype}")
     C.check_same_device(words=words, word_mask=word_mask)
-    if word_mask.device.type == "cpu" and words.shape[0] and not bool(word_mask.bool().any(dim=1).all()):
-        # An all-padding sentence has no score (log of an empty sum = -inf); CPU only: a value check on
-        # CUDA would be a host sync.
+    if C.values_checked(word_mask) and words.shape[0] and not bool(word_mask.bool().any(dim=1).all()):
+        # An all-padding sentence has no score (log of an empty sum = -inf); on CUDA only in debug
+        # mode (fastgan.set_debug): there the value check is a host sync.
         raise ValueError("word_mask has a sentence with no words: every row needs at least one True entry")
     wn = F.normalize(words, dim=2, eps=eps)
     rn = F.normalize(regions, dim=2, eps=eps)
