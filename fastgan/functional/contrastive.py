@@ -332,7 +332,12 @@ def supcon_loss(
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, the L_out form), SPEC.md 4:
     L_i = LSE_{a!=i}(s_ia/t) - mean_{p in P(i)} s_ip/t, P(i) = {p != i : y_p = y_i}; anchors with an
-    empty P(i) are left out of the mean (0 under reduction='none')."""
+    empty P(i) are left out of the mean (0 under reduction='none').
+    A batch of one class (no negatives) gets this formula's value, LSE over the positives minus their
+    mean (> 0 unless all similarities are equal), as Khosla et al.'s reference implementation: it is the
+    loss as defined, with its gradient (pulling the positives' similarities together).
+    pytorch-metric-learning's SupConLoss returns 0 there instead (it skips batches without a negative
+    pair); for its numbers, skip such batches yourself."""
     _features(features, "features")
     C.check_nonempty(features, "features")
     labels = C.check_labels(labels, "labels", features.shape[0], features.device)
