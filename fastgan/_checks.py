@@ -4,7 +4,6 @@ Debug mode (`FASTGAN_DEBUG=1` in the environment, or `fastgan.set_debug(True)`) 
 data-dependent checks, those that read tensor values, on every device: label ranges and word masks on
 CUDA (a host sync each, which is why they are CPU-only by default) and finite float inputs everywhere.
 """
-import contextlib
 import functools
 import math
 import os
@@ -74,13 +73,18 @@ def autocast_off(fn):
     autograd part runs in float32 instead of being cast down to half."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        on = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
-        if not on:
-            return fn(*args, **kwargs)
-        with contextlib.ExitStack() as stack:
-            for d in on:
-                stack.enter_context(torch.autocast(d, enabled=False))
-            return fn(*args, **kwargs)
+        # Plain with-statements, not an ExitStack: torch.compile traces these (fullgraph).
+        cpu, cuda = torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda")
+        if cpu and cuda:
+            with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                return fn(*args, **kwargs)
+        if cpu:
+            with torch.autocast("cpu", enabled=False):
+                return fn(*args, **kwargs)
+        if cuda:
+            with torch.autocast("cuda", enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
 
     return wrapper
 

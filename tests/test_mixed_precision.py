@@ -117,3 +117,14 @@ def test_example_gan_on_cuda_with_grad_scaler(infomax):
         hist, _, _ = contragan.train(backend, steps=steps, batch=16, infomax=infomax, device="cuda",
                                      autocast=torch.float16, grad_scaler=True)
         assert contragan.max_relative_difference(hist, ref, steps) < 1e-2, (backend, hist, ref)
+
+
+def test_compile_fullgraph_under_autocast():
+    torch._dynamo.reset()
+    e, p, y = _inputs(torch.bfloat16)
+    f = torch.compile(lambda e, p: FG.conditional_contrastive_loss(e, p, y, 0.5, backend="cpu"), fullgraph=True,
+                      backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = f(e, p)
+        want = FG.conditional_contrastive_loss(e, p, y, 0.5, backend="cpu")
+    assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-6)

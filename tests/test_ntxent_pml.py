@@ -104,3 +104,21 @@ def test_supcon_one_class_batch_is_the_formula_not_pml_zero(backend):
     # With negatives present the two agree.
     y2 = torch.tensor([0, 0, 1, 1, 2, 2])
     assert abs(float(FG.supcon_loss(f, y2, 0.1, backend=backend)) - float(pml.SupConLoss(0.1)(f, y2))) < 1e-10
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_labels_form_compiles_fullgraph(reduction):
+    # Traced, the pair logits come from the masked N x N matrix (the pair count is data-dependent).
+    torch._dynamo.reset()
+    e = torch.randn(12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    f = torch.compile(lambda e, y: FG.nt_xent_loss(e, y, 0.3, backend="cpu", reduction=reduction), fullgraph=True,
+                      backend="aot_eager")
+    for y in (torch.tensor([0, 1, 2, 3] * 3), torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4, 5, 5, 5]),
+              torch.zeros(12, dtype=torch.long)):
+        got, want = f(e, y), pml.NTXentLoss(0.3)(e, y)
+        if reduction == "sum":
+            want = FG.nt_xent_loss(e, y, 0.3, backend="reference", reduction="sum")
+        assert abs(float(got) - float(want)) <= 1e-12 * max(1.0, abs(float(want)))
+        g_got = torch.autograd.grad(got, e)[0]
+        g_want = torch.autograd.grad(FG.nt_xent_loss(e, y, 0.3, backend="cpu", reduction=reduction), e)[0]
+        assert torch.allclose(g_got, g_want, rtol=1e-10, atol=1e-13)

@@ -297,9 +297,21 @@ def _positive_pairs(labels: torch.Tensor):
 def _nt_xent_labels(z, labels, t, eps, reduction, be):
     if be == "reference":
         return ref.nt_xent_loss_labels(z, labels, t, eps, reduction)
-    a_idx, p_idx = _positive_pairs(labels)
     # NEG_a over the other labels; a row whose label covers the batch has none (-inf: its terms are 0).
     neg, _ = contrastive_lse(z, z, labels, labels, None, 1.0 / t, 0.0, False, True, eps, True, 0, [PRED_DIFF], be)
+    if torch.compiler.is_compiling():
+        # The pair count is data-dependent (no fixed-shape graph), so a traced graph takes the pair
+        # logits from the N x N similarity matrix (the fused op) under the same-label mask instead.
+        if reduction == "none":
+            raise ValueError("nt_xent_loss with labels and reduction='none' cannot be traced by torch.compile: the "
+                             "number of pair terms depends on the labels; use 'mean' or 'sum' there")
+        s = _cosine_similarity_matrix(z, z, 1.0 / t, eps, be).to(neg.dtype)
+        n = z.shape[0]
+        pos_mask = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool, device=z.device)
+        terms = torch.where(pos_mask, ref.softplus(neg[:, :1] - s), torch.zeros_like(s))
+        total = terms.sum()
+        return total / pos_mask.sum().clamp_min(1).to(total.dtype) if reduction == "mean" else total
+    a_idx, p_idx = _positive_pairs(labels)
     pos = _pair_cosine(z[a_idx], z[p_idx], eps) / t
     per = ref.softplus(neg[a_idx, 0] - pos)
     if reduction == "mean":
