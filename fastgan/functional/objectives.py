@@ -195,6 +195,7 @@ def identity_loss(idt_a: torch.Tensor, real_b: torch.Tensor, idt_b: torch.Tensor
     return lambda_identity * (lambda_b * F.l1_loss(idt_a, real_b) + lambda_a * F.l1_loss(idt_b, real_a))
 
 
+@C.autocast_off
 def word_region_scores(words: torch.Tensor, regions: torch.Tensor, word_mask=None, gamma1: float = 5.0,
                        gamma2: float = 5.0, eps: float = 1e-8) -> torch.Tensor:
     """XMC-GAN's word-region (AttnGAN DAMSM) sentence-image scores, all pairs at once.
@@ -209,7 +210,8 @@ def word_region_scores(words: torch.Tensor, regions: torch.Tensor, word_mask=Non
     if words.shape[2] != regions.shape[2]:
         raise ValueError(f"words and regions must have the same feature size, got {words.shape[2]} and {regions.shape[2]}")
     C.check_same_device(words=words, regions=regions)
-    C.check_same_dtype(words=words, regions=regions)
+    ct = compute_dtype(words.dtype, regions.dtype)  # mixed precision: one policy with the other losses
+    words, regions = words.to(ct), regions.to(ct)
     gamma1, gamma2 = C.check_positive_finite(gamma1, "gamma1"), C.check_positive_finite(gamma2, "gamma2")
     eps = C.check_positive_finite(eps, "eps")
     if regions.shape[1] == 0:
@@ -236,6 +238,7 @@ def word_region_scores(words: torch.Tensor, regions: torch.Tensor, word_mask=Non
     return torch.logsumexp(logits, dim=2) / gamma2
 
 
+@C.autocast_off
 def word_region_loss(words: torch.Tensor, regions: torch.Tensor, word_mask=None, gamma1: float = 5.0,
                      gamma2: float = 5.0, gamma3: float = 50.0) -> torch.Tensor:
     """Symmetric cross-entropy over the B x B word-region scores scaled by gamma3 (matching pairs on
