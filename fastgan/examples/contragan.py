@@ -59,11 +59,14 @@ class Generator(torch.nn.Module):
         return self.net(torch.cat([z, self.embed(y)], dim=1)).view(-1, 1, IMG, IMG)
 
 
-def spectral_norm_backend(backend: str) -> str:
-    """fastgan's spectral norm has 'reference' and 'cpu' kernels (its CUDA/Triton kernels are not
-    written yet): the fused runs use the fused CPU power iteration, the reference run the reference."""
-    return "reference" if backend == "reference" else ("cpu" if unavailable_reason("cpu", torch.device("cpu")) is None
-                                                       else "reference")
+def spectral_norm_backend(backend: str, device: str = "cpu") -> str:
+    """On the CPU the fused runs use the fused CPU power iteration, the reference run the reference;
+    on a GPU (the mixed-precision test) the fused runs take "auto" (CUDA kernels where built)."""
+    if backend == "reference":
+        return "reference"
+    if torch.device(device).type != "cpu":
+        return "auto"
+    return "cpu" if unavailable_reason("cpu", torch.device("cpu")) is None else "reference"
 
 
 class Discriminator(torch.nn.Module):
@@ -72,9 +75,9 @@ class Discriminator(torch.nn.Module):
     for the InfoMax-GAN InfoNCE."""
 
     def __init__(self, num_classes: int, ch: int = 32, feat: int = 64, embed_dim: int = 32, local_dim: int = 0,
-                 backend: str = "auto"):
+                 backend: str = "auto", device: str = "cpu"):
         super().__init__()
-        sn = dict(eps=1e-6, backend=spectral_norm_backend(backend))
+        sn = dict(eps=1e-6, backend=spectral_norm_backend(backend, device))
         self.c1 = GN.SNConv2d(1, ch, 3, padding=1, **sn)
         self.c2 = GN.SNConv2d(ch, 2 * ch, 3, stride=2, padding=1, **sn)
         self.fc = GN.SNLinear(2 * ch * (IMG // 2) ** 2, feat, **sn)
@@ -107,7 +110,7 @@ def train(backend: str, steps: int = 2000, batch: int = 64, num_classes: int = 1
     x_all, y_all = make_dataset(num_classes, 100, seed)
     x_all, y_all = x_all.to(device), y_all.to(device)
     gen = Generator(num_classes).to(device)
-    disc = Discriminator(num_classes, local_dim=32 if infomax else 0, backend=backend).to(device)
+    disc = Discriminator(num_classes, local_dim=32 if infomax else 0, backend=backend, device=device).to(device)
     amp = dict(device_type=torch.device(device).type, dtype=autocast, enabled=autocast is not None)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=grad_scaler)
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))

@@ -215,7 +215,8 @@ def _nt_xent_args(z, labels, temperature):
     if as_temperature:
         if temperature is not _UNSET:
             raise TypeError(f"nt_xent_loss got the temperature twice: {labels!r} as its second argument and "
-                            f"temperature={temperature!r}; the second argument is labels (N,) or the second view (N, D)")
+                            f"temperature={temperature!r}; the second argument is labels (N,) or the second view "
+                            "(N, D)")
         return z, None, labels  # nt_xent_loss(z, 0.5): the positional temperature of the stacked form
     if labels is None:
         pass

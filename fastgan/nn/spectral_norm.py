@@ -291,8 +291,12 @@ def convert_spectral_norm(model: torch.nn.Module, *, backend: str = "auto", grou
     """Swap every PyTorch spectral norm in `model` (either flavour) for fastgan's, in place, keeping
     the weights, u, v and state-dict keys. Returns the number of layers converted as
     `model._fastgan_spectral_norm_layers` and the model itself. With group=True the "hook"-flavour
-    layers (fastgan's or converted) are updated together by one SpectralNormGroup, a forward pre-hook
-    on `model` (one multi-tensor power-iteration call per training forward of the model)."""
+    layers (fastgan's or converted) are stepped together by one SpectralNormGroup, a forward pre-hook
+    on `model` (one multi-tensor power-iteration call per training forward of the model); the
+    numbers stay those of each layer's own hook for any call pattern (layers the forward skips,
+    submodules called directly, repeated, no_grad and eval calls: see SpectralNormGroup).
+    Note a model whose training loop calls `model.forward(x)` rather than `model(x)` (Mimicry's D
+    train_step) runs no module hooks: there every layer simply steps itself."""
     check_spectral_backend(backend)
     converted = 0
     for module in model.modules():
