@@ -40,10 +40,30 @@ def mimicry(model: torch.nn.Module, *, backend: str = "auto", group: bool = True
     _check_model(model, "model")
     if spectral_norm:
         GN.convert_spectral_norm(model, backend=backend, group=group)
+        sn_group = next((h for h in model._forward_pre_hooks.values() if isinstance(h, GN.SpectralNormGroup)), None)
+        if sn_group is not None and not isinstance(model.__dict__.get("forward"), _GroupedForward):
+            model.forward = _GroupedForward(model, sn_group)
     if infonce and callable(getattr(model, "infonce_loss", None)):
         # An instance attribute shadows the method; a partial of a module-level function pickles.
         model.infonce_loss = functools.partial(FG.infonce_local_global, mode="mimicry", backend=backend)
     return model
+
+
+class _GroupedForward:
+    """model.forward for Mimicry, whose D.train_step calls self.forward(x), which runs no module
+    hooks: a direct call steps the group first (through model(x) the group's pre-hook already has).
+    Exactness does not depend on it (every layer would step itself); the batching does."""
+
+    def __init__(self, model: torch.nn.Module, group: "GN.SpectralNormGroup"):
+        self.model, self.group, self.forward = model, group, type(model).forward
+
+    def __call__(self, *args, **kwargs):
+        group = self.group
+        if group._armed:
+            group._armed = False  # called by model(...): its pre-hook stepped the group
+        elif self.model.training and not torch.compiler.is_compiling():
+            group.update_()
+        return self.forward(self.model, *args, **kwargs)
 
 
 # StudioGAN's (src/utils/losses.py) loss classes and their fastgan drop-ins (same constructor and

@@ -64,7 +64,13 @@ def test_mimicry_infomax_gan(float64_default, backend):
     d_o = FI.mimicry(copy.deepcopy(d_t), backend=backend)
     assert d_o._fastgan_spectral_norm_layers >= 10
     assert isinstance(d_o.infonce_loss, type(FI.functools.partial(print)))  # fastgan's InfoNCE in place
+    group = next(h for h in d_o._forward_pre_hooks.values() if isinstance(h, GN.SpectralNormGroup))
+    calls = []
+    step = group.update_
+    group.update_ = lambda: (calls.append(1), step())[1]
     _run_mimicry(d_t, g_t, d_o, copy.deepcopy(g_t))
+    # Batched in D's steps too (2 self.forward calls each) and G's (one netD(x)): 3 per step.
+    assert len(calls) == 3 * 3
 
 
 @pytest.mark.parametrize("backend", float64_backends())

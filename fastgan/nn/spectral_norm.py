@@ -251,9 +251,12 @@ class SpectralNormGroup:
             for (hook, weight, u, v), u_new, v_new, sigma in zip(items, us, vs, sigmas):
                 hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend)
 
+    _armed = False  # this model call's step is done (read by fastgan.integrations' forward wrapper)
+
     def __call__(self, model: torch.nn.Module, inputs) -> None:
         if model.training and not torch.compiler.is_compiling():
             self.update_()
+            self._armed = True
 
 
 def spectral_norm(module: torch.nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
