@@ -2,6 +2,8 @@
 4 launches per step and 2 in eval mode, whatever the number of layers, against the float64 reference
 on odd shapes, many layers, strided and mixed-dtype layers; and the Triton SN ops' eval mode, which
 must leave u and v alone (no version bump)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,3 +142,54 @@ def test_sigma_op_opcheck_and_no_version_bump():
     torch.library.opcheck(torch.ops.fastgan.spectral_norm_sigma_triton, (ws, us, vs))
     sn_ops.power_iteration(ws, us, vs, 0, 1e-12, "hook", "triton")
     assert [t._version for t in us + vs] == versions
+
+
+_AOT_SCRIPT = r'''
+import sys
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastgan.ops._registry import triton_module
+K = triton_module("spectral_norm")
+T = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
+common = {"desc_ptr": "*i64", "tile_layer_ptr": "*i64", "ws_ptr": "*fp32", "part_ptr": "*fp32"}
+n = 0
+for arch in (80, 90):
+    target = GPUTarget("cuda", arch, 32)
+    for wt, xt in (("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp16")):
+        for cols, first, dot in ((True, True, False), (False, False, False), (False, True, True)):
+            sig = dict(common, **{k: "constexpr" for k in ("COLS", "FROM_USER", "DOT", "WT", "XT", "CT", "NF",
+                                                           "BLOCK_O", "BLOCK_K")})
+            consts = {"COLS": cols, "FROM_USER": first, "DOT": dot, "WT": T[wt], "XT": T[xt], "CT": tl.float32,
+                      "NF": K._NF, "BLOCK_O": K._BLOCK_O, "BLOCK_K": K._BLOCK_K}
+            triton.compile(ASTSource(K._mv_tiles_kernel, sig, consts), target=target)
+            n += 1
+        for cols, last in ((True, False), (False, True)):
+            sig = dict(common, eps_ptr="*fp32", **{k: "constexpr" for k in ("COLS", "LAST", "XT", "CT", "NF",
+                                                                             "BLOCK_O", "BLOCK_P")})
+            consts = {"COLS": cols, "LAST": last, "XT": T[xt], "CT": tl.float32, "NF": K._NF,
+                      "BLOCK_O": K._BLOCK_O, "BLOCK_P": K._BLOCK_P}
+            triton.compile(ASTSource(K._norm_tiles_kernel, sig, consts), target=target)
+            n += 1
+    sig = {"desc_ptr": "*i64", "part_ptr": "*fp32", "CT": "constexpr", "NF": "constexpr", "BLOCK_P": "constexpr"}
+    triton.compile(ASTSource(K._sigma_kernel, sig, {"CT": tl.float32, "NF": K._NF, "BLOCK_P": K._BLOCK_P}),
+                   target=target)
+    n += 1
+print("compiled", n)
+'''
+
+
+def test_kernels_compile_for_sm80_and_sm90():
+    # The interpreter never compiles: compile the multi-tensor kernels for real targets (no GPU
+    # needed; Triton bundles ptxas), in a process without TRITON_INTERPRET, float32/bfloat16/float16
+    # weights, both passes, first step, eval dot and the last-step sigma store.
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, cwd=root,
+                         timeout=600)
+    assert res.returncode == 0 and "compiled 32" in res.stdout, res.stdout + res.stderr[-3000:]
