@@ -5,9 +5,9 @@
 #   1 build      the extension with the CUDA kernels (sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise)
 #   2 info       python -m fastgan info, nvidia-smi
 #   3 selftest   python -m fastgan selftest (every backend against the reference)
-#   4 tests      the CUDA and Triton cases of the test suite (pytest)
-#   5 bench      python -m fastgan bench on the GPU preset, bfloat16, with the performance model's
-#                prediction next to each measurement
+#   4 bench      python -m fastgan bench --quick on the GPU (the sizes of issue 14.5's targets),
+#                bfloat16, with the performance model's prediction next to each measurement
+#   5 tests      the CUDA and Triton cases of the test suite (pytest)
 #   6-8 memcheck, racecheck, synccheck   compute-sanitizer on bench/gpu_sanitize.py (each op once)
 # Every step is time-boxed (timeout) within one overall budget, so one hang cannot eat the session;
 # a failing step is recorded (rc per step) and the next one runs. Results:
@@ -109,8 +109,12 @@ export PY WORK
 run_step build 240 "build ok|error|Error" build
 run_step info 30 "extension|auto" gpu_info
 run_step selftest 90 "^selftest:" "$PY" -m fastgan selftest
+# The benchmark before the tests: its predicted-vs-measured table is what a session must bring back.
+# --quick: the sizes of issue 14.5's targets (2C at 64x512 and 1024x768, InfoNCE 64x64x1024, the
+# 12-layer SN model); each torch.compile path compiles once per case, which is most of the time.
+run_step bench 180 "wrote|Error" "$PY" -m fastgan bench --device cuda --dtype bfloat16 --quick --budget 0.2 \
+    --out "$WORK/bench"
 run_step tests 150 "passed|failed|error" tests
-run_step bench 150 "wrote|Error" "$PY" -m fastgan bench --device cuda --dtype bfloat16 --budget 0.2 --out "$WORK/bench"
 for tool in memcheck racecheck synccheck; do
   run_step "$tool" 60 "ERROR SUMMARY|gpu_sanitize:|not found" sanitize "$tool"
 done
