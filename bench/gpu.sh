@@ -108,7 +108,7 @@ export -f build gpu_info tests sanitize
 export PY WORK
 run_step build 240 "build ok|error|Error" build
 run_step info 30 "extension|auto" gpu_info
-run_step selftest 90 "^selftest:" "$PY" -m fastgan selftest
+run_step selftest 120 "^selftest:" "$PY" -m fastgan selftest
 # The benchmark before the tests: its predicted-vs-measured table is what a session must bring back.
 # --quick: the sizes of issue 14.5's targets (2C at 64x512 and 1024x768, InfoNCE 64x64x1024, the
 # 12-layer SN model); each torch.compile path compiles once per case, which is most of the time.
@@ -116,7 +116,7 @@ run_step bench 180 "wrote|Error" "$PY" -m fastgan bench --device cuda --dtype bf
     --out "$WORK/bench"
 run_step tests 150 "passed|failed|error" tests
 for tool in memcheck racecheck synccheck; do
-  run_step "$tool" 60 "ERROR SUMMARY|gpu_sanitize:|not found" sanitize "$tool"
+  run_step "$tool" 45 "ERROR SUMMARY|gpu_sanitize:|not found" sanitize "$tool"
 done
 
 echo "total $(($(date +%s) - START))s, $([ "$FAILED" = 0 ] && echo 'every step passed' || echo 'SOME STEP FAILED')" >> "$SUMMARY"
