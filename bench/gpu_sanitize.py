@@ -34,7 +34,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--backends", nargs="+", default=["cuda", "triton"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--device", default="cuda", help="cpu: a dry run of the driver itself (tests)")
     args = p.parse_args(argv)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     failed = 0
     for backend in args.backends:
         for dt in args.dtypes:
@@ -42,18 +44,18 @@ def main(argv=None) -> int:
             for op in selftest.OPS:
                 fused, _ = selftest.table()[op]
                 try:
-                    xs, others = selftest._inputs(op, dtype, "cuda")
+                    xs, others = selftest._inputs(op, dtype, args.device)
                     xs = [x.requires_grad_() for x in xs]
                     torch.autograd.grad(fused(*xs, *others, backend=backend), xs)
-                    torch.cuda.synchronize()
+                    sync()
                     status = "ran"
                 except Exception as exc:
                     failed += 1
                     status = f"RAISED {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 print(f"{op:<26}{backend:<8}{dt:<10}{status}", flush=True)
         try:
-            _grouped_sn(backend, "cuda")
-            torch.cuda.synchronize()
+            _grouped_sn(backend, args.device)
+            sync()
             print(f"{'spectral_norm 12 layers':<26}{backend:<8}{'float32':<10}ran", flush=True)
         except Exception as exc:
             failed += 1

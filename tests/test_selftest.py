@@ -86,3 +86,16 @@ def test_command_line():
     rows = [line for line in res.stdout.splitlines() if line.startswith("ntxent")]
     expected = {"cpu", "triton"} if not torch.cuda.is_available() else {"cpu"}
     assert {line.split()[1] for line in rows} == expected and all("PASS" in line for line in rows), res.stdout
+
+
+def test_sanitizer_driver_runs_every_op():
+    # bench/gpu_sanitize.py is what compute-sanitizer runs on a GPU: a dry run of the driver itself on
+    # the CPU backend, so the GPU step cannot fail for a reason of its own.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_sanitize.py"), "--device", "cpu",
+                          "--backends", "cpu", "--dtypes", "float32"], capture_output=True, text=True, cwd=root,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert sum(line.endswith(" ran") for line in lines[:-1]) == len(selftest.OPS) + 1, res.stdout
+    assert lines[-1] == "gpu_sanitize: all ran"
