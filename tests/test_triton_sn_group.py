@@ -166,7 +166,7 @@ for arch in (80, 90):
             triton.compile(ASTSource(K._mv_tiles_kernel, sig, consts), target=target)
             n += 1
         for cols, last in ((True, False), (False, True)):
-            sig = dict(common, eps_ptr="*fp32", **{k: "constexpr" for k in ("COLS", "LAST", "XT", "CT", "NF",
+            sig = dict(common, eps_ptr="*i64", **{k: "constexpr" for k in ("COLS", "LAST", "XT", "CT", "NF",
                                                                              "BLOCK_O", "BLOCK_P")})
             consts = {"COLS": cols, "LAST": last, "XT": T[xt], "CT": tl.float32, "NF": K._NF,
                       "BLOCK_O": K._BLOCK_O, "BLOCK_P": K._BLOCK_P}

@@ -39,6 +39,7 @@
 Floor: power iteration 2 |W| reads per step; apply |W| read + |W| written; backward 2 |W| + |G|
 reads and |W| written.
 """
+import struct
 from typing import List
 
 import torch
@@ -130,8 +131,8 @@ def _norm_tiles_kernel(desc_ptr, tile_layer_ptr, ws_ptr, part_ptr, eps_ptr, COLS
     # fixed order by every program of the layer (so all get the same bits). Writes the working
     # buffer and the caller's vector (v for COLS, u otherwise; dtype XT, in place). LAST: the
     # layer's first tile writes sigma = ||x||^2 / max(||x||, eps) = <u, W v> (the CPU kernel's
-    # formula). eps comes from a tensor of the compute dtype (a Python float would be rounded to
-    # float32).
+    # formula). eps: the bits of its float64 in the table (a Python float argument would be rounded
+    # to float32), converted to CT as PyTorch's clamp_min converts it.
     t = tl.program_id(0)
     layer = tl.load(tile_layer_ptr + t)
     d = desc_ptr + layer * NF
@@ -141,7 +142,7 @@ def _norm_tiles_kernel(desc_ptr, tile_layer_ptr, ws_ptr, part_ptr, eps_ptr, COLS
         ps = p0 + tl.arange(0, BLOCK_P)
         sq += tl.load(part_ptr + tile0 + ps, mask=ps < n_tiles, other=0.0)
     sumsq = tl.sum(sq, axis=0)
-    eps = tl.load(eps_ptr)
+    eps = tl.load(eps_ptr).to(tl.float64, bitcast=True).to(CT)
     norm = tl.sqrt(sumsq)
     denom = tl.where(norm < eps, eps, norm)  # keeps a NaN norm NaN, as clamp_min
     j = t - tile0
@@ -232,22 +233,19 @@ def _check_layers(weight_mats, us, vs, op):
     for i, w in enumerate(weight_mats):
         if w.dim() != 2:
             raise RuntimeError(f"{op}: weight_mats[{i}] must be 2-D, got shape {tuple(w.shape)}")
-        if u_v_differ(us[i], vs[i]):
+        if us[i].dtype != vs[i].dtype:
             raise RuntimeError(f"{op}: us[{i}] and vs[{i}] must have one dtype, got {us[i].dtype} and {vs[i].dtype}")
         _check_vector(us[i], w, w.shape[0], "us", i, op)
         _check_vector(vs[i], w, w.shape[1], "vs", i, op)
 
 
-def u_v_differ(u, v):
-    return u.dtype != v.dtype
-
-
 class _Plan:
-    """One group of layers sharing (W dtype, u/v dtype): the descriptor table and both tile tables
-    in ONE int64 device tensor (one host-to-device copy per call, from pinned memory and
-    non-blocking on a GPU: no host synchronization), the working buffer and the sigma outputs."""
+    """One group of layers sharing (W dtype, u/v dtype): the descriptor table, both tile tables and
+    eps (the bits of its float64) in ONE int64 device tensor: one host-to-device copy per call, from
+    pinned memory and non-blocking on a GPU (no host synchronization, and no fill kernel for eps);
+    the partials buffer and the sigma outputs."""
 
-    def __init__(self, items, device, ct):
+    def __init__(self, items, device, ct, eps=0.0):
         rows, col_tiles, row_tiles = [], [], []
         self.sigmas = [torch.empty((), dtype=ct, device=device) for _ in items]
         off = 0
@@ -260,19 +258,17 @@ class _Plan:
             col_tiles += [layer] * nc
             row_tiles += [layer] * nr
         self.n_layers, self.n_col, self.n_row = len(items), len(col_tiles), len(row_tiles)
-        flat = torch.tensor([x for r in rows for x in r] + col_tiles + row_tiles, dtype=torch.int64)
+        eps_bits = struct.unpack("<q", struct.pack("<d", float(eps)))[0]
+        flat = torch.tensor([x for r in rows for x in r] + col_tiles + row_tiles + [eps_bits], dtype=torch.int64)
         if device.type == "cuda":
             flat = flat.pin_memory().to(device, non_blocking=True)
         self.table = flat
         self.desc = flat[: _NF * self.n_layers]
         self.col_layer = flat[_NF * self.n_layers: _NF * self.n_layers + self.n_col]
-        self.row_layer = flat[_NF * self.n_layers + self.n_col:]
+        self.row_layer = flat[_NF * self.n_layers + self.n_col: -1]
+        self.eps = flat[-1:]
         self.ws_numel = off
         self.part = torch.empty(max(self.n_col, self.n_row), dtype=ct, device=device)
-
-
-# Launches of the last calls, for tests and the launch-count statement (cheap: a counter).
-LAUNCHES = {"power_iteration": 0}
 
 
 def _groups(weight_mats, us, vs):
@@ -293,9 +289,8 @@ def power_iteration_(weight_mats: List[torch.Tensor], us: List[torch.Tensor], vs
     sigmas = [None] * len(weight_mats)
     for (device, wdt, xdt), idx in _groups(weight_mats, us, vs).items():
         ct = _ct(wdt)
-        plan = _Plan([(weight_mats[i], us[i], vs[i]) for i in idx], device, ct)
+        plan = _Plan([(weight_mats[i], us[i], vs[i]) for i in idx], device, ct, eps)
         ws = torch.empty(plan.ws_numel, dtype=ct, device=device)
-        eps_t = torch.full((), eps, dtype=ct, device=device)
         consts = dict(WT=_ELEMENT[wdt], XT=_ELEMENT[xdt], CT=_tl(ct), NF=_NF, BLOCK_O=_BLOCK_O)
         passes = (True, False) if hook_order else (False, True)  # True: v = nrm(W^T u)
         first = True
@@ -306,9 +301,8 @@ def power_iteration_(weight_mats: List[torch.Tensor], us: List[torch.Tensor], vs
                 _mv_tiles_kernel[grid](plan.desc, tiles, ws, plan.part, COLS=cols, FROM_USER=first, DOT=False,
                                        BLOCK_K=_BLOCK_K, **consts)
                 last = step == n_power_iterations - 1 and half == 1
-                _norm_tiles_kernel[grid](plan.desc, tiles, ws, plan.part, eps_t, COLS=cols, LAST=last,
+                _norm_tiles_kernel[grid](plan.desc, tiles, ws, plan.part, plan.eps, COLS=cols, LAST=last,
                                          XT=consts["XT"], CT=consts["CT"], NF=_NF, BLOCK_O=_BLOCK_O, BLOCK_P=_BLOCK_P)
-                LAUNCHES["power_iteration"] += 2
                 first = False
         for i, s in zip(idx, plan.sigmas):
             sigmas[i] = s
@@ -327,7 +321,6 @@ def sigma_(weight_mats: List[torch.Tensor], us: List[torch.Tensor], vs: List[tor
                                         DOT=True, WT=_ELEMENT[wdt], XT=_ELEMENT[xdt], CT=_tl(ct), NF=_NF, BLOCK_O=_BLOCK_O,
                                         BLOCK_K=_BLOCK_K)
         _sigma_kernel[(plan.n_layers,)](plan.desc, plan.part, CT=_tl(ct), NF=_NF, BLOCK_P=_BLOCK_P)
-        LAUNCHES["power_iteration"] += 2
         for i, s in zip(idx, plan.sigmas):
             sigmas[i] = s
     return sigmas
