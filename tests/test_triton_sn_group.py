@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TOL, backend_device, float64_backends, rel_err
+from conftest import GRAD_FLOOR, TOL, backend_device, float64_backends, rel_err
 
 from fastgan.ops import spectral_norm as sn_ops
 from fastgan.ops._registry import triton_module
@@ -172,6 +172,18 @@ for arch in (80, 90):
                       "BLOCK_O": K._BLOCK_O, "BLOCK_P": K._BLOCK_P}
             triton.compile(ASTSource(K._norm_tiles_kernel, sig, consts), target=target)
             n += 1
+    for wt in ("fp32", "bf16"):
+        g = {"WT": T[wt], "CT": tl.float32, "NF": K._GF, "BLOCK": K._BLOCK_E}
+        ce = lambda names: {k: "constexpr" for k in names}  # noqa: E731
+        triton.compile(ASTSource(K._apply_group_kernel, dict({"desc_ptr": "*i64", "tile_layer_ptr": "*i64",
+                       "snap_ptr": "*fp32"}, **ce(("WT", "XT", "CT", "NF", "BLOCK"))), dict(g, XT=tl.float32)),
+                       target=target)
+        triton.compile(ASTSource(K._group_dot_kernel, dict({"desc_ptr": "*i64", "tile_layer_ptr": "*i64",
+                       "part_ptr": "*fp32"}, **ce(("WT", "CT", "NF", "BLOCK"))), g), target=target)
+        triton.compile(ASTSource(K._group_backward_kernel, dict({"desc_ptr": "*i64", "tile_layer_ptr": "*i64",
+                       "snap_ptr": "*fp32", "part_ptr": "*fp32"}, **ce(("WT", "CT", "NF", "BLOCK", "BLOCK_P"))),
+                       dict(g, BLOCK_P=K._BLOCK_P)), target=target)
+        n += 3
     sig = {"desc_ptr": "*i64", "part_ptr": "*fp32", "CT": "constexpr", "NF": "constexpr", "BLOCK_P": "constexpr"}
     triton.compile(ASTSource(K._sigma_kernel, sig, {"CT": tl.float32, "NF": K._NF, "BLOCK_P": K._BLOCK_P}),
                    target=target)
@@ -183,7 +195,8 @@ print("compiled", n)
 def test_kernels_compile_for_sm80_and_sm90():
     # The interpreter never compiles: compile the multi-tensor kernels for real targets (no GPU
     # needed; Triton bundles ptxas), in a process without TRITON_INTERPRET, float32/bfloat16/float16
-    # weights, both passes, first step, eval dot and the last-step sigma store.
+    # weights, both passes, first step, eval dot and the last-step sigma store; the group apply
+    # kernels (forward, <G, W> partials, backward) for float32 and bfloat16 weights.
     import subprocess
     import sys
 
@@ -192,4 +205,49 @@ def test_kernels_compile_for_sm80_and_sm90():
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, cwd=root,
                          timeout=600)
-    assert res.returncode == 0 and "compiled 32" in res.stdout, res.stdout + res.stderr[-3000:]
+    assert res.returncode == 0 and "compiled 44" in res.stdout, res.stdout + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_group_apply_against_reference(kernels, monkeypatch, dtype):
+    # W_i / sigma_i of every layer in one launch, the backward in two; u, v snapshotted by the kernel
+    # (changing the buffers after the forward does not change the gradient).
+    if dtype == torch.float64 and "triton" not in float64_backends():
+        pytest.skip("Triton float64 kernels run in the interpreter only")
+    dev = backend_device("triton")
+    ws, us, vs = _layers(ODD, dtype, 7, dev)
+    ws = [w.requires_grad_() for w in ws]
+    sigmas = [ref.sigma(w.detach(), u, v) for w, u, v in zip(ws, us, vs)]
+    counter = LaunchCounter(kernels, monkeypatch)
+    outs = sn_ops.apply_group(ws, us, vs, sigmas)
+    assert len(counter.calls) == 1
+    u_used, v_used = [u.clone() for u in us], [v.clone() for v in vs]
+    for u, v in zip(us, vs):
+        u.mul_(-3.0)
+        v.add_(1.0)
+    g = torch.Generator().manual_seed(8)
+    grads_out = [torch.randn(*w.shape, generator=g, dtype=dtype).to(dev) for w in ws]
+    sum((o * go).sum() for o, go in zip(outs, grads_out)).backward()
+    assert len(counter.calls) == 3, counter.calls
+    for w, u, v, s, o, go in zip(ws, u_used, v_used, sigmas, outs, grads_out):
+        # The forward is bitwise the per-layer kernel's.
+        assert torch.equal(o, sn_ops.apply(w.detach(), u, v, s, "triton")), tuple(w.shape)
+        w64 = w.detach().double().requires_grad_()
+        o64 = w64 / ref.sigma(w64, u.double(), v.double())
+        o64.backward(go.double())
+        assert rel_err(o, o64) < TOL[dtype], tuple(w.shape)
+        assert rel_err(w.grad, w64.grad, floor=GRAD_FLOOR) < TOL[dtype], tuple(w.shape)
+
+
+def test_group_apply_opcheck_and_launches_for_12_layers(kernels, monkeypatch):
+    dev = backend_device("triton")
+    ws, us, vs = _layers([ODD[i % len(ODD)] for i in range(12)], torch.float32, 9, dev)
+    sigmas = [ref.sigma(w, u, v) for w, u, v in zip(ws, us, vs)]
+    counter = LaunchCounter(kernels, monkeypatch)
+    outs = sn_ops.apply_group([w.requires_grad_() for w in ws], us, vs, sigmas)
+    sum(o.sum() for o in outs).backward()
+    assert len(counter.calls) == 3
+    torch.library.opcheck(torch.ops.fastgan.spectral_norm_apply_group_triton,
+                          ([w.detach().requires_grad_() for w in ws[:3]], us[:3], vs[:3], sigmas[:3]))
+    with pytest.raises(RuntimeError, match=r"weight_mats\[1\] must be 2-D, of one dtype"):
+        sn_ops.apply_group([ws[0], ws[1].double()], us[:2], vs[:2], sigmas[:2])

@@ -365,3 +365,152 @@ def apply_backward(grad: torch.Tensor, weight_mat: torch.Tensor, u: torch.Tensor
     _apply_backward_kernel[grid](grad, u, v, sigma, part, part.numel(), out, m, n, grad.stride(0), grad.stride(1),
                                  BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_P=256, CT=tct)
     return out
+
+
+# ------------------------------------------------------------------ multi-tensor apply (a group)
+# W_i / sigma_i for every layer of a group in ONE launch, and its backward in TWO, whatever the
+# number of layers (fastgan::spectral_norm_apply_group_triton). Descriptor row of a layer (int64):
+_G_W, _G_M, _G_N, _G_SM, _G_SN, _G_U, _G_SU, _G_V, _G_SV, _G_OFF_U, _G_OFF_V, _G_TILE0, _G_TILES = range(13)
+_G_OUT, _G_SIGMA, _G_GRAD = range(13, 16)
+_GF = 16
+_BLOCK_E = 1024  # elements per tile: a layer's row-major W_mat in ceil(max(m n, m, n) / _BLOCK_E) tiles
+
+
+@triton.jit
+def _group_tile(d, BLOCK: tl.constexpr):
+    t0 = tl.load(d + 11)
+    m = tl.load(d + 1)
+    n = tl.load(d + 2)
+    e = (tl.program_id(0) - t0) * BLOCK + tl.arange(0, BLOCK)
+    nn = tl.where(n > 0, n, 1)
+    return e, m, n, e // nn, e % nn, e < m * n
+
+
+@triton.jit
+def _apply_group_kernel(desc_ptr, tile_layer_ptr, snap_ptr, WT: tl.constexpr, XT: tl.constexpr, CT: tl.constexpr,
+                        NF: tl.constexpr, BLOCK: tl.constexpr):
+    # out = W / sigma over this tile of the layer's row-major W_mat (out contiguous), and the
+    # tile's slice of u and v copied into the snapshot (the constants of the backward: the caller's
+    # buffers change in place at the next training forward).
+    d = desc_ptr + tl.load(tile_layer_ptr + tl.program_id(0)) * NF
+    e, m, n, i, j, mask = _group_tile(d, BLOCK)
+    w = tl.load(d + 0).to(tl.pointer_type(WT))
+    s = tl.load(tl.load(d + 14).to(tl.pointer_type(CT)))
+    x = tl.load(w + i * tl.load(d + 3) + j * tl.load(d + 4), mask=mask, other=0.0).to(CT)
+    tl.store(tl.load(d + 13).to(tl.pointer_type(WT)) + e, (x / s).to(WT), mask=mask)
+    u = tl.load(tl.load(d + 5).to(tl.pointer_type(XT)) + e * tl.load(d + 6), mask=e < m, other=0.0).to(CT)
+    tl.store(snap_ptr + tl.load(d + 9) + e, u, mask=e < m)
+    v = tl.load(tl.load(d + 7).to(tl.pointer_type(XT)) + e * tl.load(d + 8), mask=e < n, other=0.0).to(CT)
+    tl.store(snap_ptr + tl.load(d + 10) + e, v, mask=e < n)
+
+
+@triton.jit
+def _group_dot_kernel(desc_ptr, tile_layer_ptr, part_ptr, WT: tl.constexpr, CT: tl.constexpr, NF: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    # The tile's partial of <G, W> (G contiguous, the layer's incoming gradient).
+    d = desc_ptr + tl.load(tile_layer_ptr + tl.program_id(0)) * NF
+    e, m, n, i, j, mask = _group_tile(d, BLOCK)
+    w = tl.load(d + 0).to(tl.pointer_type(WT))
+    x = tl.load(w + i * tl.load(d + 3) + j * tl.load(d + 4), mask=mask, other=0.0).to(CT)
+    g = tl.load(tl.load(d + 15).to(tl.pointer_type(WT)) + e, mask=mask, other=0.0).to(CT)
+    tl.store(part_ptr + tl.program_id(0), tl.sum(g * x, axis=0))
+
+
+@triton.jit
+def _group_backward_kernel(desc_ptr, tile_layer_ptr, snap_ptr, part_ptr, WT: tl.constexpr, CT: tl.constexpr,
+                           NF: tl.constexpr, BLOCK: tl.constexpr, BLOCK_P: tl.constexpr):
+    # grad_W = G / sigma - (<G, W> / sigma^2) u v^T into the output slot (out address), the layer's
+    # partials summed in one fixed order by each of its programs (deterministic, no atomics).
+    d = desc_ptr + tl.load(tile_layer_ptr + tl.program_id(0)) * NF
+    e, m, n, i, j, mask = _group_tile(d, BLOCK)
+    t0 = tl.load(d + 11)
+    n_tiles = tl.load(d + 12)
+    acc = tl.zeros((BLOCK_P,), dtype=CT)
+    for p0 in range(0, n_tiles, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        acc += tl.load(part_ptr + t0 + ps, mask=ps < n_tiles, other=0.0)
+    s = tl.load(tl.load(d + 14).to(tl.pointer_type(CT)))
+    coef = tl.sum(acc, axis=0) / (s * s)
+    g = tl.load(tl.load(d + 15).to(tl.pointer_type(WT)) + e, mask=mask, other=0.0).to(CT)
+    u = tl.load(snap_ptr + tl.load(d + 9) + i, mask=mask, other=0.0)
+    v = tl.load(snap_ptr + tl.load(d + 10) + j, mask=mask, other=0.0)
+    tl.store(tl.load(d + 13).to(tl.pointer_type(WT)) + e, (g / s - coef * u * v).to(WT), mask=mask)
+
+
+def _group_table(weight_mats, us, vs, sigmas, outs, grads, snap_offsets):
+    rows, tiles = [], []
+    for layer, w in enumerate(weight_mats):
+        m, n = w.shape
+        nt = max(1, triton.cdiv(max(m * n, m, n), _BLOCK_E))
+        off_u, off_v = snap_offsets[layer]
+        rows.append([w.data_ptr(), m, n, w.stride(0), w.stride(1), us[layer].data_ptr() if us else 0,
+                     us[layer].stride(0) if us else 0, vs[layer].data_ptr() if vs else 0,
+                     vs[layer].stride(0) if vs else 0, off_u, off_v, len(tiles), nt, outs[layer].data_ptr(),
+                     sigmas[layer].data_ptr(), grads[layer].data_ptr() if grads else 0])
+        tiles += [layer] * nt
+    flat = torch.tensor([x for r in rows for x in r] + tiles, dtype=torch.int64)
+    if weight_mats[0].device.type == "cuda":
+        flat = flat.pin_memory().to(weight_mats[0].device, non_blocking=True)
+    return flat[: _GF * len(weight_mats)], flat[_GF * len(weight_mats):]
+
+
+def _snap_offsets(weight_mats):
+    offs, off = [], 0
+    for w in weight_mats:
+        offs.append((off, off + w.shape[0]))
+        off += w.shape[0] + w.shape[1]
+    return offs, off
+
+
+def _check_group(weight_mats, sigmas, op):
+    if not weight_mats:
+        raise RuntimeError(f"{op}: weight_mats must not be empty")
+    w0 = weight_mats[0]
+    for i, w in enumerate(weight_mats):
+        if w.dim() != 2 or w.dtype != w0.dtype or w.device != w0.device:
+            raise RuntimeError(f"{op}: weight_mats[{i}] must be 2-D, of one dtype and device with weight_mats[0] "
+                               f"(got {tuple(w.shape)}, {w.dtype}, {w.device})")
+        if sigmas[i].numel() != 1 or sigmas[i].dtype != _ct(w0.dtype) or not sigmas[i].is_contiguous():
+            raise RuntimeError(f"{op}: sigmas[{i}] must be one {_ct(w0.dtype)} element")
+
+
+def apply_group(weight_mats: List[torch.Tensor], us: List[torch.Tensor], vs: List[torch.Tensor],
+                sigmas: List[torch.Tensor]) -> List[torch.Tensor]:
+    """[W_i / sigma_i] + [snapshot of every u, v (compute dtype)]: one launch for the group."""
+    op = "spectral_norm_apply_group_triton"
+    _check_layers(weight_mats, us, vs, op)
+    if len(sigmas) != len(weight_mats):
+        raise RuntimeError(f"{op}: sigmas must have one entry per weight matrix")
+    _check_group(weight_mats, sigmas, op)
+    if any(u.dtype != us[0].dtype for u in us):
+        raise RuntimeError(f"{op}: every u and v must have one dtype")
+    w0 = weight_mats[0]
+    ct = _ct(w0.dtype)
+    outs = [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+    offs, total = _snap_offsets(weight_mats)
+    snap = torch.empty(total, dtype=ct, device=w0.device)
+    desc, tiles = _group_table(weight_mats, us, vs, sigmas, outs, None, offs)
+    _apply_group_kernel[(tiles.numel(),)](desc, tiles, snap, WT=_ELEMENT[w0.dtype], XT=_ELEMENT[us[0].dtype],
+                                          CT=_tl(ct), NF=_GF, BLOCK=_BLOCK_E)
+    return outs + [snap]
+
+
+def apply_group_backward(grads: List[torch.Tensor], weight_mats: List[torch.Tensor], snapshot: torch.Tensor,
+                         sigmas: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Every layer's G_i / sigma_i - (<G_i, W_i> / sigma_i^2) u_i v_i^T: two launches for the group."""
+    op = "spectral_norm_apply_group_triton_backward"
+    _check_group(weight_mats, sigmas, op)
+    for i, (g, w) in enumerate(zip(grads, weight_mats)):
+        if g.shape != w.shape or g.dtype != w.dtype or not g.is_contiguous():
+            raise RuntimeError(f"{op}: grads[{i}] must be contiguous, of weight_mats[{i}]'s shape and dtype")
+    w0 = weight_mats[0]
+    ct = _ct(w0.dtype)
+    outs = [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+    offs, _ = _snap_offsets(weight_mats)
+    desc, tiles = _group_table(weight_mats, None, None, sigmas, outs, grads, offs)
+    part = torch.empty(tiles.numel(), dtype=ct, device=w0.device)
+    grid = (tiles.numel(),)
+    _group_dot_kernel[grid](desc, tiles, part, WT=_ELEMENT[w0.dtype], CT=_tl(ct), NF=_GF, BLOCK=_BLOCK_E)
+    _group_backward_kernel[grid](desc, tiles, snapshot, part, WT=_ELEMENT[w0.dtype], CT=_tl(ct), NF=_GF,
+                                 BLOCK=_BLOCK_E, BLOCK_P=_BLOCK_P)
+    return outs

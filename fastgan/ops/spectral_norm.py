@@ -128,6 +128,59 @@ spectral_norm_apply_triton.register_autograd(_autograd(spectral_norm_apply_trito
                                              setup_context=_setup_context)
 
 
+@torch.library.custom_op("fastgan::spectral_norm_apply_group_triton", mutates_args=())
+def spectral_norm_apply_group_triton(weight_mats: List[torch.Tensor], us: List[torch.Tensor], vs: List[torch.Tensor],
+                                     sigmas: List[torch.Tensor]) -> List[torch.Tensor]:
+    """[W_i / sigma_i for every layer] + [a snapshot of every u, v]: one launch for the whole group
+    (one dtype and device), its backward two; apply_group() drops the snapshot."""
+    return triton_module("spectral_norm").apply_group(weight_mats, us, vs, sigmas)
+
+
+@torch.library.custom_op("fastgan::spectral_norm_apply_group_triton_backward", mutates_args=())
+def spectral_norm_apply_group_triton_backward(grads: List[torch.Tensor], weight_mats: List[torch.Tensor],
+                                              snapshot: torch.Tensor, sigmas: List[torch.Tensor]) -> List[torch.Tensor]:
+    return triton_module("spectral_norm").apply_group_backward(grads, weight_mats, snapshot, sigmas)
+
+
+@spectral_norm_apply_group_triton.register_fake
+def _fake_apply_group(weight_mats, us, vs, sigmas):
+    total = sum(w.shape[0] + w.shape[1] for w in weight_mats)
+    return ([torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+            + [weight_mats[0].new_empty(total, dtype=_sigma_dtype(weight_mats[0]))])
+
+
+@spectral_norm_apply_group_triton_backward.register_fake
+def _fake_apply_group_backward(grads, weight_mats, snapshot, sigmas):
+    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+
+
+def _group_setup_context(ctx, inputs, output):
+    weight_mats, _, _, sigmas = inputs
+    ctx.n = len(weight_mats)
+    ctx.save_for_backward(*weight_mats, *sigmas, output[-1])
+
+
+def _group_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    n = ctx.n
+    weight_mats, sigmas, snapshot = list(saved[:n]), list(saved[n:2 * n]), saved[-1]
+    grads = [torch.zeros_like(w) if g is None else g.contiguous() for g, w in zip(grads[:n], weight_mats)]
+    grad_ws = torch.ops.fastgan.spectral_norm_apply_group_triton_backward(grads, weight_mats, snapshot, sigmas)
+    return list(grad_ws), [None] * n, [None] * n, [None] * n
+
+
+spectral_norm_apply_group_triton.register_autograd(_group_backward, setup_context=_group_setup_context)
+
+
+def apply_group(weight_mats: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
+                sigmas: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """W_i / sigma_i of every layer in one Triton launch (backward: two), u, v constants of the graph
+    (snapshotted by the kernel: no clones needed). Layers of one dtype and device; not yet used by
+    fastgan.nn's SpectralNormGroup, which applies per layer."""
+    return torch.ops.fastgan.spectral_norm_apply_group_triton(list(weight_mats), list(us), list(vs),
+                                                              list(sigmas))[:-1]
+
+
 @torch.library.custom_op("fastgan::spectral_norm_power_iteration_functional", mutates_args=())
 def spectral_norm_power_iteration_functional(weight_mats: List[torch.Tensor], us: List[torch.Tensor],
                                              vs: List[torch.Tensor], n_power_iterations: int, eps: float,
