@@ -31,8 +31,10 @@
                    Addresses travel as int64 and are cast to pointers in the kernel; this works on
                    a GPU and in the interpreter (which dereferences host addresses of CPU tensors).
   apply            one elementwise pass: out = W / sigma (any strides in, contiguous out); sigma is
-                   read on the device (no host synchronization). Per layer (each output is its own
-                   autograd node).
+                   read on the device (no host synchronization). Per layer; or for a whole group of
+                   one dtype in ONE launch (apply_group: a descriptor table and tile -> layer table
+                   as above, row-major tiles of _BLOCK_E elements, u and v snapshotted in the same
+                   kernel), whose backward is TWO launches (apply_group_backward).
   apply_backward   G / sigma - (<G, W> / sigma^2) u v^T without atomics: a tile kernel writes one
                    partial of <G, W> per tile, then every program of the elementwise kernel sums the
                    partials in the same fixed order (deterministic) and writes its tile.
