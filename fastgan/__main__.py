@@ -40,6 +40,7 @@ def info() -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["selftest"]: return __import__("fastgan.selftest", fromlist=["main"]).main(argv[1:])  # noqa: E701
     if argv[:1] == ["bench"]:
         from fastgan.benchmark.cli import main as bench_main
 

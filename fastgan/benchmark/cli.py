@@ -17,6 +17,7 @@ from typing import List
 import torch
 
 from . import cases as C
+from . import perf_model
 from .timing import device_peaks, peak_memory, relative_error, time_path
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -88,6 +89,8 @@ def run_case(case, args, peaks) -> List[dict]:
                 xs = [x.detach() for x in tensors] + list(labels)
                 with torch.no_grad():
                     row["rel_err"] = relative_error(fn(*xs), ref64)
+            if getattr(args, "rates", None):  # the performance model's prediction (perf_model.py)
+                row.update(perf_model.predict_row(case, fn, tensors, labels, args.rates, row["total_median_ms"]))
             if peaks:
                 row["floor_ms"] = max(flops / peaks["matmul_flops"], nbytes / peaks["bandwidth_bytes"]) * 1e3
                 row["floor_fraction"] = row["floor_ms"] / row["total_median_ms"]
@@ -119,6 +122,8 @@ def format_table(rows) -> str:
         sp = f"{r['speedup_vs_eager']:.2f}x" if "speedup_vs_eager" in r else "-"
         line = f"{r['op']:<25}{r['size']:<14}{r['path']:<32}{r['forward_median_ms']:>9.2f}{r['backward_median_ms']:>9.2f}" \
                f"{rng:>27}{r['peak_mem_mb']:>9.1f}{err:>10}{sp:>9}"
+        if "predicted_ms" in r:
+            line += f"  pred {r['predicted_ms']:.3f} ms ({r['launches']} launches, x{r['measured_over_predicted']:.1f})"
         if "floor_fraction" in r:
             line += f"  floor {r['floor_ms']:.3f} ms ({100 * r['floor_fraction']:.0f}%)"
         lines.append(line)
@@ -199,6 +204,7 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     selected = C.cases(args.ops, preset, args.device, dtype, parse_sizes(args.sizes))
     peaks = device_peaks(args.device, dtype)
+    args.rates = perf_model.measure_rates(args.device, dtype)
     rows = []
     for i, case in enumerate(selected):
         _progress(i, len(selected), case.label)
@@ -206,7 +212,7 @@ def main(argv=None) -> int:
     _progress(len(selected), len(selected), "done")
     os.makedirs(args.out, exist_ok=True)
     info = machine_info(args.device)
-    info.update({"preset": preset, "dtype": args.dtype, "peaks": peaks})
+    info.update({"preset": preset, "dtype": args.dtype, "peaks": peaks, "rates": perf_model.rates_dict(args.rates)})
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("op", "size", "path"), k))
     with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)

@@ -22,7 +22,10 @@ Registered ops:
         where built; fakes here; the autograd of spectral_norm_apply in C++
         (csrc/ops/spectral_norm_autograd.cpp), device-independent.
   torch.ops.fastgan.spectral_norm_power_iteration_triton_ / spectral_norm_apply_triton / _backward
-        Triton (triton_kernels/spectral_norm.py), Python custom ops with explicit fakes.
+        Triton (triton_kernels/spectral_norm.py), Python custom ops with explicit fakes; the power
+        iteration is multi-tensor: 4 launches per step for all layers of a call.
+  torch.ops.fastgan.spectral_norm_sigma_triton
+        Triton, n == 0 (eval): <u, W v> per layer with u, v only read (2 launches per call).
   torch.ops.fastgan.spectral_norm_power_iteration_functional
         what torch.compile traces instead of the mutating power-iteration ops (see there).
 
@@ -94,6 +97,16 @@ def spectral_norm_power_iteration_triton_(weight_mats: List[torch.Tensor], us: L
     return triton_module("spectral_norm").power_iteration_(weight_mats, us, vs, n_power_iterations, eps, hook_order)
 
 
+@torch.library.custom_op("fastgan::spectral_norm_sigma_triton", mutates_args=())
+def spectral_norm_sigma_triton(weight_mats: List[torch.Tensor], us: List[torch.Tensor],
+                               vs: List[torch.Tensor]) -> List[torch.Tensor]:
+    """sigma = <u, W v> of every layer with u, v only READ: the eval-mode (n == 0) form. A separate
+    op because the mutating op's schema says it writes u and v, and a custom op with mutates_args
+    bumps their version counters on every call, so an eval-mode double forward (whose graphs saved
+    u, v) failed its backward with "modified by an inplace operation" (issue 16.3)."""
+    return triton_module("spectral_norm").sigma_(weight_mats, us, vs)
+
+
 @torch.library.custom_op("fastgan::spectral_norm_apply_triton", mutates_args=())
 def spectral_norm_apply_triton(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                                sigma: torch.Tensor) -> torch.Tensor:
@@ -107,10 +120,65 @@ def spectral_norm_apply_triton_backward(grad: torch.Tensor, weight_mat: torch.Te
 
 
 spectral_norm_power_iteration_triton_.register_fake(_fake_power_iteration)
+spectral_norm_sigma_triton.register_fake(lambda weight_mats, us, vs: _fake_power_iteration(weight_mats, us, vs, 0,
+                                                                                            1e-12, True))
 spectral_norm_apply_triton.register_fake(_fake_apply)
 spectral_norm_apply_triton_backward.register_fake(_fake_apply_backward)
 spectral_norm_apply_triton.register_autograd(_autograd(spectral_norm_apply_triton_backward),
                                              setup_context=_setup_context)
+
+
+@torch.library.custom_op("fastgan::spectral_norm_apply_group_triton", mutates_args=())
+def spectral_norm_apply_group_triton(weight_mats: List[torch.Tensor], us: List[torch.Tensor], vs: List[torch.Tensor],
+                                     sigmas: List[torch.Tensor]) -> List[torch.Tensor]:
+    """[W_i / sigma_i for every layer] + [a snapshot of every u, v]: one launch for the whole group
+    (one dtype and device), its backward two; apply_group() drops the snapshot."""
+    return triton_module("spectral_norm").apply_group(weight_mats, us, vs, sigmas)
+
+
+@torch.library.custom_op("fastgan::spectral_norm_apply_group_triton_backward", mutates_args=())
+def spectral_norm_apply_group_triton_backward(grads: List[torch.Tensor], weight_mats: List[torch.Tensor],
+                                              snapshot: torch.Tensor, sigmas: List[torch.Tensor]) -> List[torch.Tensor]:
+    return triton_module("spectral_norm").apply_group_backward(grads, weight_mats, snapshot, sigmas)
+
+
+@spectral_norm_apply_group_triton.register_fake
+def _fake_apply_group(weight_mats, us, vs, sigmas):
+    total = sum(w.shape[0] + w.shape[1] for w in weight_mats)
+    return ([torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+            + [weight_mats[0].new_empty(total, dtype=_sigma_dtype(weight_mats[0]))])
+
+
+@spectral_norm_apply_group_triton_backward.register_fake
+def _fake_apply_group_backward(grads, weight_mats, snapshot, sigmas):
+    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+
+
+def _group_setup_context(ctx, inputs, output):
+    weight_mats, _, _, sigmas = inputs
+    ctx.n = len(weight_mats)
+    ctx.save_for_backward(*weight_mats, *sigmas, output[-1])
+
+
+def _group_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    n = ctx.n
+    weight_mats, sigmas, snapshot = list(saved[:n]), list(saved[n:2 * n]), saved[-1]
+    grads = [torch.zeros_like(w) if g is None else g.contiguous() for g, w in zip(grads[:n], weight_mats)]
+    grad_ws = torch.ops.fastgan.spectral_norm_apply_group_triton_backward(grads, weight_mats, snapshot, sigmas)
+    return list(grad_ws), [None] * n, [None] * n, [None] * n
+
+
+spectral_norm_apply_group_triton.register_autograd(_group_backward, setup_context=_group_setup_context)
+
+
+def apply_group(weight_mats: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
+                sigmas: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """W_i / sigma_i of every layer in one Triton launch (backward: two), u, v constants of the graph
+    (snapshotted by the kernel: no clones needed). Layers of one dtype and device; not yet used by
+    fastgan.nn's SpectralNormGroup, which applies per layer."""
+    return torch.ops.fastgan.spectral_norm_apply_group_triton(list(weight_mats), list(us), list(vs),
+                                                              list(sigmas))[:-1]
 
 
 @torch.library.custom_op("fastgan::spectral_norm_power_iteration_functional", mutates_args=())
@@ -155,13 +223,17 @@ def power_iteration(weight_mats: Sequence[torch.Tensor], us: Sequence[torch.Tens
     """n power-iteration steps of `order` for every (W_mat, u, v), u and v updated in place; returns
     the sigmas (0-dim, see the contract above). Weight matrices should be detached."""
     hook_order = order == "hook"
+    if backend == "triton" and n_power_iterations == 0:
+        # Eval mode: u, v are only read, so the non-mutating op (eager and compiled alike).
+        return torch.ops.fastgan.spectral_norm_sigma_triton(list(weight_mats), list(us), list(vs))
     if backend in ("triton", "cpu", "cuda") and torch.compiler.is_compiling():
         n = len(us)
         outs = torch.ops.fastgan.spectral_norm_power_iteration_functional(
             list(weight_mats), list(us), list(vs), int(n_power_iterations), float(eps), hook_order, backend == "triton")
-        with torch.no_grad():
-            for buf, new in zip(list(us) + list(vs), outs[:2 * n]):
-                buf.copy_(new)
+        if n_power_iterations > 0:  # eval (n = 0): no copy, which would bump u's, v's versions
+            with torch.no_grad():
+                for buf, new in zip(list(us) + list(vs), outs[:2 * n]):
+                    buf.copy_(new)
         return outs[2 * n:]
     if backend == "triton":
         return torch.ops.fastgan.spectral_norm_power_iteration_triton_(list(weight_mats), list(us), list(vs),

@@ -1,0 +1,239 @@
+"""A performance model of the fused ops (issue 14.5), checked against the benchmark on a GPU.
+
+For an op at one size, forward + backward:
+
+    predicted = max(FLOPs / R_mma, bytes / BW) + launches * t_launch
+
+  FLOPs, bytes  the op's floor (Case.floor(), SPEC.md 9): the products a fused kernel must do and
+                the bytes it must move (inputs read, gradients written; nothing N x N);
+  R_mma         the matrix rate of the op's dtype: a GEMM in that dtype measured in the same run
+                (bfloat16/float16: tensor cores; float32: TF32 tensor cores when
+                torch.get_float32_matmul_precision() allows it, else IEEE FMA);
+  BW            a device-to-device copy measured in the same run (bytes read + written per second);
+  t_launch      the cost of one more launch in a chain of tiny dependent kernels, measured in the
+                same run (1-element in-place adds, timed back to back);
+  launches      the path's kernels per forward + backward, counted in the same run (torch.profiler
+                on a GPU; the table in docs/gpu_predictions.md for the committed predictions).
+
+Why this form: within one kernel, tensor-core work and memory traffic overlap (a roofline: the
+larger of the two bounds the kernel), so they combine by max. Launches do not overlap with that
+work at GAN sizes: a small op's kernels depend on each other, each waits for the previous one, and
+the GPU idles for the launch latency in between (at N = 64 the whole 2C forward+backward is ~1 us of
+tensor-core time against 3-5 us per launch), so launches add. At large N the max term dominates
+and the model is the roofline; at small N it is the launch count. The model ignores tile
+quantization, partial waves (fewer CTAs than SMs: issue 14.1) and L2 reuse, so a measured time far
+above it points at exactly those.
+"""
+import dataclasses
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """mma_flops: FLOP/s of the op's dtype; bandwidth: bytes/s; launch_s: seconds per launch."""
+    mma_flops: float
+    bandwidth: float
+    launch_s: float
+
+
+# H200 datasheet-level rates used for the committed predictions (docs/gpu_predictions.md): dense
+# bfloat16 ~790 TFLOP/s as measured by GEMMs (the datasheet's 989 is not reached by cuBLAS), TF32
+# about half; HBM3e 3.0-4.3 TB/s measured by copies (4.8 datasheet); 3-5 us per dependent launch.
+H200 = {
+    "bfloat16": {"low": Rates(790e12, 3.0e12, 5e-6), "high": Rates(790e12, 4.3e12, 3e-6)},
+    "float32_tf32": {"low": Rates(395e12, 3.0e12, 5e-6), "high": Rates(395e12, 4.3e12, 3e-6)},
+}
+
+
+def predict(flops: float, nbytes: float, launches: int, rates: Rates) -> float:
+    """Predicted seconds: max(FLOPs / R_mma, bytes / BW) + launches * t_launch."""
+    if flops < 0 or nbytes < 0 or launches < 0:
+        raise ValueError(f"flops, nbytes and launches must be >= 0, got {flops}, {nbytes}, {launches}")
+    return max(flops / rates.mma_flops, nbytes / rates.bandwidth) + launches * rates.launch_s
+
+
+def bound(flops: float, nbytes: float, rates: Rates) -> str:
+    """Which term of the max binds: "compute" or "memory"."""
+    return "compute" if flops / rates.mma_flops >= nbytes / rates.bandwidth else "memory"
+
+
+def tensor_core_floor(n: int, d: int, rates: Rates) -> float:
+    """The 2C target's floor of issue 14.5: 6 N^2 D / peak (three N x N x D products: the scores,
+    dS B and dS^T A), seconds."""
+    return 6.0 * n * n * d / rates.mma_flops
+
+
+def sn_target(weight_bytes: float, launches: int, rates: Rates) -> float:
+    """Spectral-norm target of issue 14.5, seconds: within 2x of 2 sum(|W| bytes) / BW plus launches."""
+    return 2.0 * (2.0 * weight_bytes / rates.bandwidth + launches * rates.launch_s)
+
+
+# ---------------------------------------------------------------- measured in the run (GPU only)
+
+def _time_cuda(fn: Callable[[], None], reps: int) -> float:
+    """Seconds per call of fn, by CUDA events around `reps` back-to-back calls (after a warm-up)."""
+    fn()
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(reps):
+        fn()
+    e1.record()
+    torch.cuda.synchronize()
+    return e0.elapsed_time(e1) / 1e3 / reps
+
+
+def measure_rates(device: str, dtype: torch.dtype) -> Optional[Rates]:
+    """The three rates on this GPU, now: a GEMM of `dtype` (8192^3), a 1 GiB copy, and a chain of
+    2000 1-element in-place adds (launch-bound). None off a GPU."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    mma = 2.0 * n ** 3 / _time_cuda(lambda: a @ b, 10)
+    del a, b
+    x = torch.empty(2 ** 28, device=device, dtype=torch.float32)  # 1 GiB
+    y = torch.empty_like(x)
+    bw = 2.0 * x.numel() * 4 / _time_cuda(lambda: y.copy_(x), 10)
+    del x, y
+    z = torch.zeros(1, device=device)
+
+    def chain():
+        for _ in range(2000):
+            z.add_(1)
+
+    launch = _time_cuda(chain, 3) / 2000
+    return Rates(mma, bw, launch)
+
+
+def count_launches(fn: Callable, tensors: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> int:
+    """GPU kernels of one forward + backward of fn (torch.profiler, CUDA activity), after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def once():
+        xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors] + list(labels)
+        out = fn(*xs)
+        if out.requires_grad:
+            out.backward()
+
+    once()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        once()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
+
+
+def predict_row(case, fn, tensors, labels, rates: Rates, measured_ms: Optional[float]) -> Dict[str, float]:
+    """The benchmark's hook: the prediction for one path of one case, next to its measured time."""
+    flops, nbytes = case.floor()
+    try:
+        launches = count_launches(fn, tensors, labels)
+    except Exception:  # a path the profiler cannot run (rare): no launch term rather than no row
+        launches = 0
+    pred_ms = predict(flops, nbytes, launches, rates) * 1e3
+    out = {"predicted_ms": pred_ms, "launches": launches, "bound": bound(flops, nbytes, rates)}
+    if measured_ms:
+        out["measured_over_predicted"] = measured_ms / pred_ms
+    return out
+
+
+def rates_dict(rates: Optional[Rates]) -> Dict[str, float]:
+    return dataclasses.asdict(rates) if rates else {}
+
+
+
+# ---------------------------------------------------------------- the committed predictions
+
+# Launches per forward + backward, counted on the CPU before any GPU run (2026-12-02, this commit's
+# kernels): Triton kernels exactly (each @triton.jit launch wrapped, backend="triton" in the
+# interpreter), plus every non-view ATen op of the same call (TorchDispatchMode), each taken as one
+# CUDA kernel; the eager reference counted the same way. Independent of N at these sizes. A GPU run
+# replaces these by torch.profiler counts (count_launches). (fastgan, eager reference)
+ASSUMED_LAUNCHES = {
+    "cosine_similarity_matrix": (7, 42), "2c": (49, 108), "d2d": (71, 121), "ntxent": (50, 59),
+    "supcon": (80, 72), "clip": (58, 61), "infonce": (11, 32),
+}
+
+
+def assumed_sn_launches(n_layers: int):
+    """Grouped Triton spectral norm of an n-layer model, one training forward + backward:
+    4 (power iteration, any n) + 3 per layer (apply, 2 for its backward) + ~6 ATen ops per layer
+    (u, v clones, the benchmark's sum) + 1 = 5 + 9 n (113 counted for 12 layers); PyTorch's hook
+    flavour ~25 per layer (301 counted for 12)."""
+    return 5 + 9 * n_layers, 25 * n_layers
+
+
+def prediction_rows(rates: Dict[str, Rates], dtype: torch.dtype = torch.bfloat16):
+    """One row per (op, size) of the GPU preset (SIZES["cuda"]["default"], plus the full preset's
+    larger sizes): FLOPs, bytes, launches, predicted fastgan and eager-reference times for the
+    low and high rates, and the issue 14.5 target where there is one."""
+    from . import cases as C
+
+    default, full = C.SIZES["cuda"]["default"], C.SIZES["cuda"]["full"]
+    rows = []
+    for op in C.OPS:
+        family = "infonce" if op == "infonce" else "spectral_norm" if op == "spectral_norm" else "similarity"
+        sizes = list(default[family]) + [s for s in full[family] if s not in default[family]]
+        for size in sizes:
+            case = C.Case(op, tuple(size) if not isinstance(size, str) else (size,), "cuda", dtype)
+            flops, nbytes = case.floor()
+            if op == "spectral_norm":
+                ours, eager = assumed_sn_launches(case.n)
+            else:
+                ours, eager = ASSUMED_LAUNCHES[op]
+            row = {"op": op, "size": "x".join(map(str, case.size)), "flops": flops, "bytes": nbytes,
+                   "launches": ours, "eager_launches": eager}
+            for k, r in rates.items():
+                row[f"pred_{k}_us"] = predict(flops, nbytes, ours, r) * 1e6
+                # The eager reference does at least the fused floor, with its own launches.
+                row[f"eager_min_{k}_us"] = predict(flops, nbytes, eager, r) * 1e6
+                row[f"bound_{k}"] = bound(flops, nbytes, r)
+            row["target"] = _target(op, case, rates)
+            rows.append(row)
+    return rows
+
+
+def _target(op, case, rates) -> str:
+    if op == "2c" and case.size == (64, 512):
+        return ">= 5x eager and >= 2x torch.compile of it"
+    if op == "2c" and case.size == (1024, 768):
+        return ">= torch.compile of the reference"
+    if op == "2c" and case.size == (65536, 1024):
+        lo, hi = (2 * tensor_core_floor(*case.size, r) * 1e6 for r in (rates["low"], rates["high"]))
+        return f"<= 2 x 6N^2D/peak = {lo:.0f} us (memory O(N D))"
+    if op == "infonce" and case.size == (64, 64, 1024):
+        return ">= 10x Mimicry-style, 1/100 of its memory"
+    if op == "spectral_norm" and case.n == 12:
+        from . import cases as C
+
+        el = torch.tensor([], dtype=case.dtype).element_size()
+        wbytes = sum(C._sn_shape(layer)[0] * C._sn_shape(layer)[1] for layer in C.SN_MODELS[case.size[0]]) * el
+        ours, _ = assumed_sn_launches(case.n)
+        lo, hi = (sn_target(wbytes, ours, r) * 1e6 for r in (rates["low"], rates["high"]))
+        return f"<= 2 x (2 sum|W| / BW + launches) = {hi:.0f}-{lo:.0f} us"
+    return ""
+
+
+def markdown_table(rows) -> str:
+    """The table of docs/gpu_predictions.md (regenerated by `python -m fastgan.benchmark.perf_model`)."""
+    head = ("| op | size | GFLOP | MB | bound | launches (ours / eager) | predicted us (4.3 TB/s, 3 us - "
+            "3.0 TB/s, 5 us) | eager reference >= us | speed-up >= | target (issue 14.5) |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        sp_hi = r["eager_min_high_us"] / r["pred_high_us"]
+        sp_lo = r["eager_min_low_us"] / r["pred_low_us"]
+        lines.append(
+            f"| {r['op']} | {r['size']} | {r['flops'] / 1e9:.3g} | {r['bytes'] / 1e6:.3g} | {r['bound_high']} | "
+            f"{r['launches']} / {r['eager_launches']} | {r['pred_high_us']:.0f} - {r['pred_low_us']:.0f} | "
+            f"{r['eager_min_high_us']:.0f} - {r['eager_min_low_us']:.0f} | {min(sp_hi, sp_lo):.2f} - "
+            f"{max(sp_hi, sp_lo):.2f}x | {r['target']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table(prediction_rows(H200["bfloat16"])))
