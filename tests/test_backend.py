@@ -47,13 +47,47 @@ def test_ops_are_registered():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::contrastive_lse", "CPU")
 
 
-def test_triton_kernels_live_under_fastgan_only():
-    # PyPI has its own top-level `triton_kernels`: ours must only be reachable as fastgan.triton_kernels.
-    spec = importlib.util.find_spec("triton_kernels")
-    assert spec is None or "fastgan" not in (spec.origin or "")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_built_wheel_has_no_top_level_triton_kernels(tmp_path):
+    # PyPI has its own top-level `triton_kernels`: the wheel must hold ours only as
+    # fastgan/triton_kernels. Checked on a real wheel of the sources (the pure-Python one:
+    # FASTGAN_NO_EXTENSION=1 packs the same files without compiling), built from a copy so the
+    # checkout's build/ is untouched, whatever the clone's folder is called.
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info")
+    for name in ("fastgan", "triton_kernels", "csrc"):
+        shutil.copytree(os.path.join(ROOT, name), src / name, ignore=ignore)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    env = dict(os.environ, FASTGAN_NO_EXTENSION="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (wheel,) = (tmp_path / "dist").glob("fastgan-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"fastgan"}, sorted(top)
+    assert "fastgan/triton_kernels/__init__.py" in names and "fastgan/triton_kernels/contrastive_lse.py" in names
+    top_level = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+    for n in top_level:
+        assert zipfile.ZipFile(wheel).read(n).decode().split() == ["fastgan"]
+
+
+def test_triton_kernels_load_as_fastgan_triton_kernels_only():
+    # At run time ours is fastgan.triton_kernels (installed, or loaded from the checkout's folder under
+    # that name), and loading it never creates a top-level `triton_kernels` module.
     from fastgan._triton_loader import import_triton_kernels
 
-    assert import_triton_kernels().__name__ == "fastgan.triton_kernels"
+    module = import_triton_kernels()
+    assert module.__name__ == "fastgan.triton_kernels"
+    homes = {os.path.join(ROOT, "triton_kernels"), os.path.join(os.path.dirname(fastgan.__file__), "triton_kernels")}
+    assert os.path.dirname(os.path.realpath(module.__file__)) in {os.path.realpath(h) for h in homes}, module.__file__
+    assert "triton_kernels" not in sys.modules
 
 
 def test_import_without_extension_warns_once_and_falls_back(tmp_path):
