@@ -81,3 +81,31 @@ def describe_build(with_cuda: bool) -> str:
     jobs = os.environ.get("MAX_JOBS")
     return f"fastgan._C ({what}): {BUILD_MINUTES[with_cuda]}{' with MAX_JOBS=' + jobs if jobs else ''} the first time, " \
            "seconds when nothing changed"
+
+
+def sources(root: str, with_cuda: bool) -> list:
+    csrc = os.path.join(root, "csrc")
+    files = sorted(glob.glob(os.path.join(csrc, "*.cpp")))
+    files += sorted(glob.glob(os.path.join(csrc, "ops", "*.cpp")))
+    files += sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    if with_cuda:
+        files += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
+        files += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
+    return files
+
+
+def cxx_flags(with_cuda: bool) -> list:
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-DFASTGAN_WITH_CUDA=%d" % int(with_cuda)]
+    if os.environ.get("FASTGAN_NATIVE", "1") == "1":
+        # The kernels lean on the compiler's vectorizer for the exp/max loops; -march=native
+        # gives AVX2/AVX-512 where the build machine has it. FASTGAN_NATIVE=0 for portable wheels.
+        flags.append("-march=native")
+    return flags
+
+
+def nvcc_flags() -> list:
+    return ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+
+
+def link_flags() -> list:
+    return ["-fopenmp"]
