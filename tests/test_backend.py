@@ -111,3 +111,24 @@ def test_import_without_extension_warns_once_and_falls_back(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "reference"
+
+
+def test_specification_citations_point_into_the_repository():
+    # Docstrings and the README cite the specification as "docs/semantics.md section N": it must be in
+    # the repository, with every cited section, and nothing may cite the old file outside it.
+    import re
+
+    headings = set(re.findall(r"^## (\d+)\. ", open(os.path.join(ROOT, "docs", "semantics.md")).read(), re.M))
+    cited, stale = set(), []
+    for folder in ("fastgan", "triton_kernels", "csrc", "tests", "bench"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if name.endswith((".py", ".cpp", ".h", ".cu", ".md")):
+                    text = open(os.path.join(dirpath, name), encoding="utf-8").read()
+                    cited |= {m for a, b in re.findall(r"semantics\.md sections? (\d+)(?: to (\d+))?", text)
+                              for m in ([a] if not b else map(str, range(int(a), int(b) + 1)))}
+                    if "SPEC" + ".md" in text:
+                        stale.append(os.path.join(dirpath, name))
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert "SPEC" + ".md" not in readme and not stale, stale
+    assert cited and cited <= headings, sorted(cited - headings)

@@ -1,4 +1,4 @@
-"""Triton kernels of spectral normalization (contract: fastgan/ops/spectral_norm.py, SPEC.md 7).
+"""Triton kernels of spectral normalization (contract: fastgan/ops/spectral_norm.py, docs/semantics.md section 7).
 
   power iteration  per layer and step: a gemv kernel (W v, or W^T u through swapped strides; one
                    program per BLOCK_R outputs, a [BLOCK_R, BLOCK_K] float32 (float64) accumulator

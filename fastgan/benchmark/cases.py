@@ -66,7 +66,7 @@ class Case:
         return self.size[0] if self.op != "spectral_norm" else len(SN_MODELS[self.size[0]])
 
     def floor(self) -> Tuple[float, float]:
-        """(FLOPs, bytes) of forward + backward, SPEC.md section 9."""
+        """(FLOPs, bytes) of forward + backward, docs/semantics.md section 9."""
         el = torch.tensor([], dtype=self.dtype).element_size()
         if self.op == "infonce":
             n, hw, r = self.size

@@ -1,5 +1,5 @@
 """Similarity and contrastive losses: cosine similarity matrix, 2C, D2D-CE, NT-Xent, SupCon and the
-symmetric (CLIP-style) InfoNCE. SPEC.md sections 1 to 5.
+symmetric (CLIP-style) InfoNCE. docs/semantics.md sections 1 to 5.
 
 Each loss is "fused log-sum-exp kernel + positive term in plain autograd": the N x N part runs in
 the contrastive_lse kernel (never materialized), the O(N D) positive terms are ordinary PyTorch.
@@ -123,7 +123,7 @@ def conditional_contrastive_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """ContraGAN's conditional contrastive (2C) loss, SPEC.md 2:
+    """ContraGAN's conditional contrastive (2C) loss, docs/semantics.md section 2:
         L_i = -log( (e^{p_i/t} + sum_{j!=i, y_j=y_i} e^{s_ij/t}) / (e^{p_i/t} + sum_{j!=i} e^{s_ij/t}) )
     with s_ij = cos(embed_i, embed_j), p_i = cos(embed_i, proxy_i). Stable at any temperature.
     `num_classes`, if given, checks that labels lie in [0, num_classes) (CPU tensors only: on CUDA
@@ -156,7 +156,7 @@ def data2data_cross_entropy_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """ReACGAN's data-to-data cross-entropy (D2D-CE), SPEC.md 3, the public expression with its
+    """ReACGAN's data-to-data cross-entropy (D2D-CE), docs/semantics.md section 3, the public expression with its
     quirks: a_ij = (s_ij + m_p - 1)/t, M_i = max_{j!=i} a_ij (both classes, before the relu, constant
     in backward), q_i = relu((m_p - p_i)/t),
         L_i = q_i + log( e^{-q_i} + sum_{j!=i, y_j!=y_i} e^{relu(a_ij) - M_i} ).
@@ -182,7 +182,7 @@ def nt_xent_loss(
     z: torch.Tensor, temperature: float = 0.5, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto",
     process_group=None, gradient: str = "exact",
 ) -> torch.Tensor:
-    """SimCLR's NT-Xent, SPEC.md 4. z is (2N, D): rows [0, N) are the first views, rows [N, 2N) the
+    """SimCLR's NT-Xent, docs/semantics.md section 4. z is (2N, D): rows [0, N) are the first views, rows [N, 2N) the
     second, and row i's positive is (i + N) mod 2N. L_i = LSE_{k!=i}(s_ik/t) - s_i,pos/t.
     Distributed, each rank holds its own (2n, D) two-view batch: positives stay on the rank, the
     negatives are every other row of the global batch."""
@@ -225,7 +225,7 @@ def supcon_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020, the L_out form), SPEC.md 4:
+    """Supervised contrastive loss (Khosla et al. 2020, the L_out form), docs/semantics.md section 4:
     L_i = LSE_{a!=i}(s_ia/t) - mean_{p in P(i)} s_ip/t, P(i) = {p != i : y_p = y_i}; anchors with an
     empty P(i) are left out of the mean (0 under reduction='none')."""
     _features(features, "features")
@@ -261,7 +261,7 @@ def symmetric_infonce_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """CLIP-style symmetric InfoNCE, SPEC.md 5: CE(logits, arange) + CE(logits^T, arange), the two
+    """CLIP-style symmetric InfoNCE, docs/semantics.md section 5: CE(logits, arange) + CE(logits^T, arange), the two
     means summed, logits = nrm(a) nrm(b)^T / t with nrm(x) = x * rsqrt(max(sum x^2, eps)) (XMC-GAN).
     Rows and columns are two calls of the fused kernel; the diagonal is plain autograd."""
     _features(a, "a")
