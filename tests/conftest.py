@@ -1,8 +1,19 @@
 """Test configuration. Triton runs on the CPU in its interpreter unless a GPU is present; the
 variable must be set before triton is first imported."""
 import os
+import sys
 
-import torch
+# The checkout these tests belong to is the one under test, wherever it is cloned (a folder named
+# `fastgan` included), whatever the working directory, and whether fastgan is installed or not (or
+# installed from elsewhere): first on this process's path, and on the path of every subprocess a test
+# starts (python -m fastgan, the distributed workers).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [ROOT]:
+    sys.path.insert(0, ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                      if p and os.path.abspath(p) != ROOT])
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
