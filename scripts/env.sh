@@ -40,8 +40,18 @@ fi
 VPY=$VENV/bin/python
 pip_q() { "$VPY" -m pip install -q "$@"; }
 
+# torch's version and CUDA version, read from torch/version.py without importing torch (seconds).
+torch_meta() {
+  "$VPY" - <<'PY' 2>/dev/null || true
+import importlib.util, os, runpy
+spec = importlib.util.find_spec("torch")
+v = runpy.run_path(os.path.join(os.path.dirname(spec.origin), "version.py"))
+print(v["__version__"], v.get("cuda") or "none")
+PY
+}
+
 # 2. torch: the CUDA build where a GPU is present, else the CPU build (no multi-GB CUDA download).
-torch_version=$("$VPY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+torch_version=$(torch_meta | cut -d' ' -f1)
 want_version=${TORCH_REQ#*==}
 if [ -n "$torch_version" ] && { [ "$want_version" = "$TORCH_REQ" ] || [ "${torch_version%%+*}" = "$want_version" ]; }; then
   say "torch $torch_version already installed"
@@ -63,7 +73,9 @@ fi
 # 3. fastgan itself (editable, pure Python: the extension is built in step 4) with the pinned
 #    Triton and NumPy, plot support and the test tools (the extras of pyproject.toml).
 deps_key=$(fingerprint pyproject.toml "${BASH_SOURCE[0]}")
-if stamp_ok deps "$deps_key" && "$VPY" -c 'import fastgan.benchmark, triton, pytest, matplotlib' 2>/dev/null; then
+if stamp_ok deps "$deps_key" && "$VPY" -c '
+import importlib.util, sys
+sys.exit(any(importlib.util.find_spec(m) is None for m in ("fastgan", "triton", "pytest", "xdist", "matplotlib")))' 2>/dev/null; then
   say "fastgan (editable), Triton, NumPy, matplotlib and the test tools already installed"
 else
   say "installing fastgan (editable) with the pinned Triton and NumPy, matplotlib and the test tools"
@@ -76,15 +88,18 @@ else
 fi
 
 # 4. fastgan._C, in place (fastgan/_C*.so): rebuilt only when a source, a flag or torch changed.
-with_cuda=$("$VPY" -c 'import sys; sys.path.insert(0, "fastgan"); import _build_config as c; print(int(c.want_cuda()))')
-ext_key=$(fingerprint $(find csrc -type f | sort) fastgan/_build_config.py setup.py; echo "$("$VPY" -c 'import torch; print(torch.__version__)') cuda=$with_cuda native=${FASTGAN_NATIVE:-1}")
+# The CUDA kernels: FASTGAN_CUDA if set, else when torch has CUDA and nvcc is on PATH (as setup.py decides).
+if [ -n "${FASTGAN_CUDA:-}" ]; then with_cuda=$FASTGAN_CUDA
+elif [ "$(torch_meta | cut -d' ' -f2)" != none ] && command -v nvcc >/dev/null 2>&1; then with_cuda=1
+else with_cuda=0; fi
+ext_key=$(fingerprint $(find csrc -type f | sort) fastgan/_build_config.py setup.py; echo "$(torch_meta) cuda=$with_cuda native=${FASTGAN_NATIVE:-1}")
 ext_key=$(printf '%s' "$ext_key" | sha256sum | cut -c1-16)
 if stamp_ok ext "$ext_key" && ls fastgan/_C*.so >/dev/null 2>&1; then
   say "fastgan._C is up to date"
 else
   say "building $("$VPY" -c 'import sys; sys.path.insert(0, "fastgan"); import _build_config as c; print(c.describe_build(bool(int(sys.argv[1]))))' "$with_cuda"); log: $VENV/build.log"
   start=$(date +%s)
-  if ! MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VPY" setup.py build_ext --inplace >"$VENV/build.log" 2>&1; then
+  if ! FASTGAN_CUDA=$with_cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VPY" setup.py build_ext --inplace >"$VENV/build.log" 2>&1; then
     tail -n 40 "$VENV/build.log" >&2
     echo "fastgan: building fastgan._C failed (full log: $VENV/build.log)" >&2
     exit 1
