@@ -132,3 +132,62 @@ def test_specification_citations_point_into_the_repository():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert "SPEC" + ".md" not in readme and not stale, stale
     assert cited and cited <= headings, sorted(cited - headings)
+
+
+def test_install_without_torch_says_how_to_install_it():
+    # `pip install .` where torch is missing (or hidden by build isolation): one message with the CPU
+    # and the CUDA install commands, not a bare ModuleNotFoundError.
+    code = ("import runpy, sys\n"
+            "sys.modules['torch'] = None\n"
+            "sys.argv = ['setup.py', '--version']\n"
+            "runpy.run_path('setup.py', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "FASTGAN_NO_EXTENSION"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert res.returncode != 0
+    assert "download.pytorch.org/whl/cpu" in res.stderr and "CUDA:" in res.stderr, res.stderr
+    assert "--no-build-isolation" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def _keep_torch_cuda_home(monkeypatch):
+    # ensure_cuda_home also sets torch.utils.cpp_extension.CUDA_HOME: restored after the test.
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)
+
+
+def _fake_nvcc(tmp_path, top):
+    # A wrapper script like /usr/local/bin/nvcc: torch's guess from its location would be tmp_path.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    nvcc = bindir / "nvcc"
+    nvcc.write_text(f"#!/bin/sh\necho '#$ TOP={top}/bin/..' >&2\n")
+    nvcc.chmod(0o755)
+    return str(bindir)
+
+
+def test_cuda_home_comes_from_nvcc_itself(tmp_path, monkeypatch):
+    from fastgan import _build_config as cfg
+
+    _keep_torch_cuda_home(monkeypatch)
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
+    monkeypatch.setenv("PATH", _fake_nvcc(tmp_path, toolkit) + os.pathsep + os.environ["PATH"])
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    assert cfg.cuda_home_from_nvcc() == os.path.realpath(toolkit)
+    assert cfg.ensure_cuda_home() == os.path.realpath(toolkit) and os.environ["CUDA_HOME"] == os.path.realpath(toolkit)
+
+
+def test_cuda_build_without_headers_fails_at_once_naming_cuda_home(tmp_path, monkeypatch):
+    from fastgan import _build_config as cfg
+
+    _keep_torch_cuda_home(monkeypatch)
+    monkeypatch.setenv("PATH", _fake_nvcc(tmp_path, tmp_path / "nowhere") + os.pathsep + os.environ["PATH"])
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    with pytest.raises(RuntimeError, match="CUDA_HOME"):
+        cfg.ensure_cuda_home()
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"CUDA_HOME=.*no include/cuda_runtime\.h"):
+        cfg.ensure_cuda_home()

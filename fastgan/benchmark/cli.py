@@ -85,7 +85,7 @@ def run_case(case, args, peaks) -> List[dict]:
                "dtype": str(case.dtype).replace("torch.", ""), "device": case.device}
         rows[name] = row
         if fn is None:
-            row["note"] = "skipped: --quick leaves out torch.compile (seconds of compiling per case; the default preset times it)"
+            row["note"] = "skipped in --quick: torch.compile takes seconds per case (the default preset times it)"
         elif name == "studiogan_style" and case.size[0] ** 2 * case.size[1] > MATERIALIZE_LIMIT[case.device.split(":")[0]] \
                 and not args.full:
             row["note"] = f"skipped: would materialize N*N*D = {case.size[0] ** 2 * case.size[1]:.2g} values (--full runs it)"
