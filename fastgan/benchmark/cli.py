@@ -220,7 +220,7 @@ def parse_sizes(text):
     return {k: v for k, v in fam.items() if v}
 
 
-PRESET_REPS = {"quick": (5, 0.05), "default": (10, 0.6), "full": (10, 1.0)}  # (--min-reps, --budget)
+PRESET_REPS = {"quick": (5, 0.05), "default": (8, 0.4), "full": (10, 1.0)}  # (--min-reps, --budget)
 
 
 def main(argv=None) -> int:
