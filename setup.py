@@ -9,6 +9,7 @@ Knobs (environment):
   FASTGAN_NO_EXTENSION=1  install the pure-Python package only (reference and Triton paths).
 
 Install with the torch you already have:  pip install --no-build-isolation -e .
+(or let scripts/test.sh set up a virtual environment, torch included).
 """
 import os
 import sys
@@ -27,7 +28,23 @@ package_dir = {"fastgan.triton_kernels": "triton_kernels"}
 
 ext_modules = []
 cmdclass = {}
+NO_TORCH = """
+fastgan's build compiles against the PyTorch already installed, and none was found here.
+Install torch first, then build without build isolation (an isolated build cannot see it):
+
+  CPU only:  pip install torch --index-url https://download.pytorch.org/whl/cpu
+  CUDA:      pip install torch            (the CUDA build; other CUDA versions: https://pytorch.org)
+  then:      pip install --no-build-isolation -e .
+
+or run scripts/test.sh, which does all of it in a virtual environment (.venv).
+FASTGAN_NO_EXTENSION=1 installs the pure-Python package only (reference and Triton paths).
+"""
+
 if os.environ.get("FASTGAN_NO_EXTENSION", "0") != "1":
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit(NO_TORCH)
     from torch.utils import cpp_extension
 
     with_cuda = cfg.want_cuda()
@@ -43,7 +60,14 @@ if os.environ.get("FASTGAN_NO_EXTENSION", "0") != "1":
             py_limited_api=False,
         )
     )
-    cmdclass["build_ext"] = cpp_extension.BuildExtension.with_options(use_ninja=True)
+
+    class BuildExtension(cpp_extension.BuildExtension):
+        def run(self):
+            # One line before minutes of silent compiling (pip hides the compiler's output).
+            sys.stderr.write("fastgan: building " + cfg.describe_build(with_cuda) + "\n")
+            super().run()
+
+    cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
 
 setup(
     packages=packages,

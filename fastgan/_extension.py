@@ -9,6 +9,7 @@ exist. Order:
      reference path, with one warning.
 """
 import os
+import sys
 import threading
 import warnings
 
@@ -34,11 +35,21 @@ def _load_jit():
     if not os.path.isdir(csrc):
         raise RuntimeError("no csrc/ beside the package (not a source checkout)")
     with_cuda = cfg.want_cuda()
+    name = "fastgan_C_jit_cuda" if with_cuda else "fastgan_C_jit"
     build_dir = os.environ.get("FASTGAN_BUILD_DIR")
     if build_dir:
         os.makedirs(build_dir, exist_ok=True)
+    from torch.utils.cpp_extension import _get_build_directory
+
+    cached = os.path.exists(os.path.join(build_dir or _get_build_directory(name, False), name + ".so"))
+    if not cached:
+        # A first build takes minutes and torch's loader is silent: say so, once, before it starts.
+        sys.stderr.write("fastgan: no prebuilt extension; compiling " + cfg.describe_build(with_cuda)
+                         + f" (cached in {build_dir or _get_build_directory(name, False)}; "
+                         "`pip install --no-build-isolation -e .` builds it ahead of time, FASTGAN_JIT=0 skips it)\n")
+        sys.stderr.flush()
     load(
-        name="fastgan_C_jit_cuda" if with_cuda else "fastgan_C_jit",
+        name=name,
         sources=cfg.sources(_ROOT, with_cuda),
         extra_include_paths=[csrc],
         extra_cflags=cfg.cxx_flags(with_cuda),

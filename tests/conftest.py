@@ -1,8 +1,30 @@
 """Test configuration. Triton runs on the CPU in its interpreter unless a GPU is present; the
 variable must be set before triton is first imported."""
 import os
+import sys
 
-import torch
+# The checkout these tests belong to is the one under test, wherever it is cloned (a folder named
+# `fastgan` included), whatever the working directory, and whether fastgan is installed or not (or
+# installed from elsewhere): first on this process's path, and on the path of every subprocess a test
+# starts (python -m fastgan, the distributed workers).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [ROOT]:
+    sys.path.insert(0, ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                      if p and os.path.abspath(p) != ROOT])
+
+# Under pytest-xdist each worker gets its share of the cores (one each with -n 2 on 2 cores): two
+# workers with two OpenMP threads each on two cores spin-wait on each other, which made CPU steps
+# up to ~100x slower on a busy machine. Subprocesses started by tests inherit it. Set before torch
+# is imported so OpenMP reads it; an explicit OMP_NUM_THREADS wins.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+import torch  # noqa: E402
+
+if _workers > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

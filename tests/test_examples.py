@@ -35,7 +35,12 @@ def test_example_cli_writes_plots(tmp_path, capsys):
     assert contragan.main(["--steps", "6", "--compare-steps", "2", "--batch", "16", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "(a) losses over the first 2 steps" in out and "cpu" in out
+    assert " 2C " in out and "InfoNCE" not in out
     assert (tmp_path / "samples.png").exists() and (tmp_path / "losses.png").exists()
+    # Readable at a glance: at least 800 px wide.
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(tmp_path / "losses.png")).shape[1] >= 800
 
 
 def test_infomax_cli(tmp_path, capsys):
@@ -45,6 +50,9 @@ def test_infomax_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "max relative difference" in out
     assert (tmp_path / "samples.png").exists()
+    # The contrastive term is InfoMax-GAN's InfoNCE here, and the log says so.
+    assert "InfoNCE" in out and " 2C " not in out, out
+    assert "milliseconds" in out and "seconds per" not in out
 
 
 def test_comparison_detects_a_different_run():

@@ -1,4 +1,4 @@
-"""Mixed precision, one policy for every loss (SPEC.md "Mixed precision"): inputs of different float
+"""Mixed precision, one policy for every loss (docs/semantics.md "Mixed precision"): inputs of different float
 dtypes are promoted as PyTorch would, computed in float32 (float64 if any input is float64), the loss
 is float32 (float64); autocast is off inside the losses. A full training step of the example GAN
 under CPU autocast (bfloat16, float16) against the reference path; GradScaler on CUDA."""

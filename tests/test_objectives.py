@@ -1,4 +1,4 @@
-"""GAN objectives against independent float64 evaluations of SPEC.md section 8 (explicit loops over
+"""GAN objectives against independent float64 evaluations of docs/semantics.md section 8 (explicit loops over
 the batch), float64 gradcheck, and errors for mismatched shapes."""
 import math
 

@@ -1,4 +1,4 @@
-"""The reference paths (the specification) against independent float64 evaluations of SPEC.md's
+"""The reference paths (the specification) against independent float64 evaluations of docs/semantics.md's
 formulas: explicit loops over the batch, the public implementations' unshifted expressions where
 they do not overflow, and small cases worked out by hand."""
 import math

@@ -144,6 +144,7 @@ def test_infonce_lse_large_logits(dtype, gen):
     _check(l, m, 1 / 0.07, -10.0, False, 1e-12, gen, TOL[dtype])
 
 
+@pytest.mark.slow  # several tiles per dimension through the Triton interpreter
 @pytest.mark.parametrize("blocks", [(16, 16, 16), (32, 64, 16), (16, 32, 64), (64, 16, 32)])
 def test_infonce_lse_block_variants(blocks, gen, monkeypatch):
     monkeypatch.setattr(K, "_blocks", lambda n, hw, r: blocks)

@@ -108,9 +108,12 @@ def test_contrastive_lse_noncontiguous(gen):
     _check_lse(a, b, la, lb, e, params, gen, TOL[torch.float32])
 
 
+@pytest.mark.slow  # finite differences through the Triton interpreter
 @pytest.mark.parametrize("relu,extra", [(False, True), (True, False)])
 def test_contrastive_lse_gradcheck(relu, extra, gen):
-    a, b, la, lb, e = _case(9, 11, 5, torch.float64, gen, extra=extra, zero=False)
+    # D = 3 rather than 5: the same single partial tile (blocks are >= 16) and label sets, 40% fewer
+    # finite differences (sizes where a set is empty give -inf outputs that finite differences cannot take).
+    a, b, la, lb, e = _case(9, 11, 3, torch.float64, gen, extra=extra, zero=False)
     a, b = a.requires_grad_(), b.requires_grad_()
     inputs = (a, b) + ((e.requires_grad_(),) if extra else ())
 
@@ -161,6 +164,7 @@ def test_cosine_similarity_matrix_self_and_noncontig(gen):
     assert rel_err(x.grad, x64.grad, GRAD_FLOOR) < TOL[torch.float64]
 
 
+@pytest.mark.slow  # finite differences and opcheck through the Triton interpreter
 def test_cosine_similarity_matrix_gradcheck_opcheck(gen):
     a, b, _, _, _ = _case(7, 6, 5, torch.float64, gen, extra=False, zero=False)
     a, b = a.requires_grad_(), b.requires_grad_()

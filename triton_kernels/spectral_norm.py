@@ -1,4 +1,4 @@
-"""Triton kernels of spectral normalization (contract: fastgan/ops/spectral_norm.py, SPEC.md 7).
+"""Triton kernels of spectral normalization (contract: fastgan/ops/spectral_norm.py, docs/semantics.md section 7).
 
   power iteration  multi-tensor: every layer of a call in a constant number of launches, whatever
                    the number of layers (the design of csrc/cuda/spectral_norm.cu; apex's

@@ -1,5 +1,5 @@
 // Fused CPU kernel of fastgan::infonce_lse and its backward: InfoMax-GAN's local x global InfoNCE
-// (SPEC.md 6; contract: fastgan/reference/infonce.py:infonce_lse).
+// (docs/semantics.md section 6; contract: fastgan/reference/infonce.py:infonce_lse).
 //
 // With m^_i = m_i * a_i, l^_jk = l_j[:, k] * b_jk (a, b the inverse norms when normalizing, else 1):
 //   S[i, j, k] = scale * <m^_i, l^_jk>,  pos[i, k] = S[i, i, k],

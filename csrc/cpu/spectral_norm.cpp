@@ -1,7 +1,7 @@
-// CPU kernels of spectral normalization (SPEC.md 7; contract in fastgan/ops/spectral_norm.py):
+// CPU kernels of spectral normalization (docs/semantics.md section 7; contract in fastgan/ops/spectral_norm.py):
 //
 //   fastgan::spectral_norm_power_iteration_   n power-iteration steps for a list of layers in one
-//       call (the multi-tensor idea of SPEC.md 7 on the CPU), u, v updated in place; returns one
+//       call (the multi-tensor idea of docs/semantics.md section 7 on the CPU), u, v updated in place; returns one
 //       0-dim sigma = <u, W v> per layer, read off the last normalization (no extra pass over W).
 //   fastgan::spectral_norm_apply               W / sigma
 //   fastgan::spectral_norm_apply_backward      G / sigma - (<G, W> / sigma^2) u v^T: one reduction

@@ -1,5 +1,5 @@
 // CUDA kernels of infonce_lse and infonce_lse_backward (contract: fastgan/reference/infonce.py:
-// infonce_lse; SPEC.md section 6).
+// infonce_lse; docs/semantics.md section 6).
 //
 // Notation. Rows are images i (the global features m_i), columns are c = j * HW + k, the local
 // feature l_j[:, k] (N * HW columns, flattened so that small HW does not waste tile width).

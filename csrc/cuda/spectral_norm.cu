@@ -1,4 +1,4 @@
-// CUDA kernels of the fused spectral-norm ops (SPEC.md 7, contract: fastgan/reference/spectral_norm.py).
+// CUDA kernels of the fused spectral-norm ops (docs/semantics.md section 7, contract: fastgan/reference/spectral_norm.py).
 //
 // Multi-tensor power iteration: every layer of a model in a constant number of launches. The glue
 // passes a device array of per-layer descriptors (SnLayer: W's pointer, shape, strides and dtype,

@@ -1,4 +1,4 @@
-// Launchers of the CUDA kernels of the fused spectral-norm ops (SPEC.md 7, contract:
+// Launchers of the CUDA kernels of the fused spectral-norm ops (docs/semantics.md section 7, contract:
 // fastgan/reference/spectral_norm.py). Plain types only: no torch headers, so CI compile-checks the
 // .cu file with nvcc alone (.ci/nvcc_check.sh).
 #pragma once

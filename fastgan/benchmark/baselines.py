@@ -1,4 +1,4 @@
-"""Public-implementation-style baselines, written from SPEC.md's descriptions of how StudioGAN and
+"""Public-implementation-style baselines, written from docs/semantics.md's descriptions of how StudioGAN and
 Mimicry compute their losses (not their code): what users run today, timed beside fastgan."""
 import numpy as np
 import torch

@@ -23,7 +23,7 @@ OPS = ("cosine_similarity_matrix", "2c", "d2d", "ntxent", "supcon", "clip", "inf
 # Sizes: (N, D) for the similarity family, (N, HW, R) for InfoNCE, a model name for spectral norm.
 SIZES = {
     "cpu": {
-        "quick": {"similarity": [(64, 128), (256, 256)], "infonce": [(16, 16, 256)], "spectral_norm": ["sngan32"]},
+        "quick": {"similarity": [(128, 256)], "infonce": [(16, 16, 256)], "spectral_norm": ["sngan32"]},
         "default": {"similarity": [(64, 512), (256, 768), (1024, 768)], "infonce": [(64, 64, 1024)],
                     "spectral_norm": ["sngan32"]},
         "full": {"similarity": [(64, 512), (256, 768), (1024, 768), (4096, 128)],
@@ -66,7 +66,7 @@ class Case:
         return self.size[0] if self.op != "spectral_norm" else len(SN_MODELS[self.size[0]])
 
     def floor(self) -> Tuple[float, float]:
-        """(FLOPs, bytes) of forward + backward, SPEC.md section 9."""
+        """(FLOPs, bytes) of forward + backward, docs/semantics.md section 9."""
         el = torch.tensor([], dtype=self.dtype).element_size()
         if self.op == "infonce":
             n, hw, r = self.size
@@ -177,9 +177,10 @@ SN_TORCH = {
 }
 
 
-def sn_paths(case: Case) -> Dict[str, Callable]:
+def sn_paths(case: Case, compiled: bool = True) -> Dict[str, Callable]:
     """fastgan per layer and grouped (one multi-tensor call per step) for every backend available
-    here; PyTorch's two flavours eager and under torch.compile. "torch_hook" is the baseline."""
+    here; PyTorch's two flavours eager and under torch.compile (None without `compiled`: listed, not
+    built). "torch_hook" is the baseline."""
     device = torch.device(case.device)
     out: Dict[str, Callable] = {}
     for backend in ("cpu", "cuda", "triton"):
@@ -195,21 +196,22 @@ def sn_paths(case: Case) -> Dict[str, Callable]:
         out[name] = lambda layers=layers: sn_step(layers)
     for name, flavour in SN_TORCH.items():
         layers = sn_layers(case, flavour)
-        out[name + "_compiled"] = torch.compile(lambda layers=layers: sn_step(layers))
+        out[name + "_compiled"] = torch.compile(lambda layers=layers: sn_step(layers)) if compiled else None
     return out
 
 
-def paths(case: Case) -> Dict[str, Callable]:
-    """name -> fn(*tensors, *labels) returning a scalar; only paths that can run here."""
+def paths(case: Case, compiled: bool = True) -> Dict[str, Callable]:
+    """name -> fn(*tensors, *labels) returning a scalar; only paths that can run here. Without
+    `compiled` the torch.compile paths are listed with None (seconds of compiling each: --quick)."""
     device = torch.device(case.device)
     out: Dict[str, Callable] = {}
     if case.op == "spectral_norm":
-        return sn_paths(case)
+        return sn_paths(case, compiled)
     fused, reference = LOSS[case.op]
     for backend in ("cpu", "cuda", "triton"):
         if unavailable_reason(backend, device) is None and not (backend == "triton" and device.type == "cpu"):
             out[f"fastgan_{backend}"] = lambda *xs, b=backend: fused(*xs, backend=b)
     out["reference_eager"] = reference
-    out["reference_compiled"] = torch.compile(reference, dynamic=False)
+    out["reference_compiled"] = torch.compile(reference, dynamic=False) if compiled else None
     out.update(BASELINES.get(case.op, {}))
     return out

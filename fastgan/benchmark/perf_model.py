@@ -4,7 +4,7 @@ For an op at one size, forward + backward:
 
     predicted = max(FLOPs / R_mma, bytes / BW) + launches * t_launch
 
-  FLOPs, bytes  the op's floor (Case.floor(), SPEC.md 9): the products a fused kernel must do and
+  FLOPs, bytes  the op's floor (Case.floor(), docs/semantics.md section 9): the products a fused kernel must do and
                 the bytes it must move (inputs read, gradients written; nothing N x N);
   R_mma         the matrix rate of the op's dtype: a GEMM in that dtype measured in the same run
                 (bfloat16/float16: tensor cores; float32: TF32 tensor cores when

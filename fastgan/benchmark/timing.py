@@ -1,13 +1,20 @@
 """Timing and memory measurement, CPU and CUDA.
 
-Times: forward, backward and forward+backward of each repetition; medians with p20/p80. Inputs
-rotate over a few fresh copies so no repetition reuses the previous one's cache-hot tensors. CUDA
-timings use events after warm-up. Peak memory is the extra memory a forward+backward needs beyond
+Times: forward, backward and forward+backward of each repetition; medians with p20/p80. The paths
+of one case are timed interleaved (time_paths: one repetition of each path per round, the order
+rotating), so a burst of load on a shared machine hits every path alike instead of one path's whole
+series. Inputs rotate over a few fresh copies so no repetition reuses the previous one's cache-hot
+tensors. CUDA timings use events after warm-up. Peak memory is the extra memory a forward+backward needs beyond
 its inputs: on CUDA torch.cuda.max_memory_allocated; on the CPU the high-water mark of the running
 sum of each op's self allocations minus frees, in start order, recorded by torch.profiler
 (profile_memory=True): an op's temporaries freed inside it are not seen, so this is a lower bound.
 """
+import contextlib
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Sequence
 
@@ -71,6 +78,118 @@ def time_path(fn: Callable, tensors, labels, device: str, min_reps: int = 5, max
             "total": _quantiles([a + b for a, b in zip(fwd, bwd)]), "reps": len(fwd)}
 
 
+class _Series:
+    """One path's repetitions inside time_paths."""
+
+    def __init__(self, fn, tensors, labels, rotate):
+        self.fn, self.pool = fn, [_fresh(tensors, labels) for _ in range(max(rotate, 1))]
+        self.fwd: List[float] = []
+        self.bwd: List[float] = []
+        self.spent = 0.0
+        self.error = None
+
+    def once(self, device: str, record: bool = True) -> None:
+        xs = self.pool[len(self.fwd) % len(self.pool)]
+        for t in xs:
+            if isinstance(t, torch.Tensor) and t.grad is not None:
+                t.grad = None
+        w0 = time.perf_counter()
+        if device.startswith("cuda"):
+            e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            e0.record()
+            out = self.fn(*xs)
+            e1.record()
+            if out.requires_grad:
+                out.backward()
+            e2.record()
+            torch.cuda.synchronize()
+            f, b = e0.elapsed_time(e1), e1.elapsed_time(e2)
+        else:
+            t0 = time.perf_counter()
+            out = self.fn(*xs)
+            t1 = time.perf_counter()
+            if out.requires_grad:
+                out.backward()
+            t2 = time.perf_counter()
+            f, b = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        self.spent += time.perf_counter() - w0
+        if record:
+            self.fwd.append(f)
+            self.bwd.append(b)
+
+
+def time_paths(fns: Dict[str, Callable], tensors, labels, device: str, min_reps: int = 10, max_reps: int = 60,
+               budget_s: float = 0.5, rotate: int = 3, warmup: int = 2) -> Dict[str, dict]:
+    """Time several paths of one case interleaved: {name: time_path-like result} or {name: {"error": exc}}.
+
+    Each round runs one repetition of every path still going, starting at a different path each
+    round. A path goes on until it has min_reps and has spent budget_s, or has max_reps; the slowest
+    paths thus get min_reps (at least 3 when one repetition exceeds the budget) and the fast ones up
+    to max_reps, enough for a stable p20/p80."""
+    series = {name: _Series(fn, tensors, labels, rotate) for name, fn in fns.items()}
+    for s in series.values():  # warm-up: compilation, caches, allocator
+        try:
+            for _ in range(warmup):
+                s.once(device, record=False)
+        except Exception as exc:  # reported per path, not fatal
+            s.error = exc
+    live = [s for s in series.values() if s.error is None]
+    floor = {id(s): min_reps if s.spent / max(warmup, 1) < budget_s else min(min_reps, 3) for s in live}
+
+    def going(s):
+        return s.error is None and len(s.fwd) < max_reps and (len(s.fwd) < floor[id(s)] or s.spent < budget_s)
+
+    rnd = 0
+    while True:
+        todo = [s for s in live if going(s)]
+        if not todo:
+            break
+        k = rnd % len(todo)
+        for s in todo[k:] + todo[:k]:
+            try:
+                s.once(device)
+            except Exception as exc:
+                s.error = exc
+        rnd += 1
+    out = {}
+    for name, s in series.items():
+        if s.error is not None:
+            out[name] = {"error": s.error}
+        else:
+            out[name] = {"forward": _quantiles(s.fwd), "backward": _quantiles(s.bwd),
+                         "total": _quantiles([a + b for a, b in zip(s.fwd, s.bwd)]), "reps": len(s.fwd)}
+    return out
+
+
+# What the profiler's library (Kineto) writes straight to the process's stderr on every start and
+# stop: about a hundred lines through a benchmark's progress bar. Dropped; anything else is kept.
+# c10's allocator also warns there, once per block it saw freed but not allocated inside the profile.
+_PROFILER_NOISE = re.compile(r"^(USDT|STAGE|INFO|WARNING):\d{4}-\d\d-\d\d .*(ActivityProfiler|Profiler|kineto)"
+                             r"|^\[W\d{4} [\d:.]+ \d+ CPUAllocator\.cpp:\d+\] Memory block of unknown size", re.I)
+
+
+@contextlib.contextmanager
+def _quiet_profiler():
+    """Redirect file descriptor 2 while the profiler runs, then re-emit all but its own log lines."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (captured): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if not _PROFILER_NOISE.match(line):
+                    sys.stderr.write(line + "\n")
+
+
 def peak_memory(fn: Callable, tensors, labels, device: str) -> int:
     """Extra bytes allocated at the peak of one forward+backward (inputs excluded)."""
     xs = _fresh(tensors, labels)
@@ -85,7 +204,7 @@ def peak_memory(fn: Callable, tensors, labels, device: str) -> int:
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn(*xs)
         if out.requires_grad:
             out.backward()

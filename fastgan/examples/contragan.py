@@ -157,10 +157,20 @@ def train(backend: str, steps: int = 2000, batch: int = 64, num_classes: int = 1
         times.append(time.perf_counter() - t0)
         history.append({k: v.item() for k, v in dict(d_adv=d_adv, d_con=d_con, g_adv=g_adv, g_con=g_con).items()})
         if log_every and (step % log_every == 0 or step == steps - 1):
-            h = history[-1]
-            print(f"  [{backend}] step {step:4d}  D adv {h['d_adv']:.3f} 2C {h['d_con']:.3f} | "
-                  f"G adv {h['g_adv']:.3f} 2C {h['g_con']:.3f}")
+            h, term = history[-1], contrastive_name(infomax)
+            print(f"  [{backend}] step {step:4d}  D adv {h['d_adv']:.3f} {term} {h['d_con']:.3f} | "
+                  f"G adv {h['g_adv']:.3f} {term} {h['g_con']:.3f}")
     return history, times, gen
+
+
+def contrastive_name(infomax: bool) -> str:
+    """The contrastive term's name in logs and plots: what the run actually uses."""
+    return "InfoNCE" if infomax else "2C"
+
+
+# Plot labels of the history's keys ({} is the contrastive term's name).
+CURVE_LABELS = {"d_adv": "D hinge loss", "d_con": "D {} loss (reals)", "g_adv": "G hinge loss",
+                "g_con": "G {} loss (fakes)"}
 
 
 def backends_here():
@@ -179,7 +189,7 @@ def max_relative_difference(a, b, steps):
     return worst
 
 
-def save_outputs(history, gen, num_classes, out_dir):
+def save_outputs(history, gen, num_classes, out_dir, infomax=False):
     try:
         import matplotlib
 
@@ -200,15 +210,20 @@ def save_outputs(history, gen, num_classes, out_dir):
             axes[c, j].axis("off")
     fig.suptitle("generated samples, one row per class")
     grid = os.path.join(out_dir, "samples.png")
-    fig.savefig(grid, dpi=60)
+    fig.savefig(grid, dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    # 1000 x 450 px; the legend sits right of the curves, never over them.
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    term = contrastive_name(infomax)
     for k in history[0]:
-        ax.plot([h[k] for h in history], label=k)
-    ax.set_xlabel("step")
-    ax.legend()
+        ax.plot([h[k] for h in history], label=CURVE_LABELS.get(k, k).format(term), linewidth=1)
+    ax.set_xlabel("training step (one D and one G update)")
+    ax.set_ylabel("loss value")
+    ax.set_title(f"{'InfoMax-GAN' if infomax else 'ContraGAN'} losses per step")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.subplots_adjust(left=0.08, right=0.76, bottom=0.13, top=0.9)
     curves = os.path.join(out_dir, "losses.png")
-    fig.savefig(curves, dpi=80)
+    fig.savefig(curves, dpi=100)
     plt.close(fig)
     return [grid, curves]
 
@@ -248,12 +263,12 @@ def main(argv=None, *, description=__doc__, default_steps=2000, default_batch=64
         diff = max_relative_difference(hist, ref_hist, a.compare_steps)
         ok &= diff < TOLERANCE
         print(f"  {b:<10} max relative difference {diff:.2e}  {'ok' if diff < TOLERANCE else 'MISMATCH'}")
-    print("\n(b) seconds per training step (D and G updates):")
+    print("\n(b) time per training step (one D and one G update), milliseconds:")
     for b, (hist, times, _) in runs.items():
         t = sorted(times[1:] or times)
         print(f"  {b:<10} median {t[len(t) // 2] * 1e3:.1f} ms over {len(times)} steps")
     hist, _, gen = runs["cpu" if "cpu" in runs else "reference"]
-    files = save_outputs(hist, gen, 10, a.out)
+    files = save_outputs(hist, gen, 10, a.out, infomax=a.infomax)
     if files:
         print("\n(c) wrote " + ", ".join(files))
     return 0 if ok else 1

@@ -1,9 +1,9 @@
 """Similarity and contrastive losses: cosine similarity matrix, 2C, D2D-CE, NT-Xent, SupCon and the
-symmetric (CLIP-style) InfoNCE. SPEC.md sections 1 to 5.
+symmetric (CLIP-style) InfoNCE. docs/semantics.md sections 1 to 5.
 
 Each loss is "fused log-sum-exp kernel + positive term in plain autograd": the N x N part runs in
 the contrastive_lse kernel (never materialized), the O(N D) positive terms are ordinary PyTorch.
-Mixed precision (SPEC.md "Mixed precision"), one policy for every loss: inputs may have different
+Mixed precision (docs/semantics.md "Mixed precision"), one policy for every loss: inputs may have different
 float dtypes (under torch.autocast a projection is bfloat16/float16 while an nn.Embedding proxy stays
 float32); two inputs of one kernel are promoted as PyTorch would (torch.promote_types), everything is
 computed in float32 (float64 if any input is float64) and the loss is returned in that dtype. Each loss
@@ -136,7 +136,7 @@ def conditional_contrastive_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """ContraGAN's conditional contrastive (2C) loss, SPEC.md 2:
+    """ContraGAN's conditional contrastive (2C) loss, docs/semantics.md section 2:
         L_i = -log( (e^{p_i/t} + sum_{j!=i, y_j=y_i} e^{s_ij/t}) / (e^{p_i/t} + sum_{j!=i} e^{s_ij/t}) )
     with s_ij = cos(embed_i, embed_j), p_i = cos(embed_i, proxy_i). Stable at any temperature.
     embed and proxy may differ in dtype (autocast: a half projection, a float32 nn.Embedding proxy):
@@ -172,7 +172,7 @@ def data2data_cross_entropy_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """ReACGAN's data-to-data cross-entropy (D2D-CE), SPEC.md 3, the public expression with its
+    """ReACGAN's data-to-data cross-entropy (D2D-CE), docs/semantics.md section 3, the public expression with its
     quirks: a_ij = (s_ij + m_p - 1)/t, M_i = max_{j!=i} a_ij (both classes, before the relu, constant
     in backward), q_i = relu((m_p - p_i)/t),
         L_i = q_i + log( e^{-q_i} + sum_{j!=i, y_j!=y_i} e^{relu(a_ij) - M_i} ).
@@ -239,7 +239,7 @@ def nt_xent_loss(
     z: torch.Tensor, labels=None, temperature: float = _UNSET, *, eps: float = 1e-8, reduction: str = "mean",
     backend: str = "auto", process_group=None, gradient: str = "exact",
 ) -> torch.Tensor:
-    """SimCLR's NT-Xent, SPEC.md 4, in three call forms (temperature 0.5 by default):
+    """SimCLR's NT-Xent, docs/semantics.md section 4, in three call forms (temperature 0.5 by default):
       nt_xent_loss(z)           z (2N, D) = cat([view1, view2]): row i's positive is (i + N) mod 2N and
                                 L_i = LSE_{k!=i}(s_ik/t) - s_i,pos/t, mean over the 2N rows;
       nt_xent_loss(z1, z2)      the same with the two views apart;
@@ -343,7 +343,7 @@ def supcon_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020, the L_out form), SPEC.md 4:
+    """Supervised contrastive loss (Khosla et al. 2020, the L_out form), docs/semantics.md section 4:
     L_i = LSE_{a!=i}(s_ia/t) - mean_{p in P(i)} s_ip/t, P(i) = {p != i : y_p = y_i}; anchors with an
     empty P(i) are left out of the mean (0 under reduction='none').
     A batch of one class (no negatives) gets this formula's value, LSE over the positives minus their
@@ -385,7 +385,7 @@ def symmetric_infonce_loss(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """CLIP-style symmetric InfoNCE, SPEC.md 5: CE(logits, arange) + CE(logits^T, arange), the two
+    """CLIP-style symmetric InfoNCE, docs/semantics.md section 5: CE(logits, arange) + CE(logits^T, arange), the two
     means summed, logits = nrm(a) nrm(b)^T / t with nrm(x) = x * rsqrt(max(sum x^2, eps)) (XMC-GAN).
     Rows and columns are two calls of the fused kernel; the diagonal is plain autograd."""
     _features(a, "a")

@@ -1,4 +1,4 @@
-"""InfoMax-GAN's InfoNCE over local x global features, SPEC.md 6.
+"""InfoMax-GAN's InfoNCE over local x global features, docs/semantics.md section 6.
 
 The negative term NEG_i does not depend on the local position k, so the fused path needs one
 log-sum-exp per image. Single process: the dedicated op fastgan::infonce_lse (fastgan/ops/infonce_lse.py)

@@ -1,4 +1,4 @@
-"""GAN objectives of the source papers, SPEC.md section 8. Naming: `<objective>_d_loss` for the
+"""GAN objectives of the source papers, docs/semantics.md section 8. Naming: `<objective>_d_loss` for the
 discriminator (or critic) and `<objective>_g_loss` for the generator, where the two differ. Logits
 are D's raw outputs on real (`real_logits`) and generated (`fake_logits`) samples, any shape; all
 reductions are batch means. Pure PyTorch: these are cheap, elementwise or O(N + M).

@@ -1,5 +1,5 @@
 """Spectral normalization as a function: W / sigma with in-place power iteration of u and v (fused
-ops fastgan::spectral_norm_power_iteration_ -> sigma, fastgan::spectral_norm_apply; SPEC.md 7)."""
+ops fastgan::spectral_norm_power_iteration_ -> sigma, fastgan::spectral_norm_apply; docs/semantics.md section 7)."""
 import torch
 
 from .. import _checks as C
@@ -68,7 +68,7 @@ def normalize_weight(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_p
 def spectral_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int = 1,
                        eps: float = 1e-12, *, order: str = "hook", dim: int = 0, training: bool = True,
                        backend: str = "auto") -> torch.Tensor:
-    """W / sigma, SPEC.md 7. In training mode u and v are updated in place by `n_power_iterations`
+    """W / sigma, docs/semantics.md section 7. In training mode u and v are updated in place by `n_power_iterations`
     steps of the given PyTorch `order` ("hook" or "parametrization"); in eval mode they are used as
     stored. u has W_mat.shape[0] entries and v W_mat.shape[1], W_mat being `weight` with `dim` first."""
     C.check_tensor(weight, "weight")

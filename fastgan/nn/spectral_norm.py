@@ -1,4 +1,4 @@
-"""Spectral normalization as a drop-in for both PyTorch implementations (SPEC.md section 7).
+"""Spectral normalization as a drop-in for both PyTorch implementations (docs/semantics.md section 7).
 
     fastgan.nn.spectral_norm(module)                              # like torch.nn.utils.spectral_norm
     fastgan.nn.spectral_norm(module, flavour="parametrization")   # like ...parametrizations.spectral_norm

@@ -1,5 +1,5 @@
 """infonce_lse: the fused positives + per-image negative log-sum-exp of InfoMax-GAN's local x global
-InfoNCE (SPEC.md 6). Contract: fastgan/reference/infonce.py:infonce_lse.
+InfoNCE (docs/semantics.md section 6). Contract: fastgan/reference/infonce.py:infonce_lse.
 
 Registered ops:
   torch.ops.fastgan.infonce_lse / _backward           C++ schema (csrc/fastgan.cpp); CPU kernel

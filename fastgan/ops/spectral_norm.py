@@ -1,4 +1,4 @@
-"""Spectral norm ops (SPEC.md 7). Contract shared by the CPU (C++), CUDA (C++) and Triton kernels:
+"""Spectral norm ops (docs/semantics.md section 7). Contract shared by the CPU (C++), CUDA (C++) and Triton kernels:
 
     sigmas = spectral_norm_power_iteration_(weight_mats, us, vs, n_power_iterations, eps, hook_order)
         weight_mats[i] 2-D (out, in), any strides, float16/bfloat16/float32/float64; us[i] (out,),

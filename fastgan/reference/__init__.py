@@ -1,4 +1,4 @@
-"""The specification: pure-PyTorch reference paths of every op (SPEC.md sections 1 to 8)."""
+"""The specification: pure-PyTorch reference paths of every op (docs/semantics.md sections 1 to 8)."""
 from .contrastive import (  # noqa: F401
     conditional_contrastive_loss,
     contrastive_lse,

@@ -1,6 +1,6 @@
 """Reference (specification) paths for the similarity and contrastive-loss family.
 
-SPEC.md sections 1 to 5. Short, obviously correct PyTorch: every test and benchmark compares the
+docs/semantics.md sections 1 to 5. Short, obviously correct PyTorch: every test and benchmark compares the
 fused kernels against these functions. They materialize the N x M similarity matrix; the kernels
 never do. All log-sum-exps are max-shifted (torch.logsumexp), so nothing overflows at small
 temperatures. Half-precision inputs are computed in float32, float64 stays float64.
@@ -120,7 +120,7 @@ def conditional_contrastive_loss(
     eps: float = 1e-8,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """ContraGAN's 2C loss (SPEC.md 2): L_i = LSE_all_i - LSE_pos_i, the diagonal excluded and the
+    """ContraGAN's 2C loss (docs/semantics.md section 2): L_i = LSE_all_i - LSE_pos_i, the diagonal excluded and the
     proxy logit p_i / t in both sets."""
     ct = compute_dtype(embed.dtype, proxy.dtype)
     e, p = embed.to(ct), proxy.to(ct)
@@ -144,7 +144,7 @@ def data2data_cross_entropy_loss(
     eps: float = 1e-8,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """ReACGAN's D2D-CE (SPEC.md 3), the public expression with its non-cancelling shift M_i:
+    """ReACGAN's D2D-CE (docs/semantics.md section 3), the public expression with its non-cancelling shift M_i:
         L_i = q_i + log(exp(-q_i) + sum_{j != i, y_j != y_i} exp(relu(a_ij) - M_i)),
     evaluated stably as q_i + logaddexp(-q_i, LSE_diff(relu(a_i.)) - M_i)."""
     ct = compute_dtype(embed.dtype, proxy.dtype)
@@ -161,7 +161,7 @@ def data2data_cross_entropy_loss(
 
 
 def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8, reduction: str = "mean") -> torch.Tensor:
-    """SimCLR's NT-Xent (SPEC.md 4). z is (2N, D): rows [0, N) are view 1, rows [N, 2N) view 2, and
+    """SimCLR's NT-Xent (docs/semantics.md section 4). z is (2N, D): rows [0, N) are view 1, rows [N, 2N) view 2, and
     row i's positive is its other view, (i + N) mod 2N."""
     ct = compute_dtype(z.dtype)
     zz = z.to(ct)
@@ -175,7 +175,7 @@ def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8, r
 
 def nt_xent_loss_labels(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8,
                         reduction: str = "mean") -> torch.Tensor:
-    """NT-Xent as pytorch-metric-learning defines it (SPEC.md 4): rows sharing a label are views of
+    """NT-Xent as pytorch-metric-learning defines it (docs/semantics.md section 4): rows sharing a label are views of
     one sample (any order, any number of views). One term per ordered positive pair (a, p), a != p:
         -log(e^{s_ap} / (e^{s_ap} + sum_{n: y_n != y_a} e^{s_an})) = softplus(NEG_a - s_ap),
     s = cos / t, NEG_a = LSE_{n: y_n != y_a} s_an (the other positives of a are not in it). The pairs
@@ -202,7 +202,7 @@ def nt_xent_loss_labels(z: torch.Tensor, labels: torch.Tensor, temperature: floa
 def supcon_loss(
     features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, eps: float = 1e-8, reduction: str = "mean"
 ) -> torch.Tensor:
-    """SupCon, the L_out form (SPEC.md 4): L_i = -(1/|P(i)|) sum_{p in P(i)} (s_ip - LSE_{a != i} s_ia),
+    """SupCon, the L_out form (docs/semantics.md section 4): L_i = -(1/|P(i)|) sum_{p in P(i)} (s_ip - LSE_{a != i} s_ia),
     P(i) = {p != i : y_p == y_i}. Anchors with empty P(i) are left out of the mean (and are 0 in
     reduction='none')."""
     ct = compute_dtype(features.dtype)
@@ -224,7 +224,7 @@ def supcon_loss(
 def symmetric_infonce_loss(
     a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1, eps: float = 1e-12, reduction: str = "mean"
 ) -> torch.Tensor:
-    """CLIP-style symmetric InfoNCE (SPEC.md 5): CE(logits, arange) + CE(logits^T, arange), the two
+    """CLIP-style symmetric InfoNCE (docs/semantics.md section 5): CE(logits, arange) + CE(logits^T, arange), the two
     means summed. Rows normalized as x * rsqrt(max(sum x^2, eps)) (XMC-GAN), i.e. eps on the squared
     norm. reduction='none' returns the per-pair sum of the two cross-entropies."""
     ct = compute_dtype(a.dtype, b.dtype)

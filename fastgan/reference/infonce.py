@@ -1,6 +1,6 @@
 """Reference (specification) path for InfoMax-GAN's InfoNCE over local x global features.
 
-SPEC.md section 6. Scores are dot products between each image's global feature m_i and every local
+docs/semantics.md section 6. Scores are dot products between each image's global feature m_i and every local
 feature l_j[:, k] of the batch. For image i at position k:
     pos_ik = m_i . l_i[:, k]
     NEG_i  = log( sum_{j != i, k'} exp(m_i . l_j[:, k']) + [mimicry] HW * exp(-10) )

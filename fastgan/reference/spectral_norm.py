@@ -1,4 +1,4 @@
-"""Reference (specification) of spectral normalization's power iteration, SPEC.md section 7.
+"""Reference (specification) of spectral normalization's power iteration, docs/semantics.md section 7.
 
 Two PyTorch orders, both with nrm(x) = x / max(||x||, eps) (F.normalize):
   "hook"            torch.nn.utils.spectral_norm:                 v = nrm(W^T u), then u = nrm(W v)

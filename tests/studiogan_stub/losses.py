@@ -1,6 +1,6 @@
 """A stand-in for StudioGAN's src/utils/losses.py (StudioGAN is not on PyPI): the two contrastive
 loss classes with StudioGAN's constructor and forward signatures, written out with the full N x N
-similarity matrix as StudioGAN computes them (SPEC.md sections 2 and 3), single process."""
+similarity matrix as StudioGAN computes them (docs/semantics.md sections 2 and 3), single process."""
 import torch
 import torch.nn.functional as F
 
