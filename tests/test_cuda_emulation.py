@@ -1,0 +1,374 @@
+"""The CUDA kernels of csrc/cuda/*.cu executed on the CPU, unchanged, under AddressSanitizer and UBSan.
+
+csrc/emu/ is a small SIMT emulator (fibers per CUDA thread, barriers, warp operations, emulated
+__half / __nv_bfloat16 and WMMA; see csrc/emu/simt.h and docs/cuda_emulation.md). tests/emu/build.sh
+compiles the kernels with it into one sanitized shared library (cached under build/emu/ by a hash of
+its sources). The tests of this file run in two processes:
+
+- the outer pytest process (this one, normally) builds the library and runs this same file again in
+  a subprocess with libasan preloaded and FASTGAN_EMU_INNER=1: one outer test per group of inner
+  tests, whose output it shows when it fails;
+- the inner process (FASTGAN_EMU_INNER=1) runs the real tests: ctypes calls into the library with
+  tensors' data_ptr, doing what the torch glue (csrc/cuda/*_cuda.cpp) does around each launcher,
+  and compares with fastgan/reference in float64.
+
+Any ASan or UBSan report aborts the inner process, which fails the outer test with the report.
+"""
+import ctypes
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+INNER = os.environ.get("FASTGAN_EMU_INNER") == "1"
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _sources():
+    files = sorted((ROOT / "csrc" / "cuda").glob("*.cu")) + sorted((ROOT / "csrc" / "cuda").glob("*.h"))
+    files += sorted((ROOT / "csrc" / "emu").rglob("*.h")) + sorted((ROOT / "tests" / "emu").glob("*"))
+    return [f for f in files if f.is_file()]
+
+
+def build_library() -> Path:
+    """The sanitized library, rebuilt only when a source (or the compiler) changed."""
+    h = hashlib.sha256()
+    cxx = os.environ.get("CXX", "g++")
+    h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
+    for f in _sources():
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    out = ROOT / "build" / "emu" / h.hexdigest()[:16] / "libfastgan_emu.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["bash", str(ROOT / "tests" / "emu" / "build.sh"), str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, "building the emulated kernels failed:\n" + r.stdout + r.stderr
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Outer process: build, then run the inner tests under the sanitizers.
+# ---------------------------------------------------------------------------------------------
+
+INNER_GROUPS = ["emulator", "contrastive", "infonce", "spectral"]
+
+if not INNER:
+
+    @pytest.fixture(scope="module")
+    def library():
+        return build_library()
+
+    @pytest.mark.parametrize("group", INNER_GROUPS)
+    def test_emulated_kernels_under_sanitizers(library, group):
+        libasan = subprocess.run(
+            [os.environ.get("CXX", "g++"), "-print-file-name=libasan.so"], capture_output=True, text=True
+        ).stdout.strip()
+        env = dict(os.environ)
+        env.update(
+            FASTGAN_EMU_INNER="1",
+            FASTGAN_EMU_LIB=str(library),
+            LD_PRELOAD=libasan,
+            # Python itself leaks by design; every other ASan check stays on. UBSan was built with
+            # -fno-sanitize-recover: the first report aborts.
+            ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0",
+            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+            FASTGAN_EMU_TIMEOUT_S="120",
+        )
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider",
+               str(Path(__file__)), "-k", f"inner_{group}"]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"emulated {group} tests failed (rc {r.returncode}):\n{r.stdout[-15000:]}\n{r.stderr[-15000:]}"
+        assert " passed" in r.stdout and "no tests ran" not in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Inner process: the tests proper.
+# ---------------------------------------------------------------------------------------------
+
+if INNER:
+    import fastgan.reference.contrastive as RC
+
+    P, I64, F, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    LIB = ctypes.CDLL(os.environ["FASTGAN_EMU_LIB"])
+    LIB.emu_contrastive_lse_forward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, P, P]
+    LIB.emu_contrastive_lse_backward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, P, P, P, P]
+    LIB.emu_cosine_similarity_matrix_forward.argtypes = [P] * 4 + [I64] * 5 + [F, I, P]
+    LIB.emu_launch_count.restype = I64
+    LIB.emu_launch_record.argtypes = [I64, ctypes.c_char_p, I, P]
+    LIB.emu_last_message.restype = ctypes.c_char_p
+    for name in ("emu_float_to_half", "emu_half_to_float", "emu_float_to_bfloat16", "emu_bfloat16_to_float"):
+        getattr(LIB, name).argtypes = [P, P, I64]
+
+    def ptr(t):
+        return None if t is None else t.data_ptr()
+
+    def check(err, what):
+        assert err == 0, f"{what}: cudaError {err}: {LIB.emu_last_message().decode()}"
+
+    def launches():
+        """[(name, grid, block)] of the launches since the last clear."""
+        out = []
+        buf = ctypes.create_string_buffer(256)
+        dims = (ctypes.c_uint * 6)()
+        for i in range(LIB.emu_launch_count()):
+            assert LIB.emu_launch_record(i, buf, 256, dims) == 0
+            out.append((buf.value.decode(), tuple(dims[:3]), tuple(dims[3:])))
+        return out
+
+    def inv_norms(x, normalize, eps):
+        """inverse_norms of csrc/cpu/common.h on the float32 copy, as the glue computes them."""
+        x = x.float()
+        if not normalize:
+            return torch.ones(x.shape[0])
+        return x.norm(dim=1).clamp_min(eps).reciprocal().contiguous()
+
+    def normalization_backward(x, inv, u, normalize, eps):
+        """The glue's normalization_backward (csrc/cpu/common.h), in float64."""
+        if not normalize:
+            return u
+        xhat = x * inv.unsqueeze(1)
+        proj = (xhat * u).sum(1, keepdim=True)
+        active = (x.norm(dim=1, keepdim=True) > eps).to(x.dtype)
+        return u - xhat * (proj * active)
+
+    def tol(dtype):
+        # The kernels compute in float32 from the exact input values, so every dtype is compared
+        # with float64 of the same (rounded) inputs at float32 accuracy; only outputs written in a
+        # 16-bit dtype (the cosine matrix) carry that dtype's rounding.
+        return dict(rtol=2e-5, atol=2e-5)
+
+    # -----------------------------------------------------------------------------------------
+    # The emulator itself.
+    # -----------------------------------------------------------------------------------------
+
+    def test_inner_emulator_half_conversions_round_to_nearest_even():
+        # Every binary16 and bfloat16 value, the midpoints between neighbours (ties: to even), and
+        # values just off the midpoints, against torch's conversions (round to nearest even).
+        bits = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16)
+        for dtype, f2h, h2f in ((torch.float16, LIB.emu_float_to_half, LIB.emu_half_to_float),
+                                (torch.bfloat16, LIB.emu_float_to_bfloat16, LIB.emu_bfloat16_to_float)):
+            vals = bits.view(dtype)
+            back = torch.empty(1 << 16)
+            h2f(ptr(bits), ptr(back), 1 << 16)
+            torch.testing.assert_close(back, vals.float(), rtol=0, atol=0, equal_nan=True)
+            f = vals.float()
+            f = f[torch.isfinite(f)]
+            f, _ = torch.sort(f.unique())
+            mid = (f[:-1].double() + f[1:].double()) / 2
+            probe = torch.cat([f, mid.float(), torch.nextafter(mid.float(), torch.tensor(0.0)),
+                               torch.nextafter(mid.float(), torch.tensor(float("inf"))),
+                               torch.tensor([float("inf"), -float("inf"), 1e30, -1e30, 65519.0, 65520.0, 2.0 ** -25,
+                                             2.0 ** -25 * 1.0001, 3 * 2.0 ** -26, 1e-40, 0.0, -0.0])])
+            out = torch.empty(probe.numel(), dtype=torch.int16)
+            f2h(ptr(probe), ptr(out), probe.numel())
+            expect = probe.to(dtype).view(torch.int16)
+            bad = (out != expect).nonzero().flatten()
+            assert bad.numel() == 0, f"{dtype}: {probe[bad[:5]].tolist()} -> {out[bad[:5]].tolist()}, want {expect[bad[:5]].tolist()}"
+            nan = torch.tensor([float("nan")])
+            f2h(ptr(nan), ptr(out), 1)
+            assert out[0].item() == 0x7FFF
+
+    def test_inner_emulator_warp_operations():
+        out = torch.zeros(64 * 8, dtype=torch.int32)
+        check(LIB.emu_warp_ops(ctypes.c_void_p(out.data_ptr())), "warp_ops_kernel")
+        out = out.view(64, 8)
+        t = torch.arange(64)
+        lane, base = t % 32, t - t % 32
+        assert out[:, 0].tolist() == (base + 3).tolist()
+        assert out[:, 1].tolist() == (base + (lane ^ 5)).tolist()
+        assert out[:, 2].tolist() == torch.where(lane + 4 < 32, t + 4, t).tolist()
+        assert out[:, 3].tolist() == torch.where(lane >= 4, t - 4, t).tolist()
+        assert out[:, 4].tolist() == (t ^ 1).tolist()  # width 8: xor 1 stays in the segment
+        ballot = sum(1 << k for k in range(32) if k % 3 == 0)
+        assert out[:, 5].tolist() == [ballot - (1 << 32) if ballot >= 1 << 31 else ballot] * 64
+        assert out[:, 6].tolist() == [0] * 32 + [1] * 32  # t == 40 is in warp 1
+        assert out[:, 7].tolist() == [0] * 64
+
+    @pytest.mark.parametrize("kernel,needle", [
+        ("emu_partial_sync", "__syncthreads at line"),
+        ("emu_split_sync", "different __syncthreads"),
+        ("emu_divergent_shuffle", "__shfl_xor_sync at line"),
+    ])
+    def test_inner_emulator_deadlock_is_a_launch_failure_with_a_message(kernel, needle):
+        out = torch.zeros(64)
+        err = getattr(LIB, kernel)(ctypes.c_void_p(out.data_ptr()))
+        msg = LIB.emu_last_message().decode()
+        assert err != 0, f"{kernel} should fail to launch"
+        assert needle in msg and "_kernel" in msg, msg
+        if kernel == "emu_partial_sync":
+            assert "reached by 32 of 64 threads; 32 threads returned" in msg and "partial_sync_kernel" in msg, msg
+
+    def test_inner_emulator_thread_order_exposes_a_race():
+        # race_kernel reads its neighbour's shared value without a barrier: its result depends on the
+        # order in which the emulator runs the threads; the kernels' tests run in both orders.
+        outs = []
+        for order in ("forward", "reverse"):
+            os.environ["FASTGAN_EMU_ORDER"] = order
+            out = torch.zeros(64)
+            check(LIB.emu_race(ctypes.c_void_p(out.data_ptr())), "race_kernel")
+            outs.append(out)
+        os.environ.pop("FASTGAN_EMU_ORDER")
+        assert not torch.equal(outs[0], outs[1])
+
+    # -----------------------------------------------------------------------------------------
+    # contrastive_lse, its backward, cosine_similarity_matrix.
+    # -----------------------------------------------------------------------------------------
+
+    PRED_SETS = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    SHAPES = [(1, 1, 1), (2, 2, 17), (33, 33, 129), (65, 65, 17), (65, 33, 1), (2, 65, 129), (33, 65, 17)]
+
+    def contrastive_cases():
+        """A covering set: every dtype meets every shape, every predicate set, and both values of
+        each flag (labels random / all equal / all distinct, extra, relu, exclude_self, normalize,
+        zero vectors), each flag value with every dtype; the full product would take hours here."""
+        cases = []
+        k = 0
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for si, shape in enumerate(SHAPES):
+                for rep in range(2):
+                    preds = PRED_SETS[(si * 2 + rep + 3 * DTYPE_CODE[dtype]) % len(PRED_SETS)]
+                    cases.append(dict(
+                        dtype=dtype, shape=shape, preds=preds,
+                        labels=("random", "equal", "distinct")[(k // 2) % 3],
+                        extra=bool(k % 2), relu=bool((k // 3) % 2), exclude_self=bool((k // 5) % 2 == 0),
+                        normalize=bool((k // 7) % 2 == 0), zeros=bool((k // 4) % 2),
+                        order="reverse" if k % 5 == 4 else "forward", seed=k))
+                    k += 1
+        return cases
+
+    def case_id(c):
+        n, m, d = c["shape"]
+        return (f"{str(c['dtype'])[6:]}-{n}x{m}x{d}-p{''.join(map(str, c['preds']))}-{c['labels']}"
+                f"{'-extra' if c['extra'] else ''}{'-relu' if c['relu'] else ''}{'-excl' if c['exclude_self'] else ''}"
+                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-{c['order']}")
+
+    def make_inputs(c):
+        n, m, d = c["shape"]
+        g = torch.Generator().manual_seed(c["seed"])
+        a = torch.randn(n, d, generator=g).to(c["dtype"])
+        b = torch.randn(m, d, generator=g).to(c["dtype"])
+        if c["zeros"]:
+            a[0] = 0
+            b[m - 1] = 0
+        kind = c["labels"]
+        if kind == "equal":
+            la, lb = torch.zeros(n, dtype=torch.int64), torch.zeros(m, dtype=torch.int64)
+        elif kind == "distinct":
+            la, lb = torch.arange(n), torch.arange(m) + (0 if m <= n else 0)
+        else:
+            la, lb = torch.randint(0, 3, (n,), generator=g), torch.randint(0, 3, (m,), generator=g)
+        extra = torch.randn(n, generator=g) if c["extra"] else None
+        return a, b, la, lb, extra
+
+    SCALE, BIAS, EPS = 3.0, 0.25, 1e-8
+
+    def run_forward(c, a, b, la, lb, extra):
+        n, m, d = c["shape"]
+        labels = any(p != 0 for p in c["preds"])
+        inv_a, inv_b = inv_norms(a, c["normalize"], EPS), inv_norms(b, c["normalize"], EPS)
+        preds = (ctypes.c_int * 3)(*c["preds"], *([0] * (3 - len(c["preds"]))))
+        lse = torch.full((n, len(c["preds"])), float("nan"))
+        rowmax = torch.full((n,), float("nan"))
+        args = (ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), ptr(la) if labels else None, ptr(lb) if labels else None,
+                ptr(extra), n, m, d, d, d, SCALE, BIAS, int(c["relu"]), int(c["exclude_self"]), 0,
+                len(c["preds"]), preds, DTYPE_CODE[c["dtype"]])
+        check(LIB.emu_contrastive_lse_forward(*args, ptr(lse), ptr(rowmax)), "contrastive_lse_forward")
+        return args, inv_a, inv_b, lse, rowmax
+
+    def reference_dz(c, a64, b64, la, lb, extra, lse, w):
+        """dS~ of the backward's contract (csrc/cuda/contrastive_lse.h) in float64, from the
+        kernel's own lse (as autograd would feed it)."""
+        n, m, _ = c["shape"]
+        ones_a, ones_b = torch.ones(n, dtype=torch.float64), torch.ones(m, dtype=torch.float64)
+        inv_a = 1 / a64.norm(dim=1).clamp_min(EPS) if c["normalize"] else ones_a
+        inv_b = 1 / b64.norm(dim=1).clamp_min(EPS) if c["normalize"] else ones_b
+        z = SCALE * (a64 * inv_a[:, None]) @ (b64 * inv_b[:, None]).T + BIAS
+        adm = torch.ones(n, m, dtype=torch.bool)
+        if c["exclude_self"]:
+            r = torch.arange(min(n, m))
+            adm[r, r] = False
+        f = z.clamp_min(0) if c["relu"] else z
+        fprime = (z > 0).double() if c["relu"] else torch.ones_like(z)
+        ds = torch.zeros_like(z)
+        same = la.view(-1, 1) == lb.view(1, -1)
+        for k, p in enumerate(c["preds"]):
+            mask = adm if p == 0 else adm & (same if p == 1 else ~same)
+            l = lse[:, k].double().view(-1, 1)
+            term = w[:, k].double().view(-1, 1) * torch.exp(f - l)
+            ds += torch.where(mask & torch.isfinite(l), term, torch.zeros_like(term))
+        ds = ds * fprime * adm
+        return SCALE * ds * inv_a[:, None] * inv_b[None, :]
+
+    @pytest.mark.parametrize("c", contrastive_cases(), ids=case_id)
+    def test_inner_contrastive_lse_forward_backward(c):
+        os.environ["FASTGAN_EMU_ORDER"] = c["order"]
+        n, m, d = c["shape"]
+        a, b, la, lb, extra = make_inputs(c)
+        LIB.emu_clear_launches()
+        args, inv_a, inv_b, lse, rowmax = run_forward(c, a, b, la, lb, extra)
+        labels = any(p != 0 for p in c["preds"])
+        a64, b64 = a.double(), b.double()
+        ref_lse, ref_rowmax = RC.contrastive_lse(
+            a64, b64, la if labels else None, lb if labels else None, None if extra is None else extra.double(),
+            scale=SCALE, bias=BIAS, relu=c["relu"], normalize=c["normalize"], eps=EPS,
+            exclude_self=c["exclude_self"], self_offset=0, predicates=c["preds"])
+        torch.testing.assert_close(lse.double(), ref_lse, **tol(c["dtype"]))
+        torch.testing.assert_close(rowmax.double(), ref_rowmax, **tol(c["dtype"]))
+        assert launches() == [("contrastive_lse.cu:forward_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1))]
+
+        # Backward: U = dS~ B, V = dS~^T A (zero-initialized float32, as the glue allocates them).
+        g = torch.Generator().manual_seed(1000 + c["seed"])
+        w = torch.randn(n, len(c["preds"]), generator=g)
+        u, v = torch.zeros(n, d), torch.zeros(m, d)
+        LIB.emu_clear_launches()
+        check(LIB.emu_contrastive_lse_backward(*args, ptr(lse), ptr(w), ptr(u), ptr(v)), "contrastive_lse_backward")
+        assert launches() == [("contrastive_lse.cu:backward_rows_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1)),
+                              ("contrastive_lse.cu:backward_cols_kernel", ((m + 31) // 32, 1, 1), (32, 8, 1))]
+        ds = reference_dz(c, a64, b64, la, lb, extra, lse, w)
+        scale_u = 1 + ds.abs().sum(1, keepdim=True) * b64.abs().max()
+        scale_v = 1 + ds.abs().sum(0).view(-1, 1) * a64.abs().max()
+        torch.testing.assert_close(u.double() / scale_u, (ds @ b64) / scale_u, **tol(c["dtype"]))
+        torch.testing.assert_close(v.double() / scale_v, (ds.T @ a64) / scale_v, **tol(c["dtype"]))
+
+        # Where every lse is finite, the glue's gradients equal autograd of the reference.
+        if torch.isfinite(lse).all():
+            ar, br = a64.clone().requires_grad_(), b64.clone().requires_grad_()
+            ref, _ = RC.contrastive_lse(
+                ar, br, la if labels else None, lb if labels else None, None if extra is None else extra.double(),
+                scale=SCALE, bias=BIAS, relu=c["relu"], normalize=c["normalize"], eps=EPS,
+                exclude_self=c["exclude_self"], self_offset=0, predicates=c["preds"])
+            ga, gb = torch.autograd.grad((ref * w.double()).sum(), (ar, br))
+            ia64, ib64 = inv_a.double(), inv_b.double()
+            got_a = normalization_backward(a64, ia64, u.double(), c["normalize"], EPS)
+            got_b = normalization_backward(b64, ib64, v.double(), c["normalize"], EPS)
+            torch.testing.assert_close(got_a / scale_u, ga / scale_u, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got_b / scale_v, gb / scale_v, rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("shape", [(1, 1, 1), (33, 2, 17), (65, 33, 129), (2, 65, 1)])
+    def test_inner_contrastive_cosine_similarity_matrix(dtype, shape):
+        n, m, d = shape
+        g = torch.Generator().manual_seed(n * 1000 + m + d)
+        a = torch.randn(n, d, generator=g).to(dtype)
+        b = torch.randn(m, d, generator=g).to(dtype)
+        a[n // 2] = 0  # a zero vector: its row of the matrix is 0
+        inv_a, inv_b = inv_norms(a, True, EPS), inv_norms(b, True, EPS)
+        out = torch.full((n, m), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_cosine_similarity_matrix_forward(ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), n, m, d, d, d, 2.5,
+                                                       DTYPE_CODE[dtype], ptr(out)), "cosine_similarity_matrix")
+        assert launches() == [("contrastive_lse.cu:cosine_kernel", ((m + 31) // 32, (n + 31) // 32, 1), (32, 8, 1))]
+        ref = RC.cosine_similarity_matrix(a.double(), b.double(), scale=2.5, eps=EPS)
+        if dtype == torch.float32:
+            torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
+        else:
+            # One rounding of a float32 result to the output dtype: within one unit in the last place.
+            ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
+            err = (out.double() - ref).abs()
+            assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) + 1e-6).all(), err.max()
