@@ -372,3 +372,232 @@ if INNER:
             ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
             err = (out.double() - ref).abs()
             assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) + 1e-6).all(), err.max()
+
+    # -----------------------------------------------------------------------------------------
+    # infonce_lse and its backward.
+    # -----------------------------------------------------------------------------------------
+
+    import math
+
+    import fastgan.reference.infonce as RI
+
+    LIB.emu_infonce_lse_forward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, P, P]
+    LIB.emu_infonce_lse_backward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, P, P, P, P, P]
+
+    def infonce_plan(n, hw):
+        """make_plan of csrc/cuda/infonce_lse.cu: (tiles, row_blocks, splits)."""
+        cdiv = lambda a, b: (a + b - 1) // b  # noqa: E731
+        tiles, row_blocks = cdiv(n * hw, 64), cdiv(n, 32)
+        if tiles == 0 or row_blocks == 0:
+            return tiles, row_blocks, 0
+        want = min(cdiv(264, row_blocks), tiles, 64)
+        tps = cdiv(tiles, want)
+        return tiles, row_blocks, cdiv(tiles, tps)
+
+    def infonce_cases():
+        """Covering set: each dtype with every N in {1, 2, 33, 65}, every R in {1, 17, 129}, each
+        layout of l (contiguous, channels-last) and m (contiguous, transposed storage), self_logit
+        None and -10, normalize on and off, zero vectors, zero grad_neg rows."""
+        cases, k = [], 0
+        shapes = [(1, 17, 3), (2, 1, 5), (33, 129, 2), (65, 17, 3), (2, 129, 1), (33, 1, 4), (65, 129, 1)]
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for si, (n, r, hw) in enumerate(shapes):
+                cases.append(dict(dtype=dtype, n=n, r=r, hw=hw, channels_last=bool((si + k) % 2),
+                                  m_transposed=bool((k // 2) % 2), self_logit=None if k % 3 else -10.0,
+                                  normalize=(k % 4) != 3, zeros=bool((k // 3) % 2), order="reverse" if k % 5 == 2 else "forward",
+                                  seed=500 + k))
+                k += 1
+        return cases
+
+    def infonce_id(c):
+        return (f"{str(c['dtype'])[6:]}-{c['n']}x{c['r']}x{c['hw']}{'-cl' if c['channels_last'] else ''}"
+                f"{'-mT' if c['m_transposed'] else ''}{'-self' if c['self_logit'] is not None else ''}"
+                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-{c['order']}")
+
+    @pytest.mark.parametrize("c", infonce_cases(), ids=infonce_id)
+    def test_inner_infonce_lse_forward_backward(c):
+        os.environ["FASTGAN_EMU_ORDER"] = c["order"]
+        n, r, hw, dtype = c["n"], c["r"], c["hw"], c["dtype"]
+        g = torch.Generator().manual_seed(c["seed"])
+        l = torch.randn(n, r, hw, generator=g).to(dtype)
+        m = torch.randn(n, r, generator=g).to(dtype)
+        if c["zeros"]:
+            l[n - 1, :, 0] = 0
+            m[0] = 0
+        if c["channels_last"]:  # (N, HW, R) storage viewed as (N, R, HW): stride 1 along R
+            l = l.transpose(1, 2).contiguous().transpose(1, 2)
+        if c["m_transposed"]:
+            m = m.t().contiguous().t()
+        scale, eps = 2.0, 1e-8
+        sl = c["self_logit"]
+        self_term = float(sl + math.log(hw)) if sl is not None else 0.0
+        ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
+        common = (ptr(l), ptr(m), n, r, hw, ls, ms, scale, int(sl is not None), self_term, int(c["normalize"]), eps,
+                  DTYPE_CODE[dtype])
+        pos, neg = torch.full((n, hw), float("nan")), torch.full((n,), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "infonce_lse_forward")
+        tiles, row_blocks, splits = infonce_plan(n, hw)
+        norms = [("infonce_lse.cu:inv_norm_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1)),
+                 ("infonce_lse.cu:inv_norm_kernel", ((n * hw + 31) // 32, 1, 1), (32, 8, 1))] if c["normalize"] else []
+        assert launches() == norms + [
+            ("infonce_lse.cu:forward_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:forward_combine_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))]
+
+        lr, mr = l.double().requires_grad_(), m.double().requires_grad_()
+        ref_pos, ref_neg = RI.infonce_lse(lr, mr, scale, sl, c["normalize"], eps)
+        torch.testing.assert_close(pos.double(), ref_pos.detach(), rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(neg.double(), ref_neg.detach(), rtol=2e-5, atol=2e-5)
+
+        gp = torch.randn(n, hw, generator=g)
+        gn = torch.randn(n, generator=g)
+        gn[n // 2] = 0  # a row whose negatives get exactly zero gradient
+        grad_l = torch.full((n, r, hw), float("nan")).to(dtype)
+        grad_m = torch.full((n, r), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_infonce_lse_backward(*common, ptr(gp), ptr(gn), ptr(neg), ptr(grad_l), ptr(grad_m)),
+              "infonce_lse_backward")
+        grid_1d = lambda count: (min((count + 255) // 256, 65535 * 16), 1, 1)  # noqa: E731
+        assert launches() == norms + [
+            ("infonce_lse.cu:grad_m_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_m_finish_kernel", grid_1d(n * r), (256, 1, 1)),
+            ("infonce_lse.cu:grad_l_kernel", (tiles, 1, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_l_finish_kernel", grid_1d(n * r * hw), (256, 1, 1))]
+        # Where neg is -inf (N = 1 without self logit) the reference's gradient of neg is 0 * NaN.
+        weight = torch.where(torch.isfinite(ref_neg.detach()), gn.double(), torch.zeros(n, dtype=torch.float64))
+        loss = (gp.double() * ref_pos).sum() + (weight * torch.nan_to_num(ref_neg, neginf=0.0)).sum()
+        gl, gm = torch.autograd.grad(loss, (lr, mr))
+        if dtype == torch.float32:
+            kw = dict(rtol=1e-4, atol=1e-4)
+        else:  # written in the 16-bit dtype: one rounding of the float32 result
+            kw = dict(rtol={torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype], atol=1e-4)
+        # Compared with the reference rounded to the output dtype (a zero vector's gradient, about
+        # 1 / eps, is inf in float16 on both sides), relative to the largest term the kernel adds:
+        # with normalization, grad = b (g^ - x^ <x^, g^>) for the gradient g^ of the normalized
+        # vector, whose two terms cancel exactly at R = 1 (float32 leaves a residue of their size).
+        # Per vector (a column l_j[:, k], a row m_i), so a zero vector's 1 / eps scale stays its own.
+        sl_ = 1 + gl.abs().amax(dim=1, keepdim=True)
+        sm_ = 1 + gm.abs().amax(dim=1, keepdim=True)
+        if c["normalize"]:
+            lh = RI.normalize_rows(l.double().transpose(1, 2), eps).transpose(1, 2).detach().requires_grad_()
+            mh = RI.normalize_rows(m.double(), eps).detach().requires_grad_()
+            hp, hn = RI.infonce_lse(lh, mh, scale, sl, False, eps)
+            ghl, ghm = torch.autograd.grad((gp.double() * hp).sum() + (weight * torch.nan_to_num(hn, neginf=0.0)).sum(),
+                                           (lh, mh))
+            bl = 1 / l.double().norm(dim=1, keepdim=True).clamp_min(eps)
+            am = 1 / m.double().norm(dim=1, keepdim=True).clamp_min(eps)
+            sl_ = sl_ + (ghl.abs() * bl).amax(dim=1, keepdim=True)
+            sm_ = sm_ + (ghm.abs() * am).amax(dim=1, keepdim=True)
+        torch.testing.assert_close(grad_l.double() / sl_, gl.to(dtype).double() / sl_, **kw)
+        torch.testing.assert_close(grad_m.double() / sm_, gm.to(dtype).double() / sm_, **kw)
+
+    # -----------------------------------------------------------------------------------------
+    # Spectral norm: multi-tensor power iteration, apply, apply backward.
+    # -----------------------------------------------------------------------------------------
+
+    import fastgan.reference.spectral_norm as RS
+
+    LIB.emu_spectral_norm_power_iteration.argtypes = [I64, P, P, I64, F, I]
+    LIB.emu_spectral_norm_apply.argtypes = [P, I64, I64, I64, I64, I, P, P]
+    LIB.emu_spectral_norm_apply_backward.argtypes = [P, P, I64, I64, P, I, P, I64, I, P, I64, I, P, P]
+    ULP = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+    def sn_layers(dtype, seed):
+        """Shapes 1x1 .. 65x129, a transposed (column-major) W, a strided u, a zero matrix, u and v in
+        another dtype than W."""
+        g = torch.Generator().manual_seed(seed)
+        specs = [((1, 1), False), ((17, 33), False), ((65, 129), True), ((33, 2), False), ((2, 65), True), ((17, 17), False)]
+        layers = []
+        for k, ((rows, cols), transposed) in enumerate(specs):
+            w = torch.randn(cols, rows, generator=g).to(dtype).t() if transposed else torch.randn(rows, cols, generator=g).to(dtype)
+            if k == 5:
+                w = torch.zeros(rows, cols, dtype=dtype)
+            vdtype = torch.float32 if k == 3 else dtype
+            u = torch.randn(rows * (2 if k == 1 else 1), generator=g).to(vdtype)[:: 2 if k == 1 else 1]
+            v = torch.randn(cols, generator=g).to(vdtype)
+            layers.append((w, F_normalize(u), F_normalize(v)))
+        return layers
+
+    def F_normalize(x):
+        y = torch.nn.functional.normalize(x.float(), dim=0).to(x.dtype)
+        x.copy_(y)
+        return x
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("n_iter,order", [(0, "hook"), (1, "hook"), (3, "parametrization"), (2, "hook")])
+    def test_inner_spectral_norm_power_iteration(dtype, n_iter, order):
+        os.environ["FASTGAN_EMU_ORDER"] = "reverse" if n_iter == 2 else "forward"
+        layers = sn_layers(dtype, 7 + n_iter)
+        refs = [(w.double(), u.double().clone(), v.double().clone()) for w, u, v in layers]
+        sigmas = [torch.full((), float("nan")) for _ in layers]
+        ptrs = (ctypes.c_void_p * (4 * len(layers)))()
+        ints = (ctypes.c_int64 * (9 * len(layers)))()
+        for i, ((w, u, v), s) in enumerate(zip(layers, sigmas)):
+            ptrs[4 * i: 4 * i + 4] = [w.data_ptr(), u.data_ptr(), v.data_ptr(), s.data_ptr()]
+            ints[9 * i: 9 * i + 9] = [w.shape[0], w.shape[1], w.stride(0), w.stride(1), u.stride(0), v.stride(0),
+                                      DTYPE_CODE[w.dtype], DTYPE_CODE[u.dtype], DTYPE_CODE[v.dtype]]
+        LIB.emu_clear_launches()
+        eps = 1e-12
+        check(LIB.emu_spectral_norm_power_iteration(len(layers), ptrs, ints, n_iter, eps, int(order == "hook")),
+              "spectral_norm_power_iteration")
+        # One load, then per step a column pass and a row pass (matvec + norm each) over every layer
+        # at once; n = 0 is one row pass (sigma = <u, W v>).
+        col_tiles = sum(max(1, (w.shape[1] + 31) // 32) for w, _, _ in layers)
+        row_tiles = sum(max(1, (w.shape[0] + 31) // 32) for w, _, _ in layers)
+        cols = [("spectral_norm.cu:matvec_kernel", (col_tiles, 1, 1), (256, 1, 1)),
+                ("spectral_norm.cu:norm_kernel", (col_tiles, 1, 1), (256, 1, 1))]
+        rows = [("spectral_norm.cu:matvec_kernel", (row_tiles, 1, 1), (256, 1, 1)),
+                ("spectral_norm.cu:norm_kernel", (row_tiles, 1, 1), (256, 1, 1))]
+        step = cols + rows if order == "hook" else rows + cols
+        expect = [("spectral_norm.cu:load_kernel", (col_tiles + row_tiles, 1, 1), (32, 1, 1))]
+        expect += step * n_iter if n_iter > 0 else rows
+        assert launches() == expect
+        for (w, u, v), (w64, u64, v64), s in zip(layers, refs, sigmas):
+            RS.power_iteration_(w64, u64, v64, n_iter, eps, order)
+            ref_sigma = RS.sigma(w64, u64, v64)
+            tol_uv = 4 * ULP[u.dtype] + 1e-5
+            torch.testing.assert_close(u.double(), u64, rtol=0, atol=tol_uv)
+            torch.testing.assert_close(v.double(), v64, rtol=0, atol=tol_uv)
+            wn = w64.norm().item()
+            assert abs(s.item() - ref_sigma.item()) <= 1e-5 * (1 + wn), (s.item(), ref_sigma.item())
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("shape,transposed", [((1, 1), False), ((17, 129), True), ((65, 33), False)])
+    def test_inner_spectral_norm_apply_and_backward(dtype, shape, transposed):
+        rows, cols = shape
+        g = torch.Generator().manual_seed(rows * 7 + cols)
+        w = torch.randn(cols, rows, generator=g).to(dtype).t() if transposed else torch.randn(rows, cols, generator=g).to(dtype)
+        grad = torch.randn(rows, cols, generator=g).to(dtype)
+        u = torch.nn.functional.normalize(torch.randn(rows, generator=g), dim=0).to(dtype)
+        v = torch.nn.functional.normalize(torch.randn(cols, generator=g), dim=0).to(dtype)
+        sigma = torch.tensor([1.7])
+        out = torch.full((rows, cols), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_spectral_norm_apply(ptr(w), rows, cols, w.stride(0), w.stride(1), DTYPE_CODE[dtype], ptr(sigma),
+                                          ptr(out)), "spectral_norm_apply")
+        assert [x[0] for x in launches()] == ["spectral_norm.cu:apply_kernel"]
+        ref = (w.double() / 1.7)
+        torch.testing.assert_close(out.double(), ref.to(dtype).double(), rtol=ULP[dtype], atol=1e-7)
+
+        st = (ctypes.c_int64 * 4)(grad.stride(0), grad.stride(1), w.stride(0), w.stride(1))
+        out.fill_(float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_spectral_norm_apply_backward(ptr(grad), ptr(w), rows, cols, st, DTYPE_CODE[dtype], ptr(u),
+                                                   u.stride(0), DTYPE_CODE[dtype], ptr(v), v.stride(0),
+                                                   DTYPE_CODE[dtype], ptr(sigma), ptr(out)),
+              "spectral_norm_apply_backward")
+        assert [x[0] for x in launches()] == ["spectral_norm.cu:dot_partials_kernel", "spectral_norm.cu:apply_backward_kernel"]
+        # Reference: autograd of W / sigma(W) with sigma = u^T W v (u, v constants), at sigma = 1.7.
+        w64 = w.double().requires_grad_()
+        s64 = RS.sigma(w64, u.double(), v.double())
+        y = w64 / s64
+        # Evaluate the formula at the given sigma: G / s - (<G, W> / s^2) u v^T.
+        g64, u64, v64 = grad.double(), u.double(), v.double()
+        ref_b = g64 / 1.7 - ((g64 * w.double()).sum() / 1.7 ** 2) * torch.outer(u64, v64)
+        # Cross-check the formula against autograd where sigma(W) is the value used.
+        (gw,) = torch.autograd.grad((y * g64).sum(), w64)
+        s_val = s64.item()
+        formula_at_s = g64 / s_val - ((g64 * w.double()).sum() / s_val ** 2) * torch.outer(u64, v64)
+        torch.testing.assert_close(gw, formula_at_s)
+        scale = 1 + ref_b.abs().amax()
+        torch.testing.assert_close(out.double() / scale, ref_b.to(dtype).double() / scale, rtol=ULP[dtype], atol=2 * ULP[dtype])

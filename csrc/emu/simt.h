@@ -131,11 +131,22 @@ inline State& state() {
   return *s;
 }
 
+// The fibers of the block running now (the pool may hold more, from a larger block before).
+struct FiberRange {
+  Fiber *b, *e;
+  Fiber* begin() const { return b; }
+  Fiber* end() const { return e; }
+};
+inline FiberRange block_fibers() {
+  State& s = state();
+  return FiberRange{s.fibers.data(), s.fibers.data() + s.nthreads};
+}
+
 // "__syncthreads at line L reached by k of n threads; ..." for the fibers waiting now.
 inline std::string partial_barrier_message() {
   State& s = state();
   int line = 0;
-  for (Fiber& g : s.fibers)
+  for (Fiber& g : block_fibers())
     if (g.state == FiberState::kBlockWait) {
       line = g.wait_line;
       break;
@@ -234,7 +245,7 @@ inline void syncthreads(int line) {
   f.wait_line = line;
   f.wait_what = "__syncthreads";
   if (++s.at_barrier == s.nthreads) {
-    for (Fiber& g : s.fibers)
+    for (Fiber& g : block_fibers())
       if (g.wait_line != line) {
         char msg[200];
         std::snprintf(msg, sizeof msg,
@@ -242,7 +253,7 @@ inline void syncthreads(int line) {
                       line, g.wait_line);
         fail(msg);
       }
-    for (Fiber& g : s.fibers) g.state = FiberState::kReady;
+    for (Fiber& g : block_fibers()) g.state = FiberState::kReady;
     s.at_barrier = 0;
   } else if (s.done > 0 && s.at_barrier + s.done == s.nthreads) {
     fail(partial_barrier_message());
@@ -473,7 +484,7 @@ inline cudaError_t run_launch(const char* name, dim3 grid, dim3 block, size_t sm
           }
           if (!ran && !s.failed) {  // nobody can run: a warp operation whose lanes never all arrive
             std::string what = "no thread can run";
-            for (Fiber& f : s.fibers)
+            for (Fiber& f : block_fibers())
               if (f.state == FiberState::kWarpWait) {
                 char msg[240];
                 std::snprintf(msg, sizeof msg,
