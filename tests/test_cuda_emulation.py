@@ -56,7 +56,7 @@ def build_library() -> Path:
 # Outer process: build, then run the inner tests under the sanitizers.
 # ---------------------------------------------------------------------------------------------
 
-INNER_GROUPS = ["emulator", "contrastive", "infonce", "spectral"]
+INNER_GROUPS = ["emulator", "contrastive", "infonce", "spectral", "launches"]
 
 if not INNER:
 
@@ -601,3 +601,86 @@ if INNER:
         torch.testing.assert_close(gw, formula_at_s)
         scale = 1 + ref_b.abs().amax()
         torch.testing.assert_close(out.double() / scale, ref_b.to(dtype).double() / scale, rtol=ULP[dtype], atol=2 * ULP[dtype])
+
+    # -----------------------------------------------------------------------------------------
+    # Launch counts and grids at GAN batch sizes (issue 14 changes these; this pins the CURRENT
+    # design). Dry run: the launchers run on the host as usual, the emulator records each launch
+    # and skips its execution.
+    # -----------------------------------------------------------------------------------------
+
+    LIB.emu_set_dry_run.argtypes = [I]
+
+    def dry_launches(fn):
+        LIB.emu_set_dry_run(1)
+        LIB.emu_clear_launches()
+        try:
+            fn()
+        finally:
+            LIB.emu_set_dry_run(0)
+        return launches()
+
+    @pytest.mark.parametrize("n", [64, 256, 4096])
+    def test_inner_launches_contrastive_at_gan_batch_sizes(n):
+        d = 512
+        a, b = torch.empty(n, d), torch.empty(n, d)
+        inv = torch.ones(n)
+        la = torch.zeros(n, dtype=torch.int64)
+        preds = (ctypes.c_int * 3)(0, 1, 0)
+        lse, rowmax, u, v = torch.empty(n, 2), torch.empty(n), torch.empty(n, d), torch.empty(n, d)
+        args = (ptr(a), ptr(b), ptr(inv), ptr(inv), ptr(la), ptr(la), None, n, n, d, d, d, 1.0, 0.0, 0, 1, 0, 2,
+                preds, 2)
+
+        def loss():  # the 2C loss: one forward and one backward of contrastive_lse
+            check(LIB.emu_contrastive_lse_forward(*args, ptr(lse), ptr(rowmax)), "forward")
+            check(LIB.emu_contrastive_lse_backward(*args, ptr(lse), ptr(lse), ptr(u), ptr(v)), "backward")
+
+        rec = dry_launches(loss)
+        # 3 launches at every N, one CTA per 32 rows (columns): 2 CTAs at N = 64 on a 132-SM GPU.
+        assert rec == [("contrastive_lse.cu:forward_kernel", (n // 32, 1, 1), (32, 8, 1)),
+                       ("contrastive_lse.cu:backward_rows_kernel", (n // 32, 1, 1), (32, 8, 1)),
+                       ("contrastive_lse.cu:backward_cols_kernel", (n // 32, 1, 1), (32, 8, 1))]
+        out = torch.empty(n, n)
+        rec = dry_launches(lambda: check(LIB.emu_cosine_similarity_matrix_forward(
+            ptr(a), ptr(b), ptr(inv), ptr(inv), n, n, d, d, d, 1.0, 0, ptr(out)), "cosine"))
+        assert rec == [("contrastive_lse.cu:cosine_kernel", (n // 32, n // 32, 1), (32, 8, 1))]
+
+    @pytest.mark.parametrize("n", [64, 256, 4096])
+    def test_inner_launches_infonce_at_gan_batch_sizes(n):
+        r, hw = 64, 64
+        l, m = torch.empty(n, r, hw, dtype=torch.bfloat16), torch.empty(n, r, dtype=torch.bfloat16)
+        ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
+        pos, neg, gp = torch.empty(n, hw), torch.empty(n), torch.empty(n, hw)
+        common = (ptr(l), ptr(m), n, r, hw, ls, ms, 1.0, 1, 0.0, 1, 1e-8, 2)
+
+        def loss():
+            check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "forward")
+            check(LIB.emu_infonce_lse_backward(*common, ptr(gp), ptr(neg), ptr(neg), ptr(l), ptr(m)), "backward")
+
+        rec = dry_launches(loss)
+        tiles, row_blocks, splits = infonce_plan(n, hw)
+        # Columns split so that row blocks x splits reaches about 264 CTAs: (2, 64) at N = 64.
+        assert (row_blocks, splits) == {64: (2, 64), 256: (8, 32), 4096: (128, 3)}[n]
+        norms = [("infonce_lse.cu:inv_norm_kernel", (n // 32, 1, 1), (32, 8, 1)),
+                 ("infonce_lse.cu:inv_norm_kernel", (n * hw // 32, 1, 1), (32, 8, 1))]
+        assert rec == norms + [
+            ("infonce_lse.cu:forward_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:forward_combine_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))] + norms + [
+            ("infonce_lse.cu:grad_m_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_m_finish_kernel", ((n * r + 255) // 256, 1, 1), (256, 1, 1)),
+            ("infonce_lse.cu:grad_l_kernel", (tiles, 1, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_l_finish_kernel", ((n * r * hw + 255) // 256, 1, 1), (256, 1, 1))]
+        assert len(rec) == 10
+
+    @pytest.mark.parametrize("num_layers", [1, 12])
+    def test_inner_launches_spectral_norm_constant_in_layers(num_layers):
+        ws = [torch.empty(64 * (k + 1), 3 * 3 * 64) for k in range(num_layers)]
+        us, vs = [torch.empty(w.shape[0]) for w in ws], [torch.empty(w.shape[1]) for w in ws]
+        sig = [torch.empty(()) for _ in ws]
+        ptrs = (ctypes.c_void_p * (4 * num_layers))()
+        ints = (ctypes.c_int64 * (9 * num_layers))()
+        for i in range(num_layers):
+            ptrs[4 * i: 4 * i + 4] = [ws[i].data_ptr(), us[i].data_ptr(), vs[i].data_ptr(), sig[i].data_ptr()]
+            ints[9 * i: 9 * i + 9] = [ws[i].shape[0], ws[i].shape[1], ws[i].shape[1], 1, 1, 1, 0, 0, 0]
+        rec = dry_launches(lambda: check(LIB.emu_spectral_norm_power_iteration(num_layers, ptrs, ints, 1, 1e-12, 1),
+                                         "power iteration"))
+        assert len(rec) == 5  # one load + 4 per step, whatever the number of layers

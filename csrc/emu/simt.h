@@ -120,6 +120,7 @@ struct State {
   cudaError_t last_error = cudaSuccess;
   std::vector<LaunchRecord> records;
   bool reverse = false;
+  bool dry_run = false;  // record launches without running them (launch-count tests at large N)
   // Watchdog.
   std::atomic<int64_t> deadline_ns{0};
   std::mutex name_mu;
@@ -426,6 +427,7 @@ inline cudaError_t run_launch(const char* name, dim3 grid, dim3 block, size_t sm
     return cudaErrorInvalidConfiguration;
   }
   s.records.push_back(LaunchRecord{name, grid, block, smem});
+  if (s.dry_run) return cudaSuccess;
   const char* order = std::getenv("FASTGAN_EMU_ORDER");
   s.reverse = order && std::strcmp(order, "reverse") == 0;
   const char* tmo = std::getenv("FASTGAN_EMU_TIMEOUT_S");

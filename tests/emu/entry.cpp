@@ -42,6 +42,12 @@ LseParams lse_params(const void* a, const void* b, const float* inv_a, const flo
   p.dtype = static_cast<DType>(dtype);
   return p;
 }
+
+// The launchers promise that the workspace needs no zeroing: hand them NaN. A dry run (launches
+// recorded, not run) needs none.
+std::vector<float> nan_workspace(int64_t count) {
+  return std::vector<float>(fastgan_emu::state().dry_run ? 1 : count, std::nanf(""));
+}
 }  // namespace
 
 extern "C" {
@@ -99,7 +105,7 @@ int emu_spectral_norm_power_iteration(int64_t num_layers, void* const* ptrs, con
     L.v_dtype = static_cast<DType>(q[8]);
   }
   const SnPlan plan = spectral_norm_power_iteration_plan(layers.data(), num_layers);
-  std::vector<float> ws(static_cast<size_t>(plan.workspace), std::nanf(""));
+  std::vector<float> ws = nan_workspace(plan.workspace);
   return spectral_norm_power_iteration(layers.data(), plan, ws.data(), n_power_iterations, eps, hook_order != 0,
                                        nullptr);
 }
@@ -118,7 +124,7 @@ int emu_spectral_norm_apply_backward(const void* g, const void* w, int64_t rows,
   const SnMatrix wm{w, rows, cols, strides[2], strides[3], static_cast<DType>(dtype)};
   const SnVector uu{u, rows, stride_u, static_cast<DType>(u_dtype)};
   const SnVector vv{v, cols, stride_v, static_cast<DType>(v_dtype)};
-  std::vector<float> ws(static_cast<size_t>(spectral_norm_apply_backward_workspace(rows, cols)), std::nanf(""));
+  std::vector<float> ws = nan_workspace(spectral_norm_apply_backward_workspace(rows, cols));
   return spectral_norm_apply_backward(gm, wm, uu, vv, sigma, ws.data(), out, nullptr);
 }
 
@@ -147,8 +153,6 @@ InfonceParams infonce_params(const void* l, const void* m, int64_t n, int64_t r,
   p.dtype = static_cast<DType>(dtype);
   return p;
 }
-// The launchers promise that the workspace needs no zeroing: hand them NaN.
-std::vector<float> nan_workspace(int64_t count) { return std::vector<float>(count, std::nanf("")); }
 }  // namespace
 
 extern "C" {
@@ -175,6 +179,9 @@ int emu_infonce_lse_backward(const void* l, const void* m, int64_t n, int64_t r,
 
 int64_t emu_launch_count() { return static_cast<int64_t>(fastgan_emu::state().records.size()); }
 void emu_clear_launches() { fastgan_emu::state().records.clear(); }
+// 1: launches are recorded and checked but not run (outputs untouched), for launch-count tests at
+// sizes the emulator would take minutes over.
+void emu_set_dry_run(int on) { fastgan_emu::state().dry_run = on != 0; }
 // name into buf (NUL-terminated, truncated to len), dims = grid x, y, z, block x, y, z.
 int emu_launch_record(int64_t i, char* buf, int len, unsigned* dims) {
   const auto& r = fastgan_emu::state().records;
