@@ -59,13 +59,9 @@ def build_library() -> Path:
 INNER_GROUPS = ["emulator", "contrastive", "infonce", "spectral", "launches"]
 
 if not INNER:
+    from concurrent.futures import ThreadPoolExecutor
 
-    @pytest.fixture(scope="module")
-    def library():
-        return build_library()
-
-    @pytest.mark.parametrize("group", INNER_GROUPS)
-    def test_emulated_kernels_under_sanitizers(library, group):
+    def _run_group(library, group):
         libasan = subprocess.run(
             [os.environ.get("CXX", "g++"), "-print-file-name=libasan.so"], capture_output=True, text=True
         ).stdout.strip()
@@ -80,9 +76,25 @@ if not INNER:
             UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
             FASTGAN_EMU_TIMEOUT_S="120",
         )
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider",
+        # --capture=sys: pytest captures Python's streams only, so a sanitizer report (written to
+        # file descriptor 2 just before the abort) reaches this process instead of dying with the
+        # inner pytest's capture file.
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider", "--capture=sys",
                str(Path(__file__)), "-k", f"inner_{group}"]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+    @pytest.fixture(scope="module")
+    def group_runs():
+        """Every group's inner run, two at a time (CI has two cores), started on first use."""
+        library = build_library()
+        pool = ThreadPoolExecutor(max_workers=int(os.environ.get("FASTGAN_EMU_JOBS", "2")))
+        futures = {g: pool.submit(_run_group, library, g) for g in INNER_GROUPS}
+        yield futures
+        pool.shutdown(wait=True)
+
+    @pytest.mark.parametrize("group", INNER_GROUPS)
+    def test_emulated_kernels_under_sanitizers(group_runs, group):
+        r = group_runs[group].result()
         assert r.returncode == 0, f"emulated {group} tests failed (rc {r.returncode}):\n{r.stdout[-15000:]}\n{r.stderr[-15000:]}"
         assert " passed" in r.stdout and "no tests ran" not in r.stdout, r.stdout
 

@@ -623,8 +623,8 @@ cudaError_t infonce_lse_forward(const InfonceParams& p, float* pos, float* neg, 
     });
     if (err != cudaSuccess) return err;
   }
-  FASTGAN_LAUNCH(forward_combine_kernel, static_cast<unsigned>(ceil_div(p.n, 128)), 128, 0, stream)(p, q.splits, part_max,
-                                                                                        part_sum, neg);
+  FASTGAN_LAUNCH(forward_combine_kernel, static_cast<unsigned>(ceil_div(p.n, 128)), 128, 0, stream)(
+      p, q.splits, part_max, part_sum, neg);
   return cudaGetLastError();
 }
 
@@ -654,21 +654,21 @@ cudaError_t infonce_lse_backward(const InfonceParams& p, const float* grad_pos, 
     using T = decltype(tag);
     if (q.splits > 0) {
       const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.splits));
-      FASTGAN_LAUNCH(grad_m_kernel<T>, grid, kThreads, 0, stream)(p, nm, q.tiles, q.tps, grad_pos, grad_neg, neg, u_part,
-                                                       c_part);
+      FASTGAN_LAUNCH(grad_m_kernel<T>, grid, kThreads, 0, stream)(
+          p, nm, q.tiles, q.tps, grad_pos, grad_neg, neg, u_part, c_part);
       cudaError_t e = cudaGetLastError();
       if (e != cudaSuccess) return e;
     }
-    FASTGAN_LAUNCH(grad_m_finish_kernel<T>, grid_1d(p.n * p.r, 256), 256, 0, stream)(p, nm, q.splits, u_part, c_part,
-                                                                        static_cast<T*>(grad_m));
+    FASTGAN_LAUNCH(grad_m_finish_kernel<T>, grid_1d(p.n * p.r, 256), 256, 0, stream)(
+        p, nm, q.splits, u_part, c_part, static_cast<T*>(grad_m));
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || q.tiles == 0) return e;  // HW = 0: grad_l is empty
-    FASTGAN_LAUNCH(grad_l_kernel<T>, static_cast<unsigned>(q.tiles), kThreads, 0, stream)(p, nm, grad_pos, grad_neg, neg, v,
-                                                                              c_l);
+    FASTGAN_LAUNCH(grad_l_kernel<T>, static_cast<unsigned>(q.tiles), kThreads, 0, stream)(
+        p, nm, grad_pos, grad_neg, neg, v, c_l);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    FASTGAN_LAUNCH(grad_l_finish_kernel<T>, grid_1d(p.n * p.r * p.hw, 256), 256, 0, stream)(p, nm, v, c_l,
-                                                                                static_cast<T*>(grad_l));
+    FASTGAN_LAUNCH(grad_l_finish_kernel<T>, grid_1d(p.n * p.r * p.hw, 256), 256, 0, stream)(
+        p, nm, v, c_l, static_cast<T*>(grad_l));
     return cudaGetLastError();
   });
 }
