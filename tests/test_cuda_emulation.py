@@ -272,7 +272,7 @@ if INNER:
         if kind == "equal":
             la, lb = torch.zeros(n, dtype=torch.int64), torch.zeros(m, dtype=torch.int64)
         elif kind == "distinct":
-            la, lb = torch.arange(n), torch.arange(m) + (0 if m <= n else 0)
+            la, lb = torch.arange(n), torch.arange(m)  # row i's only positive is column i
         else:
             la, lb = torch.randint(0, 3, (n,), generator=g), torch.randint(0, 3, (m,), generator=g)
         extra = torch.randn(n, generator=g) if c["extra"] else None
