@@ -17,6 +17,7 @@ Any ASan or UBSan report aborts the inner process, which fails the outer test wi
 import ctypes
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def build_library() -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         r = subprocess.run(["bash", str(ROOT / "tests" / "emu" / "build.sh"), str(out)], capture_output=True, text=True)
         assert r.returncode == 0, "building the emulated kernels failed:\n" + r.stdout + r.stderr
+        for old in out.parent.parent.iterdir():  # builds of older sources: only the newest is kept
+            if old != out.parent and (old / "libfastgan_emu.so").exists():
+                shutil.rmtree(old, ignore_errors=True)
     return out
 
 
