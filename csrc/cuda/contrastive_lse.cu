@@ -20,6 +20,7 @@
 #include <cmath>
 
 #include "contrastive_lse.h"
+#include "launch.h"
 
 namespace fastgan {
 namespace cuda {
@@ -314,7 +315,7 @@ cudaError_t contrastive_lse_forward(const LseParams& p, float* lse, float* rowma
   if (p.num_predicates < 1 || p.num_predicates > 3) return cudaErrorInvalidValue;
   const dim3 threads(kTile, kThreadsY);
   return dispatch(p.dtype, [&](auto tag) {
-    forward_kernel<decltype(tag)><<<blocks(p.n), threads, 0, stream>>>(p, lse, rowmax);
+    FASTGAN_LAUNCH(forward_kernel<decltype(tag)>, blocks(p.n), threads, 0, stream)(p, lse, rowmax);
     return cudaGetLastError();
   });
 }
@@ -325,10 +326,10 @@ cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const
   const dim3 threads(kTile, kThreadsY);
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    backward_rows_kernel<T><<<blocks(p.n), threads, 0, stream>>>(p, lse, grad_lse, u);
+    FASTGAN_LAUNCH(backward_rows_kernel<T>, blocks(p.n), threads, 0, stream)(p, lse, grad_lse, u);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    backward_cols_kernel<T><<<blocks(p.m), threads, 0, stream>>>(p, lse, grad_lse, v);
+    FASTGAN_LAUNCH(backward_cols_kernel<T>, blocks(p.m), threads, 0, stream)(p, lse, grad_lse, v);
     return cudaGetLastError();
   });
 }
@@ -354,7 +355,7 @@ cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const
   const dim3 threads(kTile, kThreadsY), grid(blocks(m), blocks(n));
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    cosine_kernel<T><<<grid, threads, 0, stream>>>(p, static_cast<T*>(out));
+    FASTGAN_LAUNCH(cosine_kernel<T>, grid, threads, 0, stream)(p, static_cast<T*>(out));
     return cudaGetLastError();
   });
 }

@@ -3,7 +3,7 @@
 // turns a runtime DType into a compile-time element type inside the .cu files.
 #pragma once
 #include <cuda_runtime.h>
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(FASTGAN_EMU)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #endif
@@ -13,7 +13,7 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(FASTGAN_EMU)
 // Calls fn(T{}) with T the element type of dtype; the launchers instantiate their kernels there.
 template <typename Fn>
 cudaError_t dispatch(DType dtype, Fn fn) {

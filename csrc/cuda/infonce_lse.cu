@@ -43,6 +43,7 @@
 #include <type_traits>
 
 #include "infonce_lse.h"
+#include "launch.h"
 
 namespace fastgan {
 namespace cuda {
@@ -563,11 +564,11 @@ cudaError_t launch_norms(const InfonceParams& p, float* inv_m, float* act_m, flo
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     const dim3 threads(32, 8);
-    inv_norm_kernel<T><<<static_cast<unsigned>(ceil_div(p.n, 32)), threads, 0, stream>>>(
+    FASTGAN_LAUNCH(inv_norm_kernel<T>, static_cast<unsigned>(ceil_div(p.n, 32)), threads, 0, stream)(
         static_cast<const T*>(p.m), p.n, p.r, 1, p.m_stride_n, 0, p.m_stride_r, p.eps, inv_m, act_m);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || p.hw == 0) return err;
-    inv_norm_kernel<T><<<static_cast<unsigned>(ceil_div(p.n * p.hw, 32)), threads, 0, stream>>>(
+    FASTGAN_LAUNCH(inv_norm_kernel<T>, static_cast<unsigned>(ceil_div(p.n * p.hw, 32)), threads, 0, stream)(
         static_cast<const T*>(p.l), p.n * p.hw, p.r, p.hw, p.l_stride_n, p.l_stride_k, p.l_stride_r, p.eps, inv_l,
         act_l);
     return cudaGetLastError();
@@ -617,13 +618,13 @@ cudaError_t infonce_lse_forward(const InfonceParams& p, float* pos, float* neg, 
     err = dispatch(p.dtype, [&](auto tag) {
       using T = decltype(tag);
       const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.splits));
-      forward_kernel<T><<<grid, kThreads, 0, stream>>>(p, nm, q.tiles, q.tps, pos, part_max, part_sum);
+      FASTGAN_LAUNCH(forward_kernel<T>, grid, kThreads, 0, stream)(p, nm, q.tiles, q.tps, pos, part_max, part_sum);
       return cudaGetLastError();
     });
     if (err != cudaSuccess) return err;
   }
-  forward_combine_kernel<<<static_cast<unsigned>(ceil_div(p.n, 128)), 128, 0, stream>>>(p, q.splits, part_max,
-                                                                                        part_sum, neg);
+  FASTGAN_LAUNCH(forward_combine_kernel, static_cast<unsigned>(ceil_div(p.n, 128)), 128, 0, stream)(
+      p, q.splits, part_max, part_sum, neg);
   return cudaGetLastError();
 }
 
@@ -653,21 +654,21 @@ cudaError_t infonce_lse_backward(const InfonceParams& p, const float* grad_pos, 
     using T = decltype(tag);
     if (q.splits > 0) {
       const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.splits));
-      grad_m_kernel<T><<<grid, kThreads, 0, stream>>>(p, nm, q.tiles, q.tps, grad_pos, grad_neg, neg, u_part,
-                                                       c_part);
+      FASTGAN_LAUNCH(grad_m_kernel<T>, grid, kThreads, 0, stream)(
+          p, nm, q.tiles, q.tps, grad_pos, grad_neg, neg, u_part, c_part);
       cudaError_t e = cudaGetLastError();
       if (e != cudaSuccess) return e;
     }
-    grad_m_finish_kernel<T><<<grid_1d(p.n * p.r, 256), 256, 0, stream>>>(p, nm, q.splits, u_part, c_part,
-                                                                        static_cast<T*>(grad_m));
+    FASTGAN_LAUNCH(grad_m_finish_kernel<T>, grid_1d(p.n * p.r, 256), 256, 0, stream)(
+        p, nm, q.splits, u_part, c_part, static_cast<T*>(grad_m));
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || q.tiles == 0) return e;  // HW = 0: grad_l is empty
-    grad_l_kernel<T><<<static_cast<unsigned>(q.tiles), kThreads, 0, stream>>>(p, nm, grad_pos, grad_neg, neg, v,
-                                                                              c_l);
+    FASTGAN_LAUNCH(grad_l_kernel<T>, static_cast<unsigned>(q.tiles), kThreads, 0, stream)(
+        p, nm, grad_pos, grad_neg, neg, v, c_l);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    grad_l_finish_kernel<T><<<grid_1d(p.n * p.r * p.hw, 256), 256, 0, stream>>>(p, nm, v, c_l,
-                                                                                static_cast<T*>(grad_l));
+    FASTGAN_LAUNCH(grad_l_finish_kernel<T>, grid_1d(p.n * p.r * p.hw, 256), 256, 0, stream)(
+        p, nm, v, c_l, static_cast<T*>(grad_l));
     return cudaGetLastError();
   });
 }

@@ -33,6 +33,7 @@
 #include <cmath>
 
 #include "spectral_norm.h"
+#include "launch.h"
 
 namespace fastgan {
 namespace cuda {
@@ -430,28 +431,29 @@ cudaError_t spectral_norm_power_iteration(const SnLayer* d_layers, const SnPlan&
   if (plan.num_layers == 0) return cudaSuccess;
   if (n_power_iterations < 0 || d_layers == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
   const int64_t L = plan.num_layers;
-  load_kernel<<<grid_of(plan.col_tiles + plan.row_tiles), kTile, 0, stream>>>(d_layers, L, plan.col_tiles,
-                                                                               plan.row_tiles, workspace);
+  FASTGAN_LAUNCH(load_kernel, grid_of(plan.col_tiles + plan.row_tiles), kTile, 0, stream)(
+      d_layers, L, plan.col_tiles, plan.row_tiles, workspace);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   // v = nrm(W^T u) (the column pass) or u = nrm(W v) (the row pass), with `flags` for the norm.
   auto cols_pass = [&](int flags) {
     const unsigned grid = grid_of(plan.col_tiles);
-    matvec_kernel<true><<<grid, kThreads, 0, stream>>>(d_layers, L, plan.col_tiles, workspace, plan.off_partials, 0);
+    FASTGAN_LAUNCH(matvec_kernel<true>, grid, kThreads, 0, stream)(
+        d_layers, L, plan.col_tiles, workspace, plan.off_partials, 0);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    norm_kernel<true><<<grid, kThreads, 0, stream>>>(d_layers, L, plan.col_tiles, workspace, plan.off_partials, eps,
-                                                     flags);
+    FASTGAN_LAUNCH(norm_kernel<true>, grid, kThreads, 0, stream)(
+        d_layers, L, plan.col_tiles, workspace, plan.off_partials, eps, flags);
     return cudaGetLastError();
   };
   auto rows_pass = [&](int flags, int dot_mode) {
     const unsigned grid = grid_of(plan.row_tiles);
-    matvec_kernel<false><<<grid, kThreads, 0, stream>>>(d_layers, L, plan.row_tiles, workspace, plan.off_partials,
-                                                        dot_mode);
+    FASTGAN_LAUNCH(matvec_kernel<false>, grid, kThreads, 0, stream)(
+        d_layers, L, plan.row_tiles, workspace, plan.off_partials, dot_mode);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    norm_kernel<false><<<grid, kThreads, 0, stream>>>(d_layers, L, plan.row_tiles, workspace, plan.off_partials, eps,
-                                                      flags);
+    FASTGAN_LAUNCH(norm_kernel<false>, grid, kThreads, 0, stream)(
+        d_layers, L, plan.row_tiles, workspace, plan.off_partials, eps, flags);
     return cudaGetLastError();
   };
   if (n_power_iterations == 0) return rows_pass(kSigmaFromSum, 1);  // sigma = <u, W v>, one pass
@@ -475,7 +477,8 @@ cudaError_t spectral_norm_apply(const SnMatrix& w, const float* sigma, void* out
   if (numel == 0) return cudaSuccess;
   return dispatch(w.dtype, [&](auto tag) {
     using T = decltype(tag);
-    apply_kernel<T><<<elementwise_grid(numel), kThreads, 0, stream>>>(w, sigma, static_cast<T*>(out), numel);
+    FASTGAN_LAUNCH(apply_kernel<T>, elementwise_grid(numel), kThreads, 0, stream)(
+        w, sigma, static_cast<T*>(out), numel);
     return cudaGetLastError();
   });
 }
@@ -497,11 +500,11 @@ cudaError_t spectral_norm_apply_backward(const SnMatrix& grad, const SnMatrix& w
   const int parts = partial_blocks(numel);
   return dispatch(w.dtype, [&](auto tag) {
     using T = decltype(tag);
-    dot_partials_kernel<T><<<parts, kThreads, 0, stream>>>(grad, w, numel, workspace);
+    FASTGAN_LAUNCH(dot_partials_kernel<T>, parts, kThreads, 0, stream)(grad, w, numel, workspace);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    apply_backward_kernel<T><<<elementwise_grid(numel), kThreads, 0, stream>>>(grad, u, v, sigma, workspace, parts,
-                                                                               static_cast<T*>(out), numel);
+    FASTGAN_LAUNCH(apply_backward_kernel<T>, elementwise_grid(numel), kThreads, 0, stream)(
+        grad, u, v, sigma, workspace, parts, static_cast<T*>(out), numel);
     return cudaGetLastError();
   });
 }

@@ -1,0 +1,116 @@
+// Emulated nvcuda::wmma for the CPU build of the CUDA kernels (csrc/emu/simt.h).
+// A fragment holds the WHOLE tile in every thread (x[] row-major over the tile's logical rows and
+// columns, num_elements = rows * cols), so code that treats fragment elements uniformly (fill,
+// scale every element, ...) computes what it computes on a GPU, but code that relies on which
+// element a lane holds (the undocumented per-architecture layout) is NOT checked. mma_sync sums the
+// K products in float32 in order k = 0..K-1 (tensor cores sum in an unspecified order and internal
+// precision). load/store check what the hardware requires: ldm a multiple of 16 bytes and a 32-byte
+// aligned pointer.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <type_traits>
+
+#include "cuda_bf16.h"
+#include "cuda_fp16.h"
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K>
+struct tile_shape;
+template <int M, int N, int K>
+struct tile_shape<matrix_a, M, N, K> {
+  static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K>
+struct tile_shape<matrix_b, M, N, K> {
+  static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K>
+struct tile_shape<accumulator, M, N, K> {
+  static constexpr int rows = M, cols = N;
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = tile_shape<Use, M, N, K>::rows, cols = tile_shape<Use, M, N, K>::cols;
+  static constexpr int num_elements = rows * cols;
+  T x[num_elements];
+};
+
+inline float to_f(float v) { return v; }
+inline float to_f(__half v) { return __half2float(v); }
+inline float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+inline void check_access(const void* p, unsigned ldm, const char* what) {
+  char msg[160];
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    std::snprintf(msg, sizeof msg, "%s: pointer %p is not 32-byte aligned", what, p);
+    ::fastgan_emu::fail(msg);
+  }
+  if ((ldm * sizeof(T)) % 16 != 0) {
+    std::snprintf(msg, sizeof msg, "%s: ldm %u is not a multiple of 16 bytes", what, ldm);
+    ::fastgan_emu::fail(msg);
+  }
+}
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, const T& v) {
+  for (auto& e : f.x) e = v;
+}
+
+// Operand fragments: the layout is part of the type (row_major: element (r, c) at p[r * ldm + c]).
+template <typename Use, int M, int N, int K, typename T, typename L, typename S>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const S* p, unsigned ldm) {
+  static_assert(!std::is_same<Use, accumulator>::value, "an accumulator load takes a layout_t");
+  check_access<T>(p, ldm, "wmma::load_matrix_sync");
+  using F = fragment<Use, M, N, K, T, L>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = std::is_same<L, col_major>::value ? p[c * ldm + r] : p[r * ldm + c];
+}
+
+template <int M, int N, int K, typename T>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, unsigned ldm, layout_t layout) {
+  check_access<T>(p, ldm, "wmma::load_matrix_sync");
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c];
+}
+
+template <int M, int N, int K, typename T>
+inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+  check_access<T>(p, ldm, "wmma::store_matrix_sync");
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.x[r * N + c];
+}
+
+// d = a b + c in float32 (d may alias c).
+template <int M, int N, int K, typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  float fa[M * K], fb[K * N], out[M * N];  // operands converted once: the emulation's hot loop
+  for (int e = 0; e < M * K; ++e) fa[e] = to_f(a.x[e]);
+  for (int e = 0; e < K * N; ++e) fb[e] = to_f(b.x[e]);
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < N; ++j) out[i * N + j] = c.x[i * N + j];
+    for (int k = 0; k < K; ++k) {
+      const float av = fa[i * K + k];
+      for (int j = 0; j < N; ++j) out[i * N + j] += av * fb[k * N + j];
+    }
+  }
+  for (int e = 0; e < M * N; ++e) d.x[e] = out[e];
+}
+
+}  // namespace wmma
+}  // namespace nvcuda

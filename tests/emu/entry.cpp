@@ -1,0 +1,212 @@
+// extern "C" entry points of the emulated CUDA kernels for tests/test_cuda_emulation.py (ctypes).
+// Flat arguments (pointers from tensors' data_ptr, sizes, flags) so the Python side needs no struct
+// mirrors; each returns the launcher's cudaError_t. Test-only: never part of the extension.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cuda/contrastive_lse.h"
+#include "cuda/infonce_lse.h"
+#include "cuda/spectral_norm.h"
+
+using namespace fastgan::cuda;
+
+namespace {
+LseParams lse_params(const void* a, const void* b, const float* inv_a, const float* inv_b, const int64_t* la,
+                     const int64_t* lb, const float* extra, int64_t n, int64_t m, int64_t d, int64_t stride_a,
+                     int64_t stride_b, float scale, float bias, int relu, int exclude_self, int64_t self_offset,
+                     int num_predicates, const int* predicates, int dtype) {
+  LseParams p{};
+  p.a = a;
+  p.b = b;
+  p.inv_a = inv_a;
+  p.inv_b = inv_b;
+  p.la = la;
+  p.lb = lb;
+  p.extra = extra;
+  p.n = n;
+  p.m = m;
+  p.d = d;
+  p.stride_a = stride_a;
+  p.stride_b = stride_b;
+  p.scale = scale;
+  p.bias = bias;
+  p.relu = relu;
+  p.exclude_self = exclude_self;
+  p.self_offset = self_offset;
+  p.num_predicates = num_predicates;
+  for (int k = 0; k < 3; ++k) p.predicates[k] = k < num_predicates ? predicates[k] : 0;
+  p.dtype = static_cast<DType>(dtype);
+  return p;
+}
+
+// The launchers promise that the workspace needs no zeroing: hand them NaN. A dry run (launches
+// recorded, not run) needs none.
+std::vector<float> nan_workspace(int64_t count) {
+  return std::vector<float>(fastgan_emu::state().dry_run ? 1 : count, std::nanf(""));
+}
+}  // namespace
+
+extern "C" {
+int emu_contrastive_lse_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,
+                                const int64_t* la, const int64_t* lb, const float* extra, int64_t n, int64_t m,
+                                int64_t d, int64_t stride_a, int64_t stride_b, float scale, float bias, int relu,
+                                int exclude_self, int64_t self_offset, int num_predicates, const int* predicates,
+                                int dtype, float* lse, float* rowmax) {
+  const LseParams p = lse_params(a, b, inv_a, inv_b, la, lb, extra, n, m, d, stride_a, stride_b, scale, bias, relu,
+                                 exclude_self, self_offset, num_predicates, predicates, dtype);
+  return contrastive_lse_forward(p, lse, rowmax, nullptr);
+}
+
+int emu_contrastive_lse_backward(const void* a, const void* b, const float* inv_a, const float* inv_b,
+                                 const int64_t* la, const int64_t* lb, const float* extra, int64_t n, int64_t m,
+                                 int64_t d, int64_t stride_a, int64_t stride_b, float scale, float bias, int relu,
+                                 int exclude_self, int64_t self_offset, int num_predicates, const int* predicates,
+                                 int dtype, const float* lse, const float* grad_lse, float* u, float* v) {
+  const LseParams p = lse_params(a, b, inv_a, inv_b, la, lb, extra, n, m, d, stride_a, stride_b, scale, bias, relu,
+                                 exclude_self, self_offset, num_predicates, predicates, dtype);
+  return contrastive_lse_backward(p, lse, grad_lse, u, v, nullptr);
+}
+
+int emu_cosine_similarity_matrix_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,
+                                         int64_t n, int64_t m, int64_t d, int64_t stride_a, int64_t stride_b,
+                                         float scale, int dtype, void* out) {
+  return cosine_similarity_matrix_forward(a, b, inv_a, inv_b, n, m, d, stride_a, stride_b, scale,
+                                          static_cast<DType>(dtype), out, nullptr);
+}
+
+// ---- spectral norm ----
+
+// Layer i: ptrs[4 i ..] = w, u, v, sigma; ints[9 i ..] = rows, cols, stride_r, stride_c, stride_u,
+// stride_v, w_dtype, u_dtype, v_dtype. The planned descriptors live in host memory, which is the
+// emulator's device memory.
+int emu_spectral_norm_power_iteration(int64_t num_layers, void* const* ptrs, const int64_t* ints,
+                                      int64_t n_power_iterations, float eps, int hook_order) {
+  std::vector<SnLayer> layers(static_cast<size_t>(num_layers));
+  for (int64_t i = 0; i < num_layers; ++i) {
+    SnLayer& L = layers[static_cast<size_t>(i)];
+    L = SnLayer{};
+    L.w = ptrs[4 * i];
+    L.u = ptrs[4 * i + 1];
+    L.v = ptrs[4 * i + 2];
+    L.sigma = static_cast<float*>(ptrs[4 * i + 3]);
+    const int64_t* q = ints + 9 * i;
+    L.rows = q[0];
+    L.cols = q[1];
+    L.stride_r = q[2];
+    L.stride_c = q[3];
+    L.stride_u = q[4];
+    L.stride_v = q[5];
+    L.w_dtype = static_cast<DType>(q[6]);
+    L.u_dtype = static_cast<DType>(q[7]);
+    L.v_dtype = static_cast<DType>(q[8]);
+  }
+  const SnPlan plan = spectral_norm_power_iteration_plan(layers.data(), num_layers);
+  std::vector<float> ws = nan_workspace(plan.workspace);
+  return spectral_norm_power_iteration(layers.data(), plan, ws.data(), n_power_iterations, eps, hook_order != 0,
+                                       nullptr);
+}
+
+int emu_spectral_norm_apply(const void* w, int64_t rows, int64_t cols, int64_t stride_r, int64_t stride_c, int dtype,
+                            const float* sigma, void* out) {
+  const SnMatrix m{w, rows, cols, stride_r, stride_c, static_cast<DType>(dtype)};
+  return spectral_norm_apply(m, sigma, out, nullptr);
+}
+
+// mats: grad and w (same dtype, each with its strides); vecs: u and v.
+int emu_spectral_norm_apply_backward(const void* g, const void* w, int64_t rows, int64_t cols, const int64_t* strides,
+                                     int dtype, const void* u, int64_t stride_u, int u_dtype, const void* v,
+                                     int64_t stride_v, int v_dtype, const float* sigma, void* out) {
+  const SnMatrix gm{g, rows, cols, strides[0], strides[1], static_cast<DType>(dtype)};
+  const SnMatrix wm{w, rows, cols, strides[2], strides[3], static_cast<DType>(dtype)};
+  const SnVector uu{u, rows, stride_u, static_cast<DType>(u_dtype)};
+  const SnVector vv{v, cols, stride_v, static_cast<DType>(v_dtype)};
+  std::vector<float> ws = nan_workspace(spectral_norm_apply_backward_workspace(rows, cols));
+  return spectral_norm_apply_backward(gm, wm, uu, vv, sigma, ws.data(), out, nullptr);
+}
+
+}  // extern "C"
+
+namespace {
+InfonceParams infonce_params(const void* l, const void* m, int64_t n, int64_t r, int64_t hw, const int64_t* l_strides,
+                             const int64_t* m_strides, float scale, int has_self, float self_term, int normalize,
+                             float eps, int dtype) {
+  InfonceParams p{};
+  p.l = l;
+  p.m = m;
+  p.n = n;
+  p.r = r;
+  p.hw = hw;
+  p.l_stride_n = l_strides[0];
+  p.l_stride_r = l_strides[1];
+  p.l_stride_k = l_strides[2];
+  p.m_stride_n = m_strides[0];
+  p.m_stride_r = m_strides[1];
+  p.scale = scale;
+  p.has_self = has_self;
+  p.self_term = self_term;
+  p.normalize = normalize;
+  p.eps = eps;
+  p.dtype = static_cast<DType>(dtype);
+  return p;
+}
+}  // namespace
+
+extern "C" {
+int emu_infonce_lse_forward(const void* l, const void* m, int64_t n, int64_t r, int64_t hw, const int64_t* l_strides,
+                            const int64_t* m_strides, float scale, int has_self, float self_term, int normalize,
+                            float eps, int dtype, float* pos, float* neg) {
+  const InfonceParams p = infonce_params(l, m, n, r, hw, l_strides, m_strides, scale, has_self, self_term, normalize,
+                                         eps, dtype);
+  std::vector<float> ws = nan_workspace(infonce_lse_forward_workspace(p));
+  return infonce_lse_forward(p, pos, neg, ws.data(), nullptr);
+}
+
+int emu_infonce_lse_backward(const void* l, const void* m, int64_t n, int64_t r, int64_t hw,
+                             const int64_t* l_strides, const int64_t* m_strides, float scale, int has_self,
+                             float self_term, int normalize, float eps, int dtype, const float* grad_pos,
+                             const float* grad_neg, const float* neg, void* grad_l, void* grad_m) {
+  const InfonceParams p = infonce_params(l, m, n, r, hw, l_strides, m_strides, scale, has_self, self_term, normalize,
+                                         eps, dtype);
+  std::vector<float> ws = nan_workspace(infonce_lse_backward_workspace(p));
+  return infonce_lse_backward(p, grad_pos, grad_neg, neg, grad_l, grad_m, ws.data(), nullptr);
+}
+
+// ---- launch records and errors ----
+
+int64_t emu_launch_count() { return static_cast<int64_t>(fastgan_emu::state().records.size()); }
+void emu_clear_launches() { fastgan_emu::state().records.clear(); }
+// 1: launches are recorded and checked but not run (outputs untouched), for launch-count tests at
+// sizes the emulator would take minutes over.
+void emu_set_dry_run(int on) { fastgan_emu::state().dry_run = on != 0; }
+// name into buf (NUL-terminated, truncated to len), dims = grid x, y, z, block x, y, z.
+int emu_launch_record(int64_t i, char* buf, int len, unsigned* dims) {
+  const auto& r = fastgan_emu::state().records;
+  if (i < 0 || i >= static_cast<int64_t>(r.size())) return -1;
+  std::snprintf(buf, len, "%s", r[i].name.c_str());
+  const unsigned d[6] = {r[i].grid.x, r[i].grid.y, r[i].grid.z, r[i].block.x, r[i].block.y, r[i].block.z};
+  std::memcpy(dims, d, sizeof d);
+  return 0;
+}
+const char* emu_last_message() { return fastgan_emu::last_message().c_str(); }
+int emu_take_last_error() { return cudaGetLastError(); }
+
+// ---- the emulated half types' conversions ----
+
+void emu_float_to_half(const float* x, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __float2half(x[i]).__x;
+}
+void emu_half_to_float(const uint16_t* x, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __half2float(__ushort_as_half(x[i]));
+}
+void emu_float_to_bfloat16(const float* x, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __float2bfloat16(x[i]).__x;
+}
+void emu_bfloat16_to_float(const uint16_t* x, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __bfloat162float(__nv_bfloat16(__nv_bfloat16_raw{x[i]}));
+}
+
+}  // extern "C"

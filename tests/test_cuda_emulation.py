@@ -1,0 +1,702 @@
+"""The CUDA kernels of csrc/cuda/*.cu executed on the CPU, unchanged, under AddressSanitizer and UBSan.
+
+csrc/emu/ is a small SIMT emulator (fibers per CUDA thread, barriers, warp operations, emulated
+__half / __nv_bfloat16 and WMMA; see csrc/emu/simt.h and docs/cuda_emulation.md). tests/emu/build.sh
+compiles the kernels with it into one sanitized shared library (cached under build/emu/ by a hash of
+its sources). The tests of this file run in two processes:
+
+- the outer pytest process (this one, normally) builds the library and runs this same file again in
+  a subprocess with libasan preloaded and FASTGAN_EMU_INNER=1: one outer test per group of inner
+  tests, whose output it shows when it fails;
+- the inner process (FASTGAN_EMU_INNER=1) runs the real tests: ctypes calls into the library with
+  tensors' data_ptr, doing what the torch glue (csrc/cuda/*_cuda.cpp) does around each launcher,
+  and compares with fastgan/reference in float64.
+
+Any ASan or UBSan report aborts the inner process, which fails the outer test with the report.
+"""
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+INNER = os.environ.get("FASTGAN_EMU_INNER") == "1"
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _sources():
+    files = sorted((ROOT / "csrc" / "cuda").glob("*.cu")) + sorted((ROOT / "csrc" / "cuda").glob("*.h"))
+    files += sorted((ROOT / "csrc" / "emu").rglob("*.h")) + sorted((ROOT / "tests" / "emu").glob("*"))
+    return [f for f in files if f.is_file()]
+
+
+def build_library() -> Path:
+    """The sanitized library, rebuilt only when a source (or the compiler) changed."""
+    h = hashlib.sha256()
+    cxx = os.environ.get("CXX", "g++")
+    h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
+    for f in _sources():
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    out = ROOT / "build" / "emu" / h.hexdigest()[:16] / "libfastgan_emu.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["bash", str(ROOT / "tests" / "emu" / "build.sh"), str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, "building the emulated kernels failed:\n" + r.stdout + r.stderr
+        for old in out.parent.parent.iterdir():  # builds of older sources: only the newest is kept
+            if old != out.parent and (old / "libfastgan_emu.so").exists():
+                shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Outer process: build, then run the inner tests under the sanitizers.
+# ---------------------------------------------------------------------------------------------
+
+INNER_GROUPS = ["emulator", "contrastive", "infonce", "spectral", "launches"]
+
+if not INNER:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def _run_group(library, group):
+        libasan = subprocess.run(
+            [os.environ.get("CXX", "g++"), "-print-file-name=libasan.so"], capture_output=True, text=True
+        ).stdout.strip()
+        env = dict(os.environ)
+        env.update(
+            FASTGAN_EMU_INNER="1",
+            FASTGAN_EMU_LIB=str(library),
+            LD_PRELOAD=libasan,
+            # Python itself leaks by design; every other ASan check stays on. UBSan was built with
+            # -fno-sanitize-recover: the first report aborts.
+            ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0",
+            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+            FASTGAN_EMU_TIMEOUT_S="120",
+        )
+        # --capture=sys: pytest captures Python's streams only, so a sanitizer report (written to
+        # file descriptor 2 just before the abort) reaches this process instead of dying with the
+        # inner pytest's capture file.
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider", "--capture=sys",
+               str(Path(__file__)), "-k", f"inner_{group}"]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+    @pytest.fixture(scope="module")
+    def group_runs():
+        """Every group's inner run, two at a time (CI has two cores), started on first use."""
+        library = build_library()
+        pool = ThreadPoolExecutor(max_workers=int(os.environ.get("FASTGAN_EMU_JOBS", "2")))
+        futures = {g: pool.submit(_run_group, library, g) for g in INNER_GROUPS}
+        yield futures
+        pool.shutdown(wait=True)
+
+    @pytest.mark.parametrize("group", INNER_GROUPS)
+    def test_emulated_kernels_under_sanitizers(group_runs, group):
+        r = group_runs[group].result()
+        assert r.returncode == 0, f"emulated {group} tests failed (rc {r.returncode}):\n{r.stdout[-15000:]}\n{r.stderr[-15000:]}"
+        assert " passed" in r.stdout and "no tests ran" not in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Inner process: the tests proper.
+# ---------------------------------------------------------------------------------------------
+
+if INNER:
+    import fastgan.reference.contrastive as RC
+
+    P, I64, F, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    LIB = ctypes.CDLL(os.environ["FASTGAN_EMU_LIB"])
+    LIB.emu_contrastive_lse_forward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, P, P]
+    LIB.emu_contrastive_lse_backward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, P, P, P, P]
+    LIB.emu_cosine_similarity_matrix_forward.argtypes = [P] * 4 + [I64] * 5 + [F, I, P]
+    LIB.emu_launch_count.restype = I64
+    LIB.emu_launch_record.argtypes = [I64, ctypes.c_char_p, I, P]
+    LIB.emu_last_message.restype = ctypes.c_char_p
+    for name in ("emu_float_to_half", "emu_half_to_float", "emu_float_to_bfloat16", "emu_bfloat16_to_float"):
+        getattr(LIB, name).argtypes = [P, P, I64]
+
+    def ptr(t):
+        return None if t is None else t.data_ptr()
+
+    def check(err, what):
+        assert err == 0, f"{what}: cudaError {err}: {LIB.emu_last_message().decode()}"
+
+    def launches():
+        """[(name, grid, block)] of the launches since the last clear."""
+        out = []
+        buf = ctypes.create_string_buffer(256)
+        dims = (ctypes.c_uint * 6)()
+        for i in range(LIB.emu_launch_count()):
+            assert LIB.emu_launch_record(i, buf, 256, dims) == 0
+            out.append((buf.value.decode(), tuple(dims[:3]), tuple(dims[3:])))
+        return out
+
+    def inv_norms(x, normalize, eps):
+        """inverse_norms of csrc/cpu/common.h on the float32 copy, as the glue computes them."""
+        x = x.float()
+        if not normalize:
+            return torch.ones(x.shape[0])
+        return x.norm(dim=1).clamp_min(eps).reciprocal().contiguous()
+
+    def normalization_backward(x, inv, u, normalize, eps):
+        """The glue's normalization_backward (csrc/cpu/common.h), in float64."""
+        if not normalize:
+            return u
+        xhat = x * inv.unsqueeze(1)
+        proj = (xhat * u).sum(1, keepdim=True)
+        active = (x.norm(dim=1, keepdim=True) > eps).to(x.dtype)
+        return u - xhat * (proj * active)
+
+    def tol(dtype):
+        # The kernels compute in float32 from the exact input values, so every dtype is compared
+        # with float64 of the same (rounded) inputs at float32 accuracy; only outputs written in a
+        # 16-bit dtype (the cosine matrix) carry that dtype's rounding.
+        return dict(rtol=2e-5, atol=2e-5)
+
+    # -----------------------------------------------------------------------------------------
+    # The emulator itself.
+    # -----------------------------------------------------------------------------------------
+
+    def test_inner_emulator_half_conversions_round_to_nearest_even():
+        # Every binary16 and bfloat16 value, the midpoints between neighbours (ties: to even), and
+        # values just off the midpoints, against torch's conversions (round to nearest even).
+        bits = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16)
+        for dtype, f2h, h2f in ((torch.float16, LIB.emu_float_to_half, LIB.emu_half_to_float),
+                                (torch.bfloat16, LIB.emu_float_to_bfloat16, LIB.emu_bfloat16_to_float)):
+            vals = bits.view(dtype)
+            back = torch.empty(1 << 16)
+            h2f(ptr(bits), ptr(back), 1 << 16)
+            torch.testing.assert_close(back, vals.float(), rtol=0, atol=0, equal_nan=True)
+            f = vals.float()
+            f = f[torch.isfinite(f)]
+            f, _ = torch.sort(f.unique())
+            mid = (f[:-1].double() + f[1:].double()) / 2
+            probe = torch.cat([f, mid.float(), torch.nextafter(mid.float(), torch.tensor(0.0)),
+                               torch.nextafter(mid.float(), torch.tensor(float("inf"))),
+                               torch.tensor([float("inf"), -float("inf"), 1e30, -1e30, 65519.0, 65520.0, 2.0 ** -25,
+                                             2.0 ** -25 * 1.0001, 3 * 2.0 ** -26, 1e-40, 0.0, -0.0])])
+            out = torch.empty(probe.numel(), dtype=torch.int16)
+            f2h(ptr(probe), ptr(out), probe.numel())
+            expect = probe.to(dtype).view(torch.int16)
+            bad = (out != expect).nonzero().flatten()
+            assert bad.numel() == 0, f"{dtype}: {probe[bad[:5]].tolist()} -> {out[bad[:5]].tolist()}, want {expect[bad[:5]].tolist()}"
+            nan = torch.tensor([float("nan")])
+            f2h(ptr(nan), ptr(out), 1)
+            assert out[0].item() == 0x7FFF
+
+    def test_inner_emulator_warp_operations():
+        out = torch.zeros(64 * 8, dtype=torch.int32)
+        check(LIB.emu_warp_ops(ctypes.c_void_p(out.data_ptr())), "warp_ops_kernel")
+        out = out.view(64, 8)
+        t = torch.arange(64)
+        lane, base = t % 32, t - t % 32
+        assert out[:, 0].tolist() == (base + 3).tolist()
+        assert out[:, 1].tolist() == (base + (lane ^ 5)).tolist()
+        assert out[:, 2].tolist() == torch.where(lane + 4 < 32, t + 4, t).tolist()
+        assert out[:, 3].tolist() == torch.where(lane >= 4, t - 4, t).tolist()
+        assert out[:, 4].tolist() == (t ^ 1).tolist()  # width 8: xor 1 stays in the segment
+        ballot = sum(1 << k for k in range(32) if k % 3 == 0)
+        assert out[:, 5].tolist() == [ballot - (1 << 32) if ballot >= 1 << 31 else ballot] * 64
+        assert out[:, 6].tolist() == [0] * 32 + [1] * 32  # t == 40 is in warp 1
+        assert out[:, 7].tolist() == [0] * 64
+
+    @pytest.mark.parametrize("kernel,needle", [
+        ("emu_partial_sync", "__syncthreads at line"),
+        ("emu_split_sync", "different __syncthreads"),
+        ("emu_divergent_shuffle", "__shfl_xor_sync at line"),
+    ])
+    def test_inner_emulator_deadlock_is_a_launch_failure_with_a_message(kernel, needle):
+        out = torch.zeros(64)
+        err = getattr(LIB, kernel)(ctypes.c_void_p(out.data_ptr()))
+        msg = LIB.emu_last_message().decode()
+        assert err != 0, f"{kernel} should fail to launch"
+        assert needle in msg and "_kernel" in msg, msg
+        if kernel == "emu_partial_sync":
+            assert "reached by 32 of 64 threads; 32 threads returned" in msg and "partial_sync_kernel" in msg, msg
+
+    def test_inner_emulator_thread_order_exposes_a_race():
+        # race_kernel reads its neighbour's shared value without a barrier: its result depends on the
+        # order in which the emulator runs the threads; the kernels' tests run in both orders.
+        outs = []
+        for order in ("forward", "reverse"):
+            os.environ["FASTGAN_EMU_ORDER"] = order
+            out = torch.zeros(64)
+            check(LIB.emu_race(ctypes.c_void_p(out.data_ptr())), "race_kernel")
+            outs.append(out)
+        os.environ.pop("FASTGAN_EMU_ORDER")
+        assert not torch.equal(outs[0], outs[1])
+
+    # -----------------------------------------------------------------------------------------
+    # contrastive_lse, its backward, cosine_similarity_matrix.
+    # -----------------------------------------------------------------------------------------
+
+    PRED_SETS = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    SHAPES = [(1, 1, 1), (2, 2, 17), (33, 33, 129), (65, 65, 17), (65, 33, 1), (2, 65, 129), (33, 65, 17)]
+
+    def contrastive_cases():
+        """A covering set: every dtype meets every shape, every predicate set, and both values of
+        each flag (labels random / all equal / all distinct, extra, relu, exclude_self, normalize,
+        zero vectors), each flag value with every dtype; the full product would take hours here."""
+        cases = []
+        k = 0
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for si, shape in enumerate(SHAPES):
+                for rep in range(2):
+                    preds = PRED_SETS[(si * 2 + rep + 3 * DTYPE_CODE[dtype]) % len(PRED_SETS)]
+                    cases.append(dict(
+                        dtype=dtype, shape=shape, preds=preds,
+                        labels=("random", "equal", "distinct")[(k // 2) % 3],
+                        extra=bool(k % 2), relu=bool((k // 3) % 2), exclude_self=bool((k // 5) % 2 == 0),
+                        normalize=bool((k // 7) % 2 == 0), zeros=bool((k // 4) % 2),
+                        order="reverse" if k % 5 == 4 else "forward", seed=k))
+                    k += 1
+        return cases
+
+    def case_id(c):
+        n, m, d = c["shape"]
+        return (f"{str(c['dtype'])[6:]}-{n}x{m}x{d}-p{''.join(map(str, c['preds']))}-{c['labels']}"
+                f"{'-extra' if c['extra'] else ''}{'-relu' if c['relu'] else ''}{'-excl' if c['exclude_self'] else ''}"
+                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-{c['order']}")
+
+    def make_inputs(c):
+        n, m, d = c["shape"]
+        g = torch.Generator().manual_seed(c["seed"])
+        a = torch.randn(n, d, generator=g).to(c["dtype"])
+        b = torch.randn(m, d, generator=g).to(c["dtype"])
+        if c["zeros"]:
+            a[0] = 0
+            b[m - 1] = 0
+        kind = c["labels"]
+        if kind == "equal":
+            la, lb = torch.zeros(n, dtype=torch.int64), torch.zeros(m, dtype=torch.int64)
+        elif kind == "distinct":
+            la, lb = torch.arange(n), torch.arange(m)  # row i's only positive is column i
+        else:
+            la, lb = torch.randint(0, 3, (n,), generator=g), torch.randint(0, 3, (m,), generator=g)
+        extra = torch.randn(n, generator=g) if c["extra"] else None
+        return a, b, la, lb, extra
+
+    SCALE, BIAS, EPS = 3.0, 0.25, 1e-8
+
+    def run_forward(c, a, b, la, lb, extra):
+        n, m, d = c["shape"]
+        labels = any(p != 0 for p in c["preds"])
+        inv_a, inv_b = inv_norms(a, c["normalize"], EPS), inv_norms(b, c["normalize"], EPS)
+        preds = (ctypes.c_int * 3)(*c["preds"], *([0] * (3 - len(c["preds"]))))
+        lse = torch.full((n, len(c["preds"])), float("nan"))
+        rowmax = torch.full((n,), float("nan"))
+        args = (ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), ptr(la) if labels else None, ptr(lb) if labels else None,
+                ptr(extra), n, m, d, d, d, SCALE, BIAS, int(c["relu"]), int(c["exclude_self"]), 0,
+                len(c["preds"]), preds, DTYPE_CODE[c["dtype"]])
+        check(LIB.emu_contrastive_lse_forward(*args, ptr(lse), ptr(rowmax)), "contrastive_lse_forward")
+        return args, inv_a, inv_b, lse, rowmax
+
+    def reference_dz(c, a64, b64, la, lb, extra, lse, w):
+        """dS~ of the backward's contract (csrc/cuda/contrastive_lse.h) in float64, from the
+        kernel's own lse (as autograd would feed it)."""
+        n, m, _ = c["shape"]
+        ones_a, ones_b = torch.ones(n, dtype=torch.float64), torch.ones(m, dtype=torch.float64)
+        inv_a = 1 / a64.norm(dim=1).clamp_min(EPS) if c["normalize"] else ones_a
+        inv_b = 1 / b64.norm(dim=1).clamp_min(EPS) if c["normalize"] else ones_b
+        z = SCALE * (a64 * inv_a[:, None]) @ (b64 * inv_b[:, None]).T + BIAS
+        adm = torch.ones(n, m, dtype=torch.bool)
+        if c["exclude_self"]:
+            r = torch.arange(min(n, m))
+            adm[r, r] = False
+        f = z.clamp_min(0) if c["relu"] else z
+        fprime = (z > 0).double() if c["relu"] else torch.ones_like(z)
+        ds = torch.zeros_like(z)
+        same = la.view(-1, 1) == lb.view(1, -1)
+        for k, p in enumerate(c["preds"]):
+            mask = adm if p == 0 else adm & (same if p == 1 else ~same)
+            l = lse[:, k].double().view(-1, 1)
+            term = w[:, k].double().view(-1, 1) * torch.exp(f - l)
+            ds += torch.where(mask & torch.isfinite(l), term, torch.zeros_like(term))
+        ds = ds * fprime * adm
+        return SCALE * ds * inv_a[:, None] * inv_b[None, :]
+
+    @pytest.mark.parametrize("c", contrastive_cases(), ids=case_id)
+    def test_inner_contrastive_lse_forward_backward(c):
+        os.environ["FASTGAN_EMU_ORDER"] = c["order"]
+        n, m, d = c["shape"]
+        a, b, la, lb, extra = make_inputs(c)
+        LIB.emu_clear_launches()
+        args, inv_a, inv_b, lse, rowmax = run_forward(c, a, b, la, lb, extra)
+        labels = any(p != 0 for p in c["preds"])
+        a64, b64 = a.double(), b.double()
+        ref_lse, ref_rowmax = RC.contrastive_lse(
+            a64, b64, la if labels else None, lb if labels else None, None if extra is None else extra.double(),
+            scale=SCALE, bias=BIAS, relu=c["relu"], normalize=c["normalize"], eps=EPS,
+            exclude_self=c["exclude_self"], self_offset=0, predicates=c["preds"])
+        torch.testing.assert_close(lse.double(), ref_lse, **tol(c["dtype"]))
+        torch.testing.assert_close(rowmax.double(), ref_rowmax, **tol(c["dtype"]))
+        assert launches() == [("contrastive_lse.cu:forward_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1))]
+
+        # Backward: U = dS~ B, V = dS~^T A (zero-initialized float32, as the glue allocates them).
+        g = torch.Generator().manual_seed(1000 + c["seed"])
+        w = torch.randn(n, len(c["preds"]), generator=g)
+        u, v = torch.zeros(n, d), torch.zeros(m, d)
+        LIB.emu_clear_launches()
+        check(LIB.emu_contrastive_lse_backward(*args, ptr(lse), ptr(w), ptr(u), ptr(v)), "contrastive_lse_backward")
+        assert launches() == [("contrastive_lse.cu:backward_rows_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1)),
+                              ("contrastive_lse.cu:backward_cols_kernel", ((m + 31) // 32, 1, 1), (32, 8, 1))]
+        ds = reference_dz(c, a64, b64, la, lb, extra, lse, w)
+        scale_u = 1 + ds.abs().sum(1, keepdim=True) * b64.abs().max()
+        scale_v = 1 + ds.abs().sum(0).view(-1, 1) * a64.abs().max()
+        torch.testing.assert_close(u.double() / scale_u, (ds @ b64) / scale_u, **tol(c["dtype"]))
+        torch.testing.assert_close(v.double() / scale_v, (ds.T @ a64) / scale_v, **tol(c["dtype"]))
+
+        # Where every lse is finite, the glue's gradients equal autograd of the reference.
+        if torch.isfinite(lse).all():
+            ar, br = a64.clone().requires_grad_(), b64.clone().requires_grad_()
+            ref, _ = RC.contrastive_lse(
+                ar, br, la if labels else None, lb if labels else None, None if extra is None else extra.double(),
+                scale=SCALE, bias=BIAS, relu=c["relu"], normalize=c["normalize"], eps=EPS,
+                exclude_self=c["exclude_self"], self_offset=0, predicates=c["preds"])
+            ga, gb = torch.autograd.grad((ref * w.double()).sum(), (ar, br))
+            ia64, ib64 = inv_a.double(), inv_b.double()
+            got_a = normalization_backward(a64, ia64, u.double(), c["normalize"], EPS)
+            got_b = normalization_backward(b64, ib64, v.double(), c["normalize"], EPS)
+            torch.testing.assert_close(got_a / scale_u, ga / scale_u, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got_b / scale_v, gb / scale_v, rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("shape", [(1, 1, 1), (33, 2, 17), (65, 33, 129), (2, 65, 1)])
+    def test_inner_contrastive_cosine_similarity_matrix(dtype, shape):
+        n, m, d = shape
+        g = torch.Generator().manual_seed(n * 1000 + m + d)
+        a = torch.randn(n, d, generator=g).to(dtype)
+        b = torch.randn(m, d, generator=g).to(dtype)
+        a[n // 2] = 0  # a zero vector: its row of the matrix is 0
+        inv_a, inv_b = inv_norms(a, True, EPS), inv_norms(b, True, EPS)
+        out = torch.full((n, m), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_cosine_similarity_matrix_forward(ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), n, m, d, d, d, 2.5,
+                                                       DTYPE_CODE[dtype], ptr(out)), "cosine_similarity_matrix")
+        assert launches() == [("contrastive_lse.cu:cosine_kernel", ((m + 31) // 32, (n + 31) // 32, 1), (32, 8, 1))]
+        ref = RC.cosine_similarity_matrix(a.double(), b.double(), scale=2.5, eps=EPS)
+        if dtype == torch.float32:
+            torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
+        else:
+            # One rounding of a float32 result to the output dtype: within one unit in the last place.
+            ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
+            err = (out.double() - ref).abs()
+            assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) + 1e-6).all(), err.max()
+
+    # -----------------------------------------------------------------------------------------
+    # infonce_lse and its backward.
+    # -----------------------------------------------------------------------------------------
+
+    import math
+
+    import fastgan.reference.infonce as RI
+
+    LIB.emu_infonce_lse_forward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, P, P]
+    LIB.emu_infonce_lse_backward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, P, P, P, P, P]
+
+    def infonce_plan(n, hw):
+        """make_plan of csrc/cuda/infonce_lse.cu: (tiles, row_blocks, splits)."""
+        cdiv = lambda a, b: (a + b - 1) // b  # noqa: E731
+        tiles, row_blocks = cdiv(n * hw, 64), cdiv(n, 32)
+        if tiles == 0 or row_blocks == 0:
+            return tiles, row_blocks, 0
+        want = min(cdiv(264, row_blocks), tiles, 64)
+        tps = cdiv(tiles, want)
+        return tiles, row_blocks, cdiv(tiles, tps)
+
+    def infonce_cases():
+        """Covering set: each dtype with every N in {1, 2, 33, 65}, every R in {1, 17, 129}, each
+        layout of l (contiguous, channels-last) and m (contiguous, transposed storage), self_logit
+        None and -10, normalize on and off, zero vectors, zero grad_neg rows."""
+        cases, k = [], 0
+        shapes = [(1, 17, 3), (2, 1, 5), (33, 129, 2), (65, 17, 3), (2, 129, 1), (33, 1, 4), (65, 129, 1)]
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for si, (n, r, hw) in enumerate(shapes):
+                cases.append(dict(dtype=dtype, n=n, r=r, hw=hw, channels_last=bool((si + k) % 2),
+                                  m_transposed=bool((k // 2) % 2), self_logit=None if k % 3 else -10.0,
+                                  normalize=(k % 4) != 3, zeros=bool((k // 3) % 2), order="reverse" if k % 5 == 2 else "forward",
+                                  seed=500 + k))
+                k += 1
+        return cases
+
+    def infonce_id(c):
+        return (f"{str(c['dtype'])[6:]}-{c['n']}x{c['r']}x{c['hw']}{'-cl' if c['channels_last'] else ''}"
+                f"{'-mT' if c['m_transposed'] else ''}{'-self' if c['self_logit'] is not None else ''}"
+                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-{c['order']}")
+
+    @pytest.mark.parametrize("c", infonce_cases(), ids=infonce_id)
+    def test_inner_infonce_lse_forward_backward(c):
+        os.environ["FASTGAN_EMU_ORDER"] = c["order"]
+        n, r, hw, dtype = c["n"], c["r"], c["hw"], c["dtype"]
+        g = torch.Generator().manual_seed(c["seed"])
+        l = torch.randn(n, r, hw, generator=g).to(dtype)
+        m = torch.randn(n, r, generator=g).to(dtype)
+        if c["zeros"]:
+            l[n - 1, :, 0] = 0
+            m[0] = 0
+        if c["channels_last"]:  # (N, HW, R) storage viewed as (N, R, HW): stride 1 along R
+            l = l.transpose(1, 2).contiguous().transpose(1, 2)
+        if c["m_transposed"]:
+            m = m.t().contiguous().t()
+        scale, eps = 2.0, 1e-8
+        sl = c["self_logit"]
+        self_term = float(sl + math.log(hw)) if sl is not None else 0.0
+        ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
+        common = (ptr(l), ptr(m), n, r, hw, ls, ms, scale, int(sl is not None), self_term, int(c["normalize"]), eps,
+                  DTYPE_CODE[dtype])
+        pos, neg = torch.full((n, hw), float("nan")), torch.full((n,), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "infonce_lse_forward")
+        tiles, row_blocks, splits = infonce_plan(n, hw)
+        norms = [("infonce_lse.cu:inv_norm_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1)),
+                 ("infonce_lse.cu:inv_norm_kernel", ((n * hw + 31) // 32, 1, 1), (32, 8, 1))] if c["normalize"] else []
+        assert launches() == norms + [
+            ("infonce_lse.cu:forward_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:forward_combine_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))]
+
+        lr, mr = l.double().requires_grad_(), m.double().requires_grad_()
+        ref_pos, ref_neg = RI.infonce_lse(lr, mr, scale, sl, c["normalize"], eps)
+        torch.testing.assert_close(pos.double(), ref_pos.detach(), rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(neg.double(), ref_neg.detach(), rtol=2e-5, atol=2e-5)
+
+        gp = torch.randn(n, hw, generator=g)
+        gn = torch.randn(n, generator=g)
+        gn[n // 2] = 0  # a row whose negatives get exactly zero gradient
+        grad_l = torch.full((n, r, hw), float("nan")).to(dtype)
+        grad_m = torch.full((n, r), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_infonce_lse_backward(*common, ptr(gp), ptr(gn), ptr(neg), ptr(grad_l), ptr(grad_m)),
+              "infonce_lse_backward")
+        grid_1d = lambda count: (min((count + 255) // 256, 65535 * 16), 1, 1)  # noqa: E731
+        assert launches() == norms + [
+            ("infonce_lse.cu:grad_m_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_m_finish_kernel", grid_1d(n * r), (256, 1, 1)),
+            ("infonce_lse.cu:grad_l_kernel", (tiles, 1, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_l_finish_kernel", grid_1d(n * r * hw), (256, 1, 1))]
+        # Where neg is -inf (N = 1 without self logit) the reference's gradient of neg is 0 * NaN.
+        weight = torch.where(torch.isfinite(ref_neg.detach()), gn.double(), torch.zeros(n, dtype=torch.float64))
+        loss = (gp.double() * ref_pos).sum() + (weight * torch.nan_to_num(ref_neg, neginf=0.0)).sum()
+        gl, gm = torch.autograd.grad(loss, (lr, mr))
+        if dtype == torch.float32:
+            kw = dict(rtol=1e-4, atol=1e-4)
+        else:  # written in the 16-bit dtype: one rounding of the float32 result
+            kw = dict(rtol={torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype], atol=1e-4)
+        # Compared with the reference rounded to the output dtype (a zero vector's gradient, about
+        # 1 / eps, is inf in float16 on both sides), relative to the largest term the kernel adds:
+        # with normalization, grad = b (g^ - x^ <x^, g^>) for the gradient g^ of the normalized
+        # vector, whose two terms cancel exactly at R = 1 (float32 leaves a residue of their size).
+        # Per vector (a column l_j[:, k], a row m_i), so a zero vector's 1 / eps scale stays its own.
+        sl_ = 1 + gl.abs().amax(dim=1, keepdim=True)
+        sm_ = 1 + gm.abs().amax(dim=1, keepdim=True)
+        if c["normalize"]:
+            lh = RI.normalize_rows(l.double().transpose(1, 2), eps).transpose(1, 2).detach().requires_grad_()
+            mh = RI.normalize_rows(m.double(), eps).detach().requires_grad_()
+            hp, hn = RI.infonce_lse(lh, mh, scale, sl, False, eps)
+            ghl, ghm = torch.autograd.grad((gp.double() * hp).sum() + (weight * torch.nan_to_num(hn, neginf=0.0)).sum(),
+                                           (lh, mh))
+            bl = 1 / l.double().norm(dim=1, keepdim=True).clamp_min(eps)
+            am = 1 / m.double().norm(dim=1, keepdim=True).clamp_min(eps)
+            sl_ = sl_ + (ghl.abs() * bl).amax(dim=1, keepdim=True)
+            sm_ = sm_ + (ghm.abs() * am).amax(dim=1, keepdim=True)
+        torch.testing.assert_close(grad_l.double() / sl_, gl.to(dtype).double() / sl_, **kw)
+        torch.testing.assert_close(grad_m.double() / sm_, gm.to(dtype).double() / sm_, **kw)
+
+    # -----------------------------------------------------------------------------------------
+    # Spectral norm: multi-tensor power iteration, apply, apply backward.
+    # -----------------------------------------------------------------------------------------
+
+    import fastgan.reference.spectral_norm as RS
+
+    LIB.emu_spectral_norm_power_iteration.argtypes = [I64, P, P, I64, F, I]
+    LIB.emu_spectral_norm_apply.argtypes = [P, I64, I64, I64, I64, I, P, P]
+    LIB.emu_spectral_norm_apply_backward.argtypes = [P, P, I64, I64, P, I, P, I64, I, P, I64, I, P, P]
+    ULP = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+    def sn_layers(dtype, seed):
+        """Shapes 1x1 .. 65x129, a transposed (column-major) W, a strided u, a zero matrix, u and v in
+        another dtype than W."""
+        g = torch.Generator().manual_seed(seed)
+        specs = [((1, 1), False), ((17, 33), False), ((65, 129), True), ((33, 2), False), ((2, 65), True), ((17, 17), False)]
+        layers = []
+        for k, ((rows, cols), transposed) in enumerate(specs):
+            w = torch.randn(cols, rows, generator=g).to(dtype).t() if transposed else torch.randn(rows, cols, generator=g).to(dtype)
+            if k == 5:
+                w = torch.zeros(rows, cols, dtype=dtype)
+            vdtype = torch.float32 if k == 3 else dtype
+            u = torch.randn(rows * (2 if k == 1 else 1), generator=g).to(vdtype)[:: 2 if k == 1 else 1]
+            v = torch.randn(cols, generator=g).to(vdtype)
+            layers.append((w, F_normalize(u), F_normalize(v)))
+        return layers
+
+    def F_normalize(x):
+        y = torch.nn.functional.normalize(x.float(), dim=0).to(x.dtype)
+        x.copy_(y)
+        return x
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("n_iter,order", [(0, "hook"), (1, "hook"), (3, "parametrization"), (2, "hook")])
+    def test_inner_spectral_norm_power_iteration(dtype, n_iter, order):
+        os.environ["FASTGAN_EMU_ORDER"] = "reverse" if n_iter == 2 else "forward"
+        layers = sn_layers(dtype, 7 + n_iter)
+        refs = [(w.double(), u.double().clone(), v.double().clone()) for w, u, v in layers]
+        sigmas = [torch.full((), float("nan")) for _ in layers]
+        ptrs = (ctypes.c_void_p * (4 * len(layers)))()
+        ints = (ctypes.c_int64 * (9 * len(layers)))()
+        for i, ((w, u, v), s) in enumerate(zip(layers, sigmas)):
+            ptrs[4 * i: 4 * i + 4] = [w.data_ptr(), u.data_ptr(), v.data_ptr(), s.data_ptr()]
+            ints[9 * i: 9 * i + 9] = [w.shape[0], w.shape[1], w.stride(0), w.stride(1), u.stride(0), v.stride(0),
+                                      DTYPE_CODE[w.dtype], DTYPE_CODE[u.dtype], DTYPE_CODE[v.dtype]]
+        LIB.emu_clear_launches()
+        eps = 1e-12
+        check(LIB.emu_spectral_norm_power_iteration(len(layers), ptrs, ints, n_iter, eps, int(order == "hook")),
+              "spectral_norm_power_iteration")
+        # One load, then per step a column pass and a row pass (matvec + norm each) over every layer
+        # at once; n = 0 is one row pass (sigma = <u, W v>).
+        col_tiles = sum(max(1, (w.shape[1] + 31) // 32) for w, _, _ in layers)
+        row_tiles = sum(max(1, (w.shape[0] + 31) // 32) for w, _, _ in layers)
+        cols = [("spectral_norm.cu:matvec_kernel", (col_tiles, 1, 1), (256, 1, 1)),
+                ("spectral_norm.cu:norm_kernel", (col_tiles, 1, 1), (256, 1, 1))]
+        rows = [("spectral_norm.cu:matvec_kernel", (row_tiles, 1, 1), (256, 1, 1)),
+                ("spectral_norm.cu:norm_kernel", (row_tiles, 1, 1), (256, 1, 1))]
+        step = cols + rows if order == "hook" else rows + cols
+        expect = [("spectral_norm.cu:load_kernel", (col_tiles + row_tiles, 1, 1), (32, 1, 1))]
+        expect += step * n_iter if n_iter > 0 else rows
+        assert launches() == expect
+        for (w, u, v), (w64, u64, v64), s in zip(layers, refs, sigmas):
+            RS.power_iteration_(w64, u64, v64, n_iter, eps, order)
+            ref_sigma = RS.sigma(w64, u64, v64)
+            tol_uv = 4 * ULP[u.dtype] + 1e-5
+            torch.testing.assert_close(u.double(), u64, rtol=0, atol=tol_uv)
+            torch.testing.assert_close(v.double(), v64, rtol=0, atol=tol_uv)
+            wn = w64.norm().item()
+            assert abs(s.item() - ref_sigma.item()) <= 1e-5 * (1 + wn), (s.item(), ref_sigma.item())
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("shape,transposed", [((1, 1), False), ((17, 129), True), ((65, 33), False)])
+    def test_inner_spectral_norm_apply_and_backward(dtype, shape, transposed):
+        rows, cols = shape
+        g = torch.Generator().manual_seed(rows * 7 + cols)
+        w = torch.randn(cols, rows, generator=g).to(dtype).t() if transposed else torch.randn(rows, cols, generator=g).to(dtype)
+        grad = torch.randn(rows, cols, generator=g).to(dtype)
+        u = torch.nn.functional.normalize(torch.randn(rows, generator=g), dim=0).to(dtype)
+        v = torch.nn.functional.normalize(torch.randn(cols, generator=g), dim=0).to(dtype)
+        sigma = torch.tensor([1.7])
+        out = torch.full((rows, cols), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_spectral_norm_apply(ptr(w), rows, cols, w.stride(0), w.stride(1), DTYPE_CODE[dtype], ptr(sigma),
+                                          ptr(out)), "spectral_norm_apply")
+        assert [x[0] for x in launches()] == ["spectral_norm.cu:apply_kernel"]
+        ref = (w.double() / 1.7)
+        torch.testing.assert_close(out.double(), ref.to(dtype).double(), rtol=ULP[dtype], atol=1e-7)
+
+        st = (ctypes.c_int64 * 4)(grad.stride(0), grad.stride(1), w.stride(0), w.stride(1))
+        out.fill_(float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_spectral_norm_apply_backward(ptr(grad), ptr(w), rows, cols, st, DTYPE_CODE[dtype], ptr(u),
+                                                   u.stride(0), DTYPE_CODE[dtype], ptr(v), v.stride(0),
+                                                   DTYPE_CODE[dtype], ptr(sigma), ptr(out)),
+              "spectral_norm_apply_backward")
+        assert [x[0] for x in launches()] == ["spectral_norm.cu:dot_partials_kernel", "spectral_norm.cu:apply_backward_kernel"]
+        # Reference: autograd of W / sigma(W) with sigma = u^T W v (u, v constants), at sigma = 1.7.
+        w64 = w.double().requires_grad_()
+        s64 = RS.sigma(w64, u.double(), v.double())
+        y = w64 / s64
+        # Evaluate the formula at the given sigma: G / s - (<G, W> / s^2) u v^T.
+        g64, u64, v64 = grad.double(), u.double(), v.double()
+        ref_b = g64 / 1.7 - ((g64 * w.double()).sum() / 1.7 ** 2) * torch.outer(u64, v64)
+        # Cross-check the formula against autograd where sigma(W) is the value used.
+        (gw,) = torch.autograd.grad((y * g64).sum(), w64)
+        s_val = s64.item()
+        formula_at_s = g64 / s_val - ((g64 * w.double()).sum() / s_val ** 2) * torch.outer(u64, v64)
+        torch.testing.assert_close(gw, formula_at_s)
+        scale = 1 + ref_b.abs().amax()
+        torch.testing.assert_close(out.double() / scale, ref_b.to(dtype).double() / scale, rtol=ULP[dtype], atol=2 * ULP[dtype])
+
+    # -----------------------------------------------------------------------------------------
+    # Launch counts and grids at GAN batch sizes (issue 14 changes these; this pins the CURRENT
+    # design). Dry run: the launchers run on the host as usual, the emulator records each launch
+    # and skips its execution.
+    # -----------------------------------------------------------------------------------------
+
+    LIB.emu_set_dry_run.argtypes = [I]
+
+    def dry_launches(fn):
+        LIB.emu_set_dry_run(1)
+        LIB.emu_clear_launches()
+        try:
+            fn()
+        finally:
+            LIB.emu_set_dry_run(0)
+        return launches()
+
+    @pytest.mark.parametrize("n", [64, 256, 4096])
+    def test_inner_launches_contrastive_at_gan_batch_sizes(n):
+        d = 512
+        a, b = torch.empty(n, d), torch.empty(n, d)
+        inv = torch.ones(n)
+        la = torch.zeros(n, dtype=torch.int64)
+        preds = (ctypes.c_int * 3)(0, 1, 0)
+        lse, rowmax, u, v = torch.empty(n, 2), torch.empty(n), torch.empty(n, d), torch.empty(n, d)
+        args = (ptr(a), ptr(b), ptr(inv), ptr(inv), ptr(la), ptr(la), None, n, n, d, d, d, 1.0, 0.0, 0, 1, 0, 2,
+                preds, 2)
+
+        def loss():  # the 2C loss: one forward and one backward of contrastive_lse
+            check(LIB.emu_contrastive_lse_forward(*args, ptr(lse), ptr(rowmax)), "forward")
+            check(LIB.emu_contrastive_lse_backward(*args, ptr(lse), ptr(lse), ptr(u), ptr(v)), "backward")
+
+        rec = dry_launches(loss)
+        # 3 launches at every N, one CTA per 32 rows (columns): 2 CTAs at N = 64 on a 132-SM GPU.
+        assert rec == [("contrastive_lse.cu:forward_kernel", (n // 32, 1, 1), (32, 8, 1)),
+                       ("contrastive_lse.cu:backward_rows_kernel", (n // 32, 1, 1), (32, 8, 1)),
+                       ("contrastive_lse.cu:backward_cols_kernel", (n // 32, 1, 1), (32, 8, 1))]
+        out = torch.empty(n, n)
+        rec = dry_launches(lambda: check(LIB.emu_cosine_similarity_matrix_forward(
+            ptr(a), ptr(b), ptr(inv), ptr(inv), n, n, d, d, d, 1.0, 0, ptr(out)), "cosine"))
+        assert rec == [("contrastive_lse.cu:cosine_kernel", (n // 32, n // 32, 1), (32, 8, 1))]
+
+    @pytest.mark.parametrize("n", [64, 256, 4096])
+    def test_inner_launches_infonce_at_gan_batch_sizes(n):
+        r, hw = 64, 64
+        l, m = torch.empty(n, r, hw, dtype=torch.bfloat16), torch.empty(n, r, dtype=torch.bfloat16)
+        ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
+        pos, neg, gp = torch.empty(n, hw), torch.empty(n), torch.empty(n, hw)
+        common = (ptr(l), ptr(m), n, r, hw, ls, ms, 1.0, 1, 0.0, 1, 1e-8, 2)
+
+        def loss():
+            check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "forward")
+            check(LIB.emu_infonce_lse_backward(*common, ptr(gp), ptr(neg), ptr(neg), ptr(l), ptr(m)), "backward")
+
+        rec = dry_launches(loss)
+        tiles, row_blocks, splits = infonce_plan(n, hw)
+        # Columns split so that row blocks x splits reaches about 264 CTAs: (2, 64) at N = 64.
+        assert (row_blocks, splits) == {64: (2, 64), 256: (8, 32), 4096: (128, 3)}[n]
+        norms = [("infonce_lse.cu:inv_norm_kernel", (n // 32, 1, 1), (32, 8, 1)),
+                 ("infonce_lse.cu:inv_norm_kernel", (n * hw // 32, 1, 1), (32, 8, 1))]
+        assert rec == norms + [
+            ("infonce_lse.cu:forward_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:forward_combine_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))] + norms + [
+            ("infonce_lse.cu:grad_m_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_m_finish_kernel", ((n * r + 255) // 256, 1, 1), (256, 1, 1)),
+            ("infonce_lse.cu:grad_l_kernel", (tiles, 1, 1), (128, 1, 1)),
+            ("infonce_lse.cu:grad_l_finish_kernel", ((n * r * hw + 255) // 256, 1, 1), (256, 1, 1))]
+        assert len(rec) == 10
+
+    @pytest.mark.parametrize("num_layers", [1, 12])
+    def test_inner_launches_spectral_norm_constant_in_layers(num_layers):
+        ws = [torch.empty(64 * (k + 1), 3 * 3 * 64) for k in range(num_layers)]
+        us, vs = [torch.empty(w.shape[0]) for w in ws], [torch.empty(w.shape[1]) for w in ws]
+        sig = [torch.empty(()) for _ in ws]
+        ptrs = (ctypes.c_void_p * (4 * num_layers))()
+        ints = (ctypes.c_int64 * (9 * num_layers))()
+        for i in range(num_layers):
+            ptrs[4 * i: 4 * i + 4] = [ws[i].data_ptr(), us[i].data_ptr(), vs[i].data_ptr(), sig[i].data_ptr()]
+            ints[9 * i: 9 * i + 9] = [ws[i].shape[0], ws[i].shape[1], ws[i].shape[1], 1, 1, 1, 0, 0, 0]
+        rec = dry_launches(lambda: check(LIB.emu_spectral_norm_power_iteration(num_layers, ptrs, ints, 1, 1e-12, 1),
+                                         "power iteration"))
+        assert len(rec) == 5  # one load + 4 per step, whatever the number of layers
