@@ -13,7 +13,7 @@ import torch
 from .. import _checks as C
 from .. import distributed as D
 from ..backend import resolve_backend
-from ..ops.contrastive_lse import contrastive_lse
+from ..ops.contrastive_lse import contrastive_lse, contrastive_lse_both
 from ..ops.cosine_similarity_matrix import cosine_similarity_matrix as _cosine_similarity_matrix
 from ..reference import contrastive as ref
 from ..reference.contrastive import PRED_ALL, PRED_DIFF, PRED_SAME, compute_dtype, normalize_rows
@@ -263,7 +263,8 @@ def symmetric_infonce_loss(
 ) -> torch.Tensor:
     """CLIP-style symmetric InfoNCE, SPEC.md 5: CE(logits, arange) + CE(logits^T, arange), the two
     means summed, logits = nrm(a) nrm(b)^T / t with nrm(x) = x * rsqrt(max(sum x^2, eps)) (XMC-GAN).
-    Rows and columns are two calls of the fused kernel; the diagonal is plain autograd."""
+    Rows and columns come from one call of the fused kernel (two with a process group); the diagonal
+    is plain autograd."""
     _features(a, "a")
     C.check_nonempty(a, "a")
     _features(b, "b", a.shape[0])
@@ -278,6 +279,10 @@ def symmetric_infonce_loss(
     a_all = D.gather(a, group, layout)[0] if layout else a
     norm_eps = math.sqrt(eps)  # rsqrt(max(|x|^2, eps)) == 1 / max(|x|, sqrt(eps))
     diag = _pair_cosine(a, b, norm_eps) / t
+    if layout is None:
+        # Both directions from one kernel call (on the CPU one sweep of the scores each way).
+        rows, cols = contrastive_lse_both(a, b, 1.0 / t, True, norm_eps, be)
+        return _finish((rows - diag) + (cols - diag), reduction, layout, group, gradient)
     rows, _ = contrastive_lse(a, b_all, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
     cols, _ = contrastive_lse(b, a_all, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
     return _finish((rows[:, 0] - diag) + (cols[:, 0] - diag), reduction, layout, group, gradient)
