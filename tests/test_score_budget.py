@@ -178,3 +178,26 @@ def test_compile_fullgraph(path, gen, budget):
         outs.append((loss,) + torch.autograd.grad(loss, [x, q]))
     for got, want in zip(outs[1], outs[0]):
         assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("n,d", [(1, 3), (2, 1), (65, 129), (130, 7)])
+def test_cosine_self(n, d, gen):
+    """cosine_similarity_matrix(a) (b is a): the one-product backward of fastgan::cosine_similarity_matrix_self."""
+    from fastgan.functional import cosine_similarity_matrix
+
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, TOL[torch.float64])):
+        a = torch.randn(n, d, generator=gen, dtype=dtype)
+        if n > 2:
+            a[1] = 0
+        a = a.requires_grad_()
+        w = torch.randn(n, n, generator=gen, dtype=dtype)  # not symmetric: both sides of the gradient count
+        s = cosine_similarity_matrix(a, scale=3.0, backend="cpu")
+        (g,) = torch.autograd.grad((s * w).sum(), a)
+        a64 = a.detach().double().requires_grad_()
+        r = ref.cosine_similarity_matrix(a64, a64, 3.0, 1e-8)
+        (rg,) = torch.autograd.grad((r * w.double()).sum(), a64)
+        assert s.dtype == dtype and rel_err(s, r) < tol and rel_err(g, rg, GRAD_FLOOR) < tol
+    a = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: cosine_similarity_matrix(x, scale=0.7, backend="cpu"), (a,))
+    torch.library.opcheck(torch.ops.fastgan.cosine_similarity_matrix_self.default,
+                          (torch.randn(9, 4, requires_grad=True), 2.0, 1e-8))
