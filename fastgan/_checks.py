@@ -1,11 +1,88 @@
-"""Boundary checks shared by every public function: one clear error naming the argument."""
+"""Boundary checks shared by every public function: one clear error naming the argument.
+
+Debug mode (`FASTGAN_DEBUG=1` in the environment, or `fastgan.set_debug(True)`) turns on the
+data-dependent checks, those that read tensor values, on every device: label ranges and word masks on
+CUDA (a host sync each, which is why they are CPU-only by default) and finite float inputs everywhere.
+"""
+import contextlib
+import functools
 import math
+import os
 from typing import Optional
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
+
+
+_DEBUG = os.environ.get("FASTGAN_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def set_debug(enabled: bool = True) -> None:
+    """Turn debug mode on or off (the default comes from the FASTGAN_DEBUG environment variable).
+    Debug mode runs every data-dependent argument check on every device: label ranges (given
+    num_classes) and word masks on CUDA too (a host sync per check), and finite values of every
+    floating-point input of the losses (NaN or inf raise ValueError naming the argument)."""
+    global _DEBUG
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _DEBUG = enabled
+
+
+def debug_enabled() -> bool:
+    """Whether debug mode is on (see set_debug). Read at call time, never at trace time only:
+    torch.compile treats it as a constant of the graph it traces."""
+    return _DEBUG
+
+
+def values_checked(t: torch.Tensor) -> bool:
+    """Whether checks that read t's values run: always on the CPU (free), everywhere in debug mode
+    (on CUDA each is a host sync). Never while torch.compile traces (values are unknown there)."""
+    if torch.compiler.is_compiling():
+        return False
+    return t.device.type == "cpu" or _DEBUG
+
+
+def check_finite_values(x: torch.Tensor, name: str) -> None:
+    """Debug mode only: x must hold no NaN or inf (outside debug mode they propagate, as in PyTorch)."""
+    if _DEBUG and not torch.compiler.is_compiling() and x.is_floating_point() and x.numel():
+        if not bool(torch.isfinite(x.detach()).all()):
+            bad = int((~torch.isfinite(x.detach())).sum())
+            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf) (fastgan debug mode)")
+
+
+def common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """PyTorch's type promotion over the given float tensors (bfloat16 + float32 -> float32,
+    float16 + bfloat16 -> float32): the dtype two inputs of one kernel are brought to."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def promote(*tensors: torch.Tensor):
+    """The tensors cast to their common dtype (no copy for those already in it)."""
+    dtype = common_dtype(*tensors)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def autocast_off(fn):
+    """Run a loss with autocast disabled on the devices where it is on, as PyTorch does for its own
+    losses (cross_entropy & co. are autocast's float32 ops): the inputs keep the dtypes autocast gave
+    them, the loss promotes them itself (reference.contrastive.compute_dtype) and any matmul in a reference or plain-
+    autograd part runs in float32 instead of being cast down to half."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        on = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+        if not on:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for d in on:
+                stack.enter_context(torch.autocast(d, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def check_tensor(x, name: str, ndim=None, dtypes=FLOAT_DTYPES) -> torch.Tensor:
@@ -19,6 +96,8 @@ def check_tensor(x, name: str, ndim=None, dtypes=FLOAT_DTYPES) -> torch.Tensor:
     if dtypes is not None and x.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({names}), got {str(x.dtype).replace('torch.', '')}")
+    if _DEBUG:
+        check_finite_values(x, name)
     return x
 
 
@@ -31,8 +110,9 @@ def check_labels(label, name: str, n: int, device: torch.device, num_classes: Op
         raise ValueError(f"{name} must have shape ({n},) to match the batch, got {tuple(label.shape)}")
     if label.device != device:
         raise ValueError(f"{name} is on {label.device} but the features are on {device}")
-    if num_classes is not None and n > 0 and label.device.type == "cpu":
-        # Range checks need the values; on CUDA that is a host sync, so it is done on CPU only.
+    if num_classes is not None and n > 0 and values_checked(label):
+        # Range checks need the values; on CUDA that is a host sync, so it is done there only in
+        # debug mode (set_debug / FASTGAN_DEBUG=1).
         lo, hi = int(label.min()), int(label.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} values must lie in [0, num_classes={num_classes}), got range [{lo}, {hi}]")

@@ -210,9 +210,13 @@ class TestBadInput:
         with pytest.raises(TypeError, match="embed must have dtype"):
             FG.conditional_contrastive_loss(self.e.long(), self.p.long(), self.y)
 
-    def test_mixed_dtypes(self):
-        with pytest.raises(TypeError, match="proxy has dtype"):
-            FG.conditional_contrastive_loss(self.e, self.p.double(), self.y)
+    def test_mixed_dtypes_are_promoted(self):
+        # Mixed precision policy (tests/test_mixed_precision.py has the rest): a float64 proxy makes
+        # the whole loss float64, as PyTorch's promotion would.
+        got = FG.conditional_contrastive_loss(self.e, self.p.double(), self.y)
+        assert got.dtype == torch.float64
+        want = R.conditional_contrastive_loss(self.e.double(), self.p.double(), self.y)
+        assert abs(float(got) - float(want)) < 1e-12 * abs(float(want))
 
     def test_bad_reduction_and_backend(self):
         with pytest.raises(ValueError, match="reduction must be one of"):

@@ -97,12 +97,19 @@ class Discriminator(torch.nn.Module):
 
 
 def train(backend: str, steps: int = 2000, batch: int = 64, num_classes: int = 10, seed: int = 0, infomax: bool = False,
-          temperature: float = 1.0, lr: float = 2e-4, log_every: int = 0):
-    """Train from `seed`; return per-step losses (dicts), seconds per step and the generator."""
+          temperature: float = 1.0, lr: float = 2e-4, log_every: int = 0, *, device: str = "cpu",
+          autocast=None, grad_scaler: bool = False):
+    """Train from `seed`; return per-step losses (dicts), seconds per step and the generator.
+    Mixed precision (tests/test_mixed_precision.py): `autocast` a dtype (torch.bfloat16 /
+    torch.float16) runs the forwards and losses under torch.autocast(device, dtype); grad_scaler=True
+    adds a torch.amp.GradScaler (CUDA)."""
     torch.manual_seed(seed)
     x_all, y_all = make_dataset(num_classes, 100, seed)
-    gen = Generator(num_classes)
-    disc = Discriminator(num_classes, local_dim=32 if infomax else 0, backend=backend)
+    x_all, y_all = x_all.to(device), y_all.to(device)
+    gen = Generator(num_classes).to(device)
+    disc = Discriminator(num_classes, local_dim=32 if infomax else 0, backend=backend).to(device)
+    amp = dict(device_type=torch.device(device).type, dtype=autocast, enabled=autocast is not None)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=grad_scaler)
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
     data_gen = torch.Generator().manual_seed(seed + 1)
@@ -121,25 +128,29 @@ def train(backend: str, steps: int = 2000, batch: int = 64, num_classes: int = 1
 
     for step in range(steps):
         t0 = time.perf_counter()
-        idx = torch.randint(0, len(y_all), (batch,), generator=data_gen)
+        idx = torch.randint(0, len(y_all), (batch,), generator=data_gen).to(device)
         real, y = x_all[idx], y_all[idx]
-        z = torch.randn(batch, NOISE, generator=data_gen)
-        y_fake = torch.randint(0, num_classes, (batch,), generator=data_gen)
+        z = torch.randn(batch, NOISE, generator=data_gen).to(device)
+        y_fake = torch.randint(0, num_classes, (batch,), generator=data_gen).to(device)
         # D step: hinge on D(real) and D(fake) in one graph, plus 2C on reals.
-        fake = gen(z, y_fake).detach()
-        out_r, out_f = disc(real, y), disc(fake, y_fake)
-        d_adv = hinge.d(out_r["adv"], out_f["adv"])
-        d_con = contrastive(out_r, y)
+        with torch.autocast(**amp):
+            fake = gen(z, y_fake).detach()
+            out_r, out_f = disc(real, y), disc(fake, y_fake)
+            d_adv = hinge.d(out_r["adv"], out_f["adv"])
+            d_con = contrastive(out_r, y)
         opt_d.zero_grad()
-        (d_adv + d_con).backward()
-        opt_d.step()
+        scaler.scale(d_adv + d_con).backward()
+        scaler.step(opt_d)
+        scaler.update()
         # G step: hinge on D(G(z)) plus 2C on fakes.
-        out_g = disc(gen(z, y_fake), y_fake)
-        g_adv = hinge.g(out_g["adv"])
-        g_con = contrastive(out_g, y_fake)
+        with torch.autocast(**amp):
+            out_g = disc(gen(z, y_fake), y_fake)
+            g_adv = hinge.g(out_g["adv"])
+            g_con = contrastive(out_g, y_fake)
         opt_g.zero_grad()
-        (g_adv + g_con).backward()
-        opt_g.step()
+        scaler.scale(g_adv + g_con).backward()
+        scaler.step(opt_g)
+        scaler.update()
         times.append(time.perf_counter() - t0)
         history.append({k: v.item() for k, v in dict(d_adv=d_adv, d_con=d_con, g_adv=g_adv, g_con=g_con).items()})
         if log_every and (step % log_every == 0 or step == steps - 1):

@@ -3,7 +3,12 @@ symmetric (CLIP-style) InfoNCE. SPEC.md sections 1 to 5.
 
 Each loss is "fused log-sum-exp kernel + positive term in plain autograd": the N x N part runs in
 the contrastive_lse kernel (never materialized), the O(N D) positive terms are ordinary PyTorch.
-Losses are returned in float32 for half-precision inputs (float64 for float64), as under autocast.
+Mixed precision (SPEC.md "Mixed precision"), one policy for every loss: inputs may have different
+float dtypes (under torch.autocast a projection is bfloat16/float16 while an nn.Embedding proxy stays
+float32); two inputs of one kernel are promoted as PyTorch would (torch.promote_types), everything is
+computed in float32 (float64 if any input is float64) and the loss is returned in that dtype. Each loss
+runs with autocast disabled (reference.contrastive.compute_dtype, _checks.autocast_off), as PyTorch's
+own losses do.
 """
 import math
 from typing import Optional
@@ -36,17 +41,18 @@ def _features(x, name: str, n: Optional[int] = None) -> torch.Tensor:
 
 
 def _same_features(first: str, x: torch.Tensor, second: str, y: torch.Tensor) -> None:
+    """Same feature size and device; dtypes may differ (mixed precision: promoted by the caller)."""
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"{first} and {second} must have the same feature size, got {x.shape[1]} and {y.shape[1]}")
     C.check_same_device(**{first: x, second: y})
-    C.check_same_dtype(**{first: x, second: y})
 
 
 def _pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """cos(x_i, y_i) with each norm clamped at eps, as normalize_rows(x) . normalize_rows(y), but as
     (x_i . y_i) / (max(||x_i||, eps) max(||y_i||, eps)): its backward makes about three passes over
-    N x D instead of ten (2.1 ms against 4.9 ms forward + backward at N=1024, D=768 on 2 cores)."""
-    ct = compute_dtype(x.dtype)
+    N x D instead of ten (2.1 ms against 4.9 ms forward + backward at N=1024, D=768 on 2 cores).
+    Computed in float32 (float64 if either side is float64) whatever the two dtypes."""
+    ct = compute_dtype(x.dtype, y.dtype)
     x, y = x.to(ct), y.to(ct)
     return (x * y).sum(dim=1) / (x.norm(dim=1).clamp_min(eps) * y.norm(dim=1).clamp_min(eps))
 
@@ -87,6 +93,7 @@ DISTRIBUTED_DOC = """
     reduction="none" the local rows' terms are returned."""
 
 
+@C.autocast_off
 def cosine_similarity_matrix(
     a: torch.Tensor, b: Optional[torch.Tensor] = None, *, scale: float = 1.0, eps: float = 1e-8, backend: str = "auto"
 ) -> torch.Tensor:
@@ -99,17 +106,23 @@ def cosine_similarity_matrix(
     _same_features("a", a, "b", b)
     scale = C.check_finite(scale, "scale")
     eps = C.check_positive_finite(eps, "eps")
+    a, b = C.promote(a, b)  # one kernel: one dtype (bfloat16 with float32 -> float32, as a @ b would)
     return _cosine_similarity_matrix(a, b, scale, eps, resolve_backend(backend, a.device))
 
 
 def _check_embed_proxy_label(embed, proxy, label, num_classes=None):
+    """Checked (embed, label). A float64 proxy makes the loss float64: embed then enters the kernel
+    in float64 too (a half or float32 embed with a float32 proxy stays as it is: the kernel
+    computes in float32 from any dtype)."""
     _features(embed, "embed")
     C.check_nonempty(embed, "embed")
     _features(proxy, "proxy", embed.shape[0])
     _same_features("embed", embed, "proxy", proxy)
-    return C.check_labels(label, "label", embed.shape[0], embed.device, num_classes)
+    label = C.check_labels(label, "label", embed.shape[0], embed.device, num_classes)
+    return embed.to(compute_dtype(embed.dtype, proxy.dtype)) if proxy.dtype == torch.float64 else embed, label
 
 
+@C.autocast_off
 def conditional_contrastive_loss(
     embed: torch.Tensor,
     proxy: torch.Tensor,
@@ -126,9 +139,11 @@ def conditional_contrastive_loss(
     """ContraGAN's conditional contrastive (2C) loss, SPEC.md 2:
         L_i = -log( (e^{p_i/t} + sum_{j!=i, y_j=y_i} e^{s_ij/t}) / (e^{p_i/t} + sum_{j!=i} e^{s_ij/t}) )
     with s_ij = cos(embed_i, embed_j), p_i = cos(embed_i, proxy_i). Stable at any temperature.
-    `num_classes`, if given, checks that labels lie in [0, num_classes) (CPU tensors only: on CUDA
-    the check would cost a host sync)."""
-    label = _check_embed_proxy_label(embed, proxy, label, num_classes)
+    embed and proxy may differ in dtype (autocast: a half projection, a float32 nn.Embedding proxy):
+    computed in float32 (float64 if either is), the loss returned in that dtype.
+    `num_classes`, if given, checks that labels lie in [0, num_classes) (CPU tensors; CUDA tensors
+    only in debug mode, fastgan.set_debug, since there the check costs a host sync)."""
+    embed, label = _check_embed_proxy_label(embed, proxy, label, num_classes)
     t = C.check_positive_finite(temperature, "temperature")
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
@@ -142,6 +157,7 @@ def conditional_contrastive_loss(
     return _finish(lse[:, 0] - lse[:, 1], reduction, layout, group, gradient)
 
 
+@C.autocast_off
 def data2data_cross_entropy_loss(
     embed: torch.Tensor,
     proxy: torch.Tensor,
@@ -161,7 +177,7 @@ def data2data_cross_entropy_loss(
     in backward), q_i = relu((m_p - p_i)/t),
         L_i = q_i + log( e^{-q_i} + sum_{j!=i, y_j!=y_i} e^{relu(a_ij) - M_i} ).
     Evaluated stably as q_i + logaddexp(-q_i, LSE_diff(relu(a_i.)) - M_i)."""
-    label = _check_embed_proxy_label(embed, proxy, label, num_classes)
+    embed, label = _check_embed_proxy_label(embed, proxy, label, num_classes)
     t = C.check_positive_finite(temperature, "temperature")
     m_p = C.check_finite(m_p, "m_p")
     eps = C.check_positive_finite(eps, "eps")
@@ -178,22 +194,80 @@ def data2data_cross_entropy_loss(
     return _finish(q + torch.logaddexp(-q, lse[:, 0] - m_i), reduction, layout, group, gradient)
 
 
-def nt_xent_loss(
-    z: torch.Tensor, temperature: float = 0.5, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto",
-    process_group=None, gradient: str = "exact",
-) -> torch.Tensor:
-    """SimCLR's NT-Xent, SPEC.md 4. z is (2N, D): rows [0, N) are the first views, rows [N, 2N) the
-    second, and row i's positive is (i + N) mod 2N. L_i = LSE_{k!=i}(s_ik/t) - s_i,pos/t.
-    Distributed, each rank holds its own (2n, D) two-view batch: positives stay on the rank, the
-    negatives are every other row of the global batch."""
+_UNSET = object()  # temperature's default, told apart from a temperature passed twice
+
+
+def _nt_xent_args(z, labels, temperature):
+    """Sort out nt_xent_loss's second argument: labels (PML's `loss(embeddings, labels)`), the second
+    view (`loss(z1, z2)`), or, as before labels existed, the temperature (`loss(z, 0.5)`)."""
     _features(z, "z")
     C.check_nonempty(z, "z")
-    if z.shape[0] % 2:
-        raise ValueError(f"z must stack two views of the batch, (2N, D), got an odd number of rows {z.shape[0]}")
+    as_temperature = False
+    if labels is None:
+        pass
+    elif not isinstance(labels, torch.Tensor):
+        if isinstance(labels, bool) or not isinstance(labels, (int, float)):
+            raise TypeError(f"labels must be a torch.Tensor of integer labels (N,) or the second view (N, D), got "
+                            f"{type(labels).__name__}")
+        as_temperature = True
+    elif labels.is_floating_point() and labels.dim() < 2 and labels.numel() == 1:
+        as_temperature = True
+    if as_temperature:
+        if temperature is not _UNSET:
+            raise TypeError(f"nt_xent_loss got the temperature twice: {labels!r} as its second argument and "
+                            f"temperature={temperature!r}; the second argument is labels (N,) or the second view (N, D)")
+        return z, None, labels  # nt_xent_loss(z, 0.5): the positional temperature of the stacked form
+    if labels is None:
+        pass
+    elif labels.is_floating_point():
+        if labels.dim() != 2:
+            raise ValueError(f"the second argument of nt_xent_loss must be integer labels (N,) or the second view "
+                             f"(N, D) as a float tensor, got a float tensor of shape {tuple(labels.shape)}")
+        z2 = labels
+        _features(z2, "z2", z.shape[0])
+        _same_features("z", z, "z2", z2)
+        return torch.cat(C.promote(z, z2), dim=0), None, 0.5 if temperature is _UNSET else temperature
+    t = 0.5 if temperature is _UNSET else temperature
+    if labels is None:
+        return z, None, t
+    return z, C.check_labels(labels, "labels", z.shape[0], z.device), t
+
+
+@C.autocast_off
+def nt_xent_loss(
+    z: torch.Tensor, labels=None, temperature: float = _UNSET, *, eps: float = 1e-8, reduction: str = "mean",
+    backend: str = "auto", process_group=None, gradient: str = "exact",
+) -> torch.Tensor:
+    """SimCLR's NT-Xent, SPEC.md 4, in three call forms (temperature 0.5 by default):
+      nt_xent_loss(z)           z (2N, D) = cat([view1, view2]): row i's positive is (i + N) mod 2N and
+                                L_i = LSE_{k!=i}(s_ik/t) - s_i,pos/t, mean over the 2N rows;
+      nt_xent_loss(z1, z2)      the same with the two views apart;
+      nt_xent_loss(z, labels)   pytorch-metric-learning's NTXentLoss()(embeddings, labels): rows with one
+                                label are views of one sample, in any order, any number of views. One
+                                term per ordered positive pair (a, p):
+                                softplus(LSE_{n: y_n!=y_a}(s_an/t) - s_ap/t), the other positives of a
+                                left out of the denominator; mean over the pairs, 0 for a batch
+                                without pairs; reduction="none" gives the pair terms in row-major
+                                order (anchor, then positive index). With two views per label it
+                                equals the stacked form. The negatives' LSE is the fused kernel (no
+                                N x N matrix); the pair logits are O(pairs * D) plain autograd (O(N D)
+                                with two views), and counting the pairs is one host sync on CUDA.
+    For compatibility a number as the second argument is the temperature (nt_xent_loss(z, 0.5)).
+    Distributed (stacked form only), each rank holds its own (2n, D) two-view batch: positives stay on
+    the rank, the negatives are every other row of the global batch."""
+    z, labels, temperature = _nt_xent_args(z, labels, temperature)
     t = C.check_positive_finite(temperature, "temperature")
     eps = C.check_positive_finite(eps, "eps")
     C.check_reduction(reduction)
     be = resolve_backend(backend, z.device)
+    if labels is not None:
+        if process_group is not None:
+            raise ValueError("nt_xent_loss with labels does not support process_group yet: use the stacked "
+                             "two-view form (z of shape (2N, D)) for a distributed loss")
+        return _nt_xent_labels(z, labels, t, eps, reduction, be)
+    if z.shape[0] % 2:
+        raise ValueError(f"z must stack two views of the batch, (2N, D), got an odd number of rows {z.shape[0]}; "
+                         "pass labels (N,) for any other arrangement of views")
     if be == "reference" and process_group is None:
         return ref.nt_xent_loss(z, t, eps, reduction)
     cols, _, layout, group = _columns(z, None, process_group, gradient)
@@ -201,6 +275,36 @@ def nt_xent_loss(
     lse, _ = contrastive_lse(z, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL], be)
     return _finish(lse[:, 0] - pos, reduction, layout, group, gradient)
+
+
+def _positive_pairs(labels: torch.Tensor):
+    """Every ordered pair (a, p), a != p, labels[a] == labels[p], in row-major order (as the nonzero of
+    the N x N same-label mask, without building it): O(N log N + pairs). The pair count is read back
+    (one host sync on CUDA): the pair tensors' size depends on it."""
+    n = labels.shape[0]
+    sorted_labels, perm = labels.sort(stable=True)
+    first = torch.searchsorted(sorted_labels, labels)  # where each row's class starts, sorted order
+    n_pos = torch.searchsorted(sorted_labels, labels, right=True) - first - 1
+    total = int(n_pos.sum())
+    rows = torch.arange(n, device=labels.device)
+    a_idx = torch.repeat_interleave(rows, n_pos, output_size=total)
+    k = torch.arange(total, device=labels.device) - (torch.cumsum(n_pos, 0) - n_pos)[a_idx]
+    rank = torch.empty_like(perm).scatter_(0, perm, rows) - first  # a's own place within its class
+    k = k + (k >= rank[a_idx]).to(k.dtype)  # skip a itself
+    return a_idx, perm[first[a_idx] + k]
+
+
+def _nt_xent_labels(z, labels, t, eps, reduction, be):
+    if be == "reference":
+        return ref.nt_xent_loss_labels(z, labels, t, eps, reduction)
+    a_idx, p_idx = _positive_pairs(labels)
+    # NEG_a over the other labels; a row whose label covers the batch has none (-inf: its terms are 0).
+    neg, _ = contrastive_lse(z, z, labels, labels, None, 1.0 / t, 0.0, False, True, eps, True, 0, [PRED_DIFF], be)
+    pos = _pair_cosine(z[a_idx], z[p_idx], eps) / t
+    per = ref.softplus(neg[a_idx, 0] - pos)
+    if reduction == "mean":
+        return per.sum() / max(per.shape[0], 1)
+    return ref._reduce(per, reduction)
 
 
 def _same_class_sums(x: torch.Tensor, labels: torch.Tensor, query: torch.Tensor):
@@ -214,6 +318,7 @@ def _same_class_sums(x: torch.Tensor, labels: torch.Tensor, query: torch.Tensor)
     return sums[q_first.clamp_max(max(labels.shape[0] - 1, 0))], count
 
 
+@C.autocast_off
 def supcon_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -227,7 +332,12 @@ def supcon_loss(
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, the L_out form), SPEC.md 4:
     L_i = LSE_{a!=i}(s_ia/t) - mean_{p in P(i)} s_ip/t, P(i) = {p != i : y_p = y_i}; anchors with an
-    empty P(i) are left out of the mean (0 under reduction='none')."""
+    empty P(i) are left out of the mean (0 under reduction='none').
+    A batch of one class (no negatives) gets this formula's value, LSE over the positives minus their
+    mean (> 0 unless all similarities are equal), as Khosla et al.'s reference implementation: it is the
+    loss as defined, with its gradient (pulling the positives' similarities together).
+    pytorch-metric-learning's SupConLoss returns 0 there instead (it skips batches without a negative
+    pair); for its numbers, skip such batches yourself."""
     _features(features, "features")
     C.check_nonempty(features, "features")
     labels = C.check_labels(labels, "labels", features.shape[0], features.device)
@@ -250,6 +360,7 @@ def supcon_loss(
     return _finish(per, reduction, layout, group, gradient, count=has_pos.sum())
 
 
+@C.autocast_off
 def symmetric_infonce_loss(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -275,6 +386,7 @@ def symmetric_infonce_loss(
     be = resolve_backend(backend, a.device)
     if be == "reference" and process_group is None:
         return ref.symmetric_infonce_loss(a, b, t, eps, reduction)
+    a, b = C.promote(a, b)  # each kernel call reads both
     b_all, _, layout, group = _columns(b, None, process_group, gradient)
     a_all = D.gather(a, group, layout)[0] if layout else a
     norm_eps = math.sqrt(eps)  # rsqrt(max(|x|^2, eps)) == 1 / max(|x|, sqrt(eps))

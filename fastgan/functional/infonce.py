@@ -28,7 +28,6 @@ def _check_local_global(l, m):
     C.check_tensor(l, "l", ndim=(3, 4))
     C.check_tensor(m, "m", ndim=(2, 3))
     C.check_same_device(l=l, m=m)
-    C.check_same_dtype(l=l, m=m)
     if m.dim() == 3 and m.shape[2] != 1:
         raise ValueError(f"m of shape (N, R, 1) expected (one global vector per image), got {tuple(m.shape)}")
     if l.shape[0] != m.shape[0]:
@@ -36,12 +35,13 @@ def _check_local_global(l, m):
     if l.shape[1] != m.shape[1]:
         raise ValueError(f"l and m must have the same feature size R (dim 1), got {l.shape[1]} and {m.shape[1]}")
     C.check_nonempty(l, "l")
-    l, m = ref.as_local_global(l, m)
+    l, m = C.promote(*ref.as_local_global(l, m))  # mixed precision: one kernel, one dtype
     if l.shape[2] == 0:
         raise ValueError(f"l has no local positions (HW = 0), shape {tuple(l.shape)}")
     return l, m
 
 
+@C.autocast_off
 def infonce_local_global(
     l: torch.Tensor,
     m: torch.Tensor,
@@ -55,7 +55,8 @@ def infonce_local_global(
     process_group=None,
     gradient: str = "exact",
 ) -> torch.Tensor:
-    """loss = mean_{i,k} softplus(NEG_i - pos_ik) with pos_ik = m_i . l_i[:, k] and
+    """loss = mean_{i,k} softplus(NEG_i - pos_ik) (exact: log(1 + e^x) for every x) with
+    pos_ik = m_i . l_i[:, k] and
     NEG_i = log(sum_{j!=i, k'} exp(m_i . l_j[:, k']) [+ HW e^-10 in mode="mimicry"]).
 
     l: local features (N, R, HW) (Mimicry) or (N, R, H, W); m: global features (N, R, 1) or (N, R).
@@ -64,7 +65,7 @@ def infonce_local_global(
     L2-normalizes both sides over R. reduction="none" returns the (N, HW) terms.
     process_group: take the negatives from the global batch of a torch.distributed group (each rank
     its own images against every rank's local features); `gradient` "exact" or "studiogan" as in
-    fastgan.distributed."""
+    fastgan.distributed. l and m may differ in dtype (promoted; computed in float32, or float64)."""
     l, m = _check_local_global(l, m)
     if mode not in ref.MODES:
         raise ValueError(f"mode must be one of {ref.MODES}, got {mode!r}")
@@ -77,7 +78,7 @@ def infonce_local_global(
     if process_group is None:
         self_logit = ref.MIMICRY_SELF_LOGIT if mode == "mimicry" else None
         pos, neg = infonce_lse(l, m, 1.0 / t, self_logit, normalize, eps, be)
-        return reduce(torch.nn.functional.softplus(neg[:, None] - pos), reduction)
+        return reduce(ref.softplus(neg[:, None] - pos), reduction)
     n, r, hw = l.shape
     ct = compute_dtype(l.dtype)
     # (N*HW, R) rows; a copy only when the map is not already position-major (channels-last).
@@ -95,7 +96,7 @@ def infonce_local_global(
         lc = normalize_rows(lc.transpose(1, 2), eps).transpose(1, 2)
         mc = normalize_rows(mc, eps)
     pos = torch.einsum("nr,nrk->nk", mc, lc) / t
-    per = torch.nn.functional.softplus(neg[:, :1] - pos)
+    per = ref.softplus(neg[:, :1] - pos)
     if layout is not None:
         if reduction == "none":
             return per

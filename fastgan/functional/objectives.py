@@ -2,11 +2,14 @@
 discriminator (or critic) and `<objective>_g_loss` for the generator, where the two differ. Logits
 are D's raw outputs on real (`real_logits`) and generated (`fake_logits`) samples, any shape; all
 reductions are batch means. Pure PyTorch: these are cheap, elementwise or O(N + M).
+Mixed precision as every fastgan loss: half logits (autocast) are computed in float32 and the loss is
+float32 (float64 stays float64).
 """
 import torch
 import torch.nn.functional as F
 
 from .. import _checks as C
+from ..reference.contrastive import compute_dtype
 
 __all__ = [
     "vanilla_d_loss", "vanilla_g_loss", "minimax_g_loss", "logistic_d_loss", "logistic_g_loss",
@@ -25,7 +28,7 @@ def _logits(x, name):
     C.check_tensor(x, name)
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the loss needs at least one sample")
-    return x
+    return x.to(compute_dtype(x.dtype))
 
 
 def vanilla_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,8 @@ def _paired(real_scores, fake_scores, real, fake):
     for t, name in ((real_scores, "real_scores"), (fake_scores, "fake_scores")):
         if t.numel() != n:
             raise ValueError(f"{name} must hold one score per sample ({n}), got shape {tuple(t.shape)}")
-    return real_scores.reshape(n), fake_scores.reshape(n)
+    ct = compute_dtype(real_scores.dtype, fake_scores.dtype)
+    return real_scores.reshape(n).to(ct), fake_scores.reshape(n).to(ct)
 
 
 def loss_sensitive_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor, real: torch.Tensor,
@@ -219,9 +223,9 @@ def word_region_scores(words: torch.Tensor, regions: torch.Tensor, word_mask=Non
     if word_mask.is_floating_point() or word_mask.is_complex():
         raise TypeError(f"word_mask must be bool or integer (True/1 for real words), got {word_mask.dtype}")
     C.check_same_device(words=words, word_mask=word_mask)
-    if word_mask.device.type == "cpu" and words.shape[0] and not bool(word_mask.bool().any(dim=1).all()):
-        # An all-padding sentence has no score (log of an empty sum = -inf); CPU only: a value check on
-        # CUDA would be a host sync.
+    if C.values_checked(word_mask) and words.shape[0] and not bool(word_mask.bool().any(dim=1).all()):
+        # An all-padding sentence has no score (log of an empty sum = -inf); on CUDA only in debug
+        # mode (fastgan.set_debug): there the value check is a host sync.
         raise ValueError("word_mask has a sentence with no words: every row needs at least one True entry")
     wn = F.normalize(words, dim=2, eps=eps)
     rn = F.normalize(regions, dim=2, eps=eps)

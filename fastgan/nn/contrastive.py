@@ -66,16 +66,25 @@ class Data2DataCrossEntropyLoss(_StudioGANLoss):
 
 
 class NTXentLoss(torch.nn.Module):
-    """SimCLR's NT-Xent. forward(z) with z = cat([view1, view2]) of shape (2N, D), or forward(z1, z2)."""
+    """SimCLR's NT-Xent (fastgan.functional.nt_xent_loss). forward(z) with z = cat([view1, view2]) of
+    shape (2N, D); forward(z1, z2); or pytorch-metric-learning's forward(embeddings, labels): rows with
+    one label are views of one sample, any order, any number of views (one term per ordered positive
+    pair, mean over the pairs). The temperature defaults to SimCLR's 0.5; PML's default is 0.07, so
+    pass NTXentLoss(0.07) to replace PML's NTXentLoss() unchanged."""
 
     def __init__(self, temperature: float = 0.5, *, eps: float = 1e-8, reduction: str = "mean", backend: str = "auto"):
         super().__init__()
         self.temperature, self.eps, self.reduction, self.backend = temperature, eps, reduction, backend
 
-    def forward(self, z: torch.Tensor, z2: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if z2 is not None:
-            z = torch.cat([z, z2], dim=0)
-        return F.nt_xent_loss(z, self.temperature, eps=self.eps, reduction=self.reduction, backend=self.backend)
+    def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if labels is not None and not isinstance(labels, torch.Tensor):
+            raise TypeError(f"NTXentLoss: the second argument must be integer labels (N,) or the second view (N, D) "
+                            f"as a tensor, got {type(labels).__name__}")
+        return F.nt_xent_loss(z, labels, temperature=self.temperature, eps=self.eps, reduction=self.reduction,
+                              backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, backend={self.backend!r}"
 
 
 class SupConLoss(torch.nn.Module):

@@ -84,12 +84,15 @@ class SpectralNormHook:
                                 do_power_iteration, self.backend)
 
     def __call__(self, module: torch.nn.Module, inputs) -> None:
-        if getattr(self, "_group_fresh", False):
-            # A SpectralNormGroup already iterated u, v and set the weight for this forward.
-            self._group_fresh = False
-            if module.training:
+        pending, self._pending = self._pending, None  # a group's step is used by the next call or never
+        if module.training and pending is not None and not torch.compiler.is_compiling():
+            out = pending.commit(module, self)
+            if out is not None:
+                _set_weight(module, self.name, out)
                 return
         _set_weight(module, self.name, self.compute_weight(module, do_power_iteration=module.training))
+
+    _pending = None  # a _PendingStep of a SpectralNormGroup, see there
 
     @staticmethod
     def apply(module, name, n_power_iterations, dim, eps, backend="auto") -> "SpectralNormHook":
@@ -165,14 +168,56 @@ class SpectralNormParametrization(torch.nn.Module):
         return value
 
 
+class _PendingStep:
+    """One layer's power-iteration step computed ahead by a SpectralNormGroup: the new u, v (fresh
+    tensors, the buffers untouched) and sigma, from the buffers and weight as they were then. The
+    layer's next call commits it (copies u, v into its buffers and returns W / sigma) if nothing it
+    was computed from has changed since (same tensors, same version counters: no optimizer step,
+    load_state_dict, .to() or other update in between); otherwise the layer iterates on its own. So a
+    layer's u, v move exactly once per training-mode call of the layer, as PyTorch's hook does,
+    whichever way the layer is reached (inside the model forward, skipped by it, called directly, twice,
+    under no_grad), and W / sigma is built at the call, under the call's own grad mode."""
+
+    __slots__ = ("weight", "u", "v", "versions", "u_new", "v_new", "sigma", "backend")
+
+    def __init__(self, weight, u, v, u_new, v_new, sigma, backend):
+        self.weight, self.u, self.v, self.u_new, self.v_new, self.sigma = weight, u, v, u_new, v_new, sigma
+        self.versions = (weight._version, u._version, v._version)
+        self.backend = backend
+
+    def commit(self, module: torch.nn.Module, hook: "SpectralNormHook"):
+        name = hook.name
+        weight, u, v = module._parameters[name + "_orig"], module._buffers[name + "_u"], module._buffers[name + "_v"]
+        if (weight is not self.weight or u is not self.u or v is not self.v
+                or (weight._version, u._version, v._version) != self.versions):
+            return None
+        with torch.no_grad():
+            u.copy_(self.u_new)
+            v.copy_(self.v_new)
+        # The graph keeps u_new, v_new (this forward's own; nothing writes them again), as the
+        # clones a per-layer step would make.
+        w_mat = ref.weight_to_matrix(weight, hook.dim)
+        if self.backend == "reference":
+            return weight / ref.sigma(w_mat, self.u_new, self.v_new)
+        return matrix_to_weight(ops.apply(w_mat, self.u_new, self.v_new, self.sigma, self.backend), weight.shape,
+                                hook.dim)
+
+
 class SpectralNormGroup:
-    """The "hook"-flavour spectral norms of many layers, updated together: one multi-tensor power
-    iteration call (fastgan::spectral_norm_power_iteration_, which returns every layer's sigma) for
-    all of them, then W / sigma per layer (fastgan::spectral_norm_apply, fused backward) with clones
-    of u, v, exactly what each layer's own hook would do. Used as a model-level forward
-    pre-hook by convert_spectral_norm: a training-mode model forward updates every layer once, and
-    each layer's hook then skips its own update for that forward (a layer called again within the
-    same model forward, or outside it, updates itself as usual)."""
+    """The "hook"-flavour spectral norms of many layers, stepped together: a forward pre-hook on the
+    model (convert_spectral_norm) that runs one multi-tensor power-iteration call
+    (fastgan::spectral_norm_power_iteration_, which also returns every sigma) for all its training-
+    mode layers on copies of u, v, and leaves each layer a _PendingStep that the layer's next call
+    commits (u, v into the buffers, W / sigma by fastgan::spectral_norm_apply with its fused
+    backward) if its weight, u and v are still those the step was computed from.
+
+    The numerics are those of each layer's own hook (torch.nn.utils.spectral_norm) for every call
+    pattern: a layer the forward skips keeps its u, v (its pending step is dropped or committed at its
+    own next call, equal to the step it would take then); a layer called twice in one forward
+    iterates again at its second call; a submodule called directly (Mimicry's D.project_features)
+    steps once per call; D(real) then D(fake) step twice; no_grad and eval calls behave as PyTorch's.
+    The price of a skipped layer is its share of the (batched) power iteration. Under torch.compile
+    the group does nothing and every layer steps itself (the compiler fuses them instead)."""
 
     def __init__(self, modules, backend: str = "auto"):
         self.entries = []
@@ -184,7 +229,7 @@ class SpectralNormGroup:
         self.backend = backend
 
     def update_(self) -> None:
-        """One training step of every layer: u, v in place (one call), then module.weight = W / sigma.
+        """Step every training-mode layer ahead (one call per device and setting), as pending steps.
         Per layer this is the Python a model pays on every forward, so it reads the parameter and
         buffer dicts directly (tensors are looked up each call: .to() and load_state_dict may
         replace them) and leaves the checks to the ops."""
@@ -195,30 +240,19 @@ class SpectralNormGroup:
             name = hook.name
             weight = module._parameters[name + "_orig"]
             key = (weight.device, hook.n_power_iterations, hook.eps)
-            groups.setdefault(key, []).append((module, hook, weight, module._buffers[name + "_u"],
+            groups.setdefault(key, []).append((hook, weight, module._buffers[name + "_u"],
                                                module._buffers[name + "_v"]))
-        compiling = torch.compiler.is_compiling()
         for (device, n, eps), items in groups.items():
             backend = _spectral_backend(self.backend, device)
-            mats = [ref.weight_to_matrix(w, h.dim) for _, h, w, _, _ in items]
-            sigmas = ops.power_iteration([w.detach() for w in mats], [it[3] for it in items], [it[4] for it in items],
-                                         n, eps, "hook", backend)
-            for (module, hook, weight, u, v), w_mat, sigma in zip(items, mats, sigmas):
-                # Clones: this forward's graph keeps the u, v it used (see normalize_weight).
-                u = u.clone(memory_format=torch.contiguous_format)
-                v = v.clone(memory_format=torch.contiguous_format)
-                if backend == "reference":
-                    out = weight / ref.sigma(w_mat, u, v)
-                else:
-                    out = matrix_to_weight(ops.apply(w_mat, u, v, sigma, backend), weight.shape, hook.dim)
-                if compiling:
-                    setattr(module, hook.name, out)
-                else:  # a plain attribute since registration (see _set_weight)
-                    object.__setattr__(module, hook.name, out)
-                hook._group_fresh = True
+            mats = [ref.weight_to_matrix(w.detach(), h.dim) for h, w, _, _ in items]
+            us = [u.clone(memory_format=torch.contiguous_format) for _, _, u, _ in items]
+            vs = [v.clone(memory_format=torch.contiguous_format) for _, _, _, v in items]
+            sigmas = ops.power_iteration(mats, us, vs, n, eps, "hook", backend)
+            for (hook, weight, u, v), u_new, v_new, sigma in zip(items, us, vs, sigmas):
+                hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend)
 
     def __call__(self, model: torch.nn.Module, inputs) -> None:
-        if model.training:
+        if model.training and not torch.compiler.is_compiling():
             self.update_()
 
 

@@ -5,6 +5,7 @@ from .contrastive import (  # noqa: F401
     cosine_similarity_matrix,
     data2data_cross_entropy_loss,
     nt_xent_loss,
+    nt_xent_loss_labels,
     supcon_loss,
     symmetric_infonce_loss,
 )

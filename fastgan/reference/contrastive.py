@@ -16,9 +16,10 @@ PRED_DIFF = 2  # label_b[j] != label_a[i]
 PREDICATES = {"all": PRED_ALL, "same": PRED_SAME, "diff": PRED_DIFF}
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The mixed-precision policy of every op and loss: float64 if any input is float64, else
+    float32 (half inputs, and half mixed with float32 as autocast produces them, in float32)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def normalize_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -31,9 +32,9 @@ def cosine_similarity_matrix(
 ) -> torch.Tensor:
     """S = scale * nrm(a) @ nrm(b)^T, returned in a's dtype. b defaults to a."""
     b = a if b is None else b
-    ct = compute_dtype(a.dtype)
+    ct = compute_dtype(a.dtype, b.dtype)
     s = normalize_rows(a.to(ct), eps) @ normalize_rows(b.to(ct), eps).T
-    return (scale * s).to(a.dtype)
+    return (scale * s).to(torch.promote_types(a.dtype, b.dtype))
 
 
 def contrastive_lse(
@@ -63,7 +64,7 @@ def contrastive_lse(
     Returns (lse of shape (N, K), rowmax of shape (N,)), both float32 (float64 for float64 input).
     rowmax is a constant for autograd.
     """
-    ct = compute_dtype(a.dtype)
+    ct = compute_dtype(a.dtype, b.dtype)
     a32, b32 = a.to(ct), b.to(ct)
     if normalize:
         a32, b32 = normalize_rows(a32, eps), normalize_rows(b32, eps)
@@ -92,6 +93,12 @@ def contrastive_lse(
     return torch.stack(out, dim=1), rowmax.detach()
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x), exact for every x: F.softplus returns x itself above its threshold of 20
+    (a relative error of e^-x / x there, 1.5e-9 at x = 20 in float64), Mimicry's cross-entropy does not."""
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return per_sample.mean()
@@ -115,7 +122,7 @@ def conditional_contrastive_loss(
 ) -> torch.Tensor:
     """ContraGAN's 2C loss (SPEC.md 2): L_i = LSE_all_i - LSE_pos_i, the diagonal excluded and the
     proxy logit p_i / t in both sets."""
-    ct = compute_dtype(embed.dtype)
+    ct = compute_dtype(embed.dtype, proxy.dtype)
     e, p = embed.to(ct), proxy.to(ct)
     s = cosine_similarity_matrix(e, e, 1.0 / temperature, eps)
     n = e.shape[0]
@@ -140,7 +147,7 @@ def data2data_cross_entropy_loss(
     """ReACGAN's D2D-CE (SPEC.md 3), the public expression with its non-cancelling shift M_i:
         L_i = q_i + log(exp(-q_i) + sum_{j != i, y_j != y_i} exp(relu(a_ij) - M_i)),
     evaluated stably as q_i + logaddexp(-q_i, LSE_diff(relu(a_i.)) - M_i)."""
-    ct = compute_dtype(embed.dtype)
+    ct = compute_dtype(embed.dtype, proxy.dtype)
     e, p = embed.to(ct), proxy.to(ct)
     n = e.shape[0]
     a = (cosine_similarity_matrix(e, e, 1.0, eps) + m_p - 1.0) / temperature
@@ -164,6 +171,32 @@ def nt_xent_loss(z: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8, r
     pos = s[idx, (idx + n2 // 2) % n2]
     s = s.masked_fill(torch.eye(n2, dtype=torch.bool, device=z.device), float("-inf"))
     return _reduce(torch.logsumexp(s, dim=1) - pos, reduction)
+
+
+def nt_xent_loss_labels(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.5, eps: float = 1e-8,
+                        reduction: str = "mean") -> torch.Tensor:
+    """NT-Xent as pytorch-metric-learning defines it (SPEC.md 4): rows sharing a label are views of
+    one sample (any order, any number of views). One term per ordered positive pair (a, p), a != p:
+        -log(e^{s_ap} / (e^{s_ap} + sum_{n: y_n != y_a} e^{s_an})) = softplus(NEG_a - s_ap),
+    s = cos / t, NEG_a = LSE_{n: y_n != y_a} s_an (the other positives of a are not in it). The pairs
+    in row-major order (anchor, then positive index); mean over all pairs, 0 without any pair."""
+    ct = compute_dtype(z.dtype)
+    zz = z.to(ct)
+    n = zz.shape[0]
+    s = cosine_similarity_matrix(zz, zz, 1.0 / temperature, eps)
+    same = labels.view(-1, 1) == labels.view(1, -1)
+    pos = same & ~torch.eye(n, dtype=torch.bool, device=z.device)
+    neg_inf = torch.tensor(float("-inf"), dtype=ct, device=z.device)
+    has_neg = (~same).any(dim=1)
+    # A row without negatives: NEG = -inf and its terms are softplus(-inf) = 0. Its logsumexp runs
+    # over zeros instead: the backward of a logsumexp over an empty set is NaN, even times 0.
+    logits = torch.where(~same, s, neg_inf).masked_fill(~has_neg[:, None], 0.0)
+    neg = torch.where(has_neg, torch.logsumexp(logits, dim=1), neg_inf)
+    a_idx, p_idx = pos.nonzero(as_tuple=True)
+    per = softplus(neg[a_idx] - s[a_idx, p_idx])
+    if reduction == "mean":
+        return per.sum() / max(per.numel(), 1)
+    return _reduce(per, reduction)
 
 
 def supcon_loss(
@@ -194,7 +227,7 @@ def symmetric_infonce_loss(
     """CLIP-style symmetric InfoNCE (SPEC.md 5): CE(logits, arange) + CE(logits^T, arange), the two
     means summed. Rows normalized as x * rsqrt(max(sum x^2, eps)) (XMC-GAN), i.e. eps on the squared
     norm. reduction='none' returns the per-pair sum of the two cross-entropies."""
-    ct = compute_dtype(a.dtype)
+    ct = compute_dtype(a.dtype, b.dtype)
     aa, bb = a.to(ct), b.to(ct)
     an = aa * torch.rsqrt((aa * aa).sum(dim=1, keepdim=True).clamp_min(eps))
     bn = bb * torch.rsqrt((bb * bb).sum(dim=1, keepdim=True).clamp_min(eps))

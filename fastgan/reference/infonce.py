@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .contrastive import _reduce as reduce, compute_dtype, normalize_rows
+from .contrastive import _reduce as reduce, compute_dtype, normalize_rows, softplus
 
 MIMICRY_SELF_LOGIT = -10.0
 MODES = ("mimicry", "exact")
@@ -40,7 +40,7 @@ def infonce_local_global(
 ) -> torch.Tensor:
     """reduction='none' returns the (N, HW) matrix of softplus(NEG_i - pos_ik)."""
     l, m = as_local_global(l, m)
-    ct = compute_dtype(l.dtype)
+    ct = compute_dtype(l.dtype, m.dtype)
     l, m = l.to(ct), m.to(ct)
     n, _, hw = l.shape
     if normalize:
@@ -54,7 +54,7 @@ def infonce_local_global(
         const = torch.full((n, 1), MIMICRY_SELF_LOGIT + math.log(hw), dtype=ct, device=l.device)
         neg_scores = torch.cat([neg_scores, const], dim=1)
     neg = torch.logsumexp(neg_scores, dim=1)  # (N,)
-    per = torch.nn.functional.softplus(neg[:, None] - pos)
+    per = softplus(neg[:, None] - pos)
     return reduce(per, reduction)
 
 
@@ -68,7 +68,7 @@ def infonce_lse(l: torch.Tensor, m: torch.Tensor, scale: float, self_logit, norm
     self_logit=None removes image i's own block (exact); Mimicry's mode is self_logit=-10 (a logit,
     not multiplied by scale). neg is -inf when the sum is empty (N = 1, exact). Both in float64 for
     float64 inputs, float32 otherwise. Differentiable in l and m by autograd."""
-    ct = compute_dtype(l.dtype)
+    ct = compute_dtype(l.dtype, m.dtype)
     l, m = l.to(ct), m.to(ct)
     n, _, hw = l.shape
     if normalize:
