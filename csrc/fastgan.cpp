@@ -56,6 +56,11 @@ TORCH_LIBRARY(fastgan, m) {
       " bool normalize, float eps, bool exclude_self, int self_offset, int[] predicates, bool columns)"
       " -> (Tensor grad_a, Tensor grad_b, Tensor grad_extra)");
 
+  // ---- row-wise cosine of two (N, D) tensors, each norm clamped at eps (the losses' positive terms):
+  // c_i = (x_i . y_i) / (max(||x_i||, eps) max(||y_i||, eps)), float32 (float64 if either is float64).
+  m.def("pair_cosine(Tensor x, Tensor y, float eps) -> Tensor");
+  m.def("pair_cosine_backward(Tensor grad, Tensor x, Tensor y, float eps) -> (Tensor, Tensor)");
+
   // ---- InfoMax-GAN's local x global InfoNCE: per image i the positives S[i, i, :] and the LSE over
   // the other images' local features (+ HW exp(self_logit)), S[i, j, k] = scale <nrm(m_i), nrm(l_j[:, k])>.
   // l (N, R, HW) any strides, m (N, R). See fastgan/reference/infonce.py:infonce_lse for the contract.

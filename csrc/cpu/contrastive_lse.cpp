@@ -659,6 +659,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
     const T* L = l.data_ptr<T>();
     if (saved) {
       TORCH_CHECK(scores.scalar_type() == ct, "contrastive_lse_budget_backward: scores dtype mismatch");
+      if (b_is_a && !columns && self_offset == 0) {
+        // dA = (G + G^T) A. With b = a and the diagonal as the self column, G^T_ij = G_ji is row j's
+        // term at column i, i.e. the columns' term of score_gradient with the rows' own weights and
+        // LSEs (z_ji = z_ij up to rounding): one pass forms G + G^T, one product.
+        at::Tensor H = score_gradient<T>(scores, in, prm, W, L, W, L);
+        U = at::mm(H, a_t);
+        return;
+      }
       at::Tensor G = score_gradient<T>(scores, in, prm, W, L, columns ? W + n * K : nullptr,
                                        columns ? L + n * K : nullptr);
       if (b_is_a) {

@@ -114,8 +114,29 @@ def _budget_backward(ctx, grad_lse, grad_rowmax, grad_scores):  # rowmax and sco
     return (ga, None if ctx.b_is_a else gb, None, None, ge if ctx.has_extra else None) + (None,) * 10
 
 
+def _pair_cosine_setup_context(ctx, inputs, output):
+    x, y, eps = inputs
+    ctx.save_for_backward(x, y)
+    ctx.eps = eps
+
+
+def _pair_cosine_backward(ctx, grad):
+    x, y = ctx.saved_tensors
+    gx, gy = torch.ops.fastgan.pair_cosine_backward(grad.contiguous(), x, y, ctx.eps)
+    return gx, gy, None
+
+
+def _pair_dtype(x, y):
+    return torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+
+
 @on_extension_loaded
 def _register_cxx():
+    torch.library.register_fake("fastgan::pair_cosine")(lambda x, y, eps: x.new_empty((x.shape[0],), dtype=_pair_dtype(x, y)))
+    torch.library.register_fake("fastgan::pair_cosine_backward")(
+        lambda grad, x, y, eps: (torch.empty_like(x), torch.empty_like(y)))
+    torch.library.register_autograd("fastgan::pair_cosine", _pair_cosine_backward,
+                                    setup_context=_pair_cosine_setup_context)
     torch.library.register_fake("fastgan::contrastive_lse_budget")(_fake_budget_forward)
     torch.library.register_fake("fastgan::contrastive_lse_budget_backward")(_fake_budget_backward)
     torch.library.register_autograd(
@@ -233,3 +254,10 @@ def contrastive_lse_both(
     rows, _ = contrastive_lse(a, b, None, None, None, scale, 0.0, False, normalize, eps, False, 0, [0], backend)
     cols, _ = contrastive_lse(b, a, None, None, None, scale, 0.0, False, normalize, eps, False, 0, [0], backend)
     return rows[:, 0], cols[:, 0]
+
+
+def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """cos(x_i, y_i), each norm clamped at eps, float32 (float64 if either side is float64): the fused
+    CPU kernel fastgan::pair_cosine (inputs assumed validated: (N, D) each, one device, the CPU)."""
+    ensure_cxx()
+    return torch.ops.fastgan.pair_cosine(x, y, float(eps))
