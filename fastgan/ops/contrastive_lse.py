@@ -99,33 +99,6 @@ def _fake_budget_backward(grad_lse, a, b, label_a, label_b, extra, lse, scores, 
     return torch.empty_like(a), grad_b, grad_extra
 
 
-def _budget_setup_context(ctx, inputs, output):
-    a, b, label_a, label_b, extra = inputs[:5]
-    ctx.save_for_backward(a, b, label_a, label_b, extra, output[0], output[2])
-    ctx.params = inputs[5:14]  # scale .. columns (the budget only matters to the forward)
-    ctx.has_extra = extra is not None
-    ctx.b_is_a = b is None
-
-
-def _budget_backward(ctx, grad_lse, grad_rowmax, grad_scores):  # rowmax and scores: constants
-    a, b, label_a, label_b, extra, lse, scores = ctx.saved_tensors
-    ga, gb, ge = torch.ops.fastgan.contrastive_lse_budget_backward(
-        grad_lse.contiguous(), a, b, label_a, label_b, extra, lse, scores, *ctx.params)
-    return (ga, None if ctx.b_is_a else gb, None, None, ge if ctx.has_extra else None) + (None,) * 10
-
-
-def _pair_cosine_setup_context(ctx, inputs, output):
-    x, y, eps = inputs
-    ctx.save_for_backward(x, y)
-    ctx.eps = eps
-
-
-def _pair_cosine_backward(ctx, grad):
-    x, y = ctx.saved_tensors
-    gx, gy = torch.ops.fastgan.pair_cosine_backward(grad.contiguous(), x, y, ctx.eps)
-    return gx, gy, None
-
-
 def _pair_dtype(x, y):
     return torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
 
@@ -135,12 +108,10 @@ def _register_cxx():
     torch.library.register_fake("fastgan::pair_cosine")(lambda x, y, eps: x.new_empty((x.shape[0],), dtype=_pair_dtype(x, y)))
     torch.library.register_fake("fastgan::pair_cosine_backward")(
         lambda grad, x, y, eps: (torch.empty_like(x), torch.empty_like(y)))
-    torch.library.register_autograd("fastgan::pair_cosine", _pair_cosine_backward,
-                                    setup_context=_pair_cosine_setup_context)
+    # The autograds of fastgan::pair_cosine and fastgan::contrastive_lse_budget are C++ autograd
+    # kernels (csrc/ops/contrastive_autograd.cpp): a Python wrapper costs ~100 us per call and step.
     torch.library.register_fake("fastgan::contrastive_lse_budget")(_fake_budget_forward)
     torch.library.register_fake("fastgan::contrastive_lse_budget_backward")(_fake_budget_backward)
-    torch.library.register_autograd(
-        "fastgan::contrastive_lse_budget", _budget_backward, setup_context=_budget_setup_context)
     torch.library.register_fake("fastgan::contrastive_lse")(_fake_forward)
     torch.library.register_fake("fastgan::contrastive_lse_backward")(_fake_backward)
     torch.library.register_autograd(
@@ -227,7 +198,7 @@ def contrastive_lse(
     if backend == "cpu":
         # b is a: pass None, the kernel's self-similarity form (one gradient product when saving).
         args = args[:1] + (None if b is a else b,) + args[2:]
-        lse, rowmax, _ = torch.ops.fastgan.contrastive_lse_budget(*args, False, _score_budget["bytes"])
+        lse, rowmax, _ = torch.ops.fastgan.contrastive_lse_budget.default(*args, False, _score_budget["bytes"])
         return lse, rowmax
     return torch.ops.fastgan.contrastive_lse(*args)
 
@@ -260,4 +231,4 @@ def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """cos(x_i, y_i), each norm clamped at eps, float32 (float64 if either side is float64): the fused
     CPU kernel fastgan::pair_cosine (inputs assumed validated: (N, D) each, one device, the CPU)."""
     ensure_cxx()
-    return torch.ops.fastgan.pair_cosine(x, y, float(eps))
+    return torch.ops.fastgan.pair_cosine.default(x, y, float(eps))
