@@ -61,6 +61,11 @@ TORCH_LIBRARY(fastgan, m) {
   m.def("pair_cosine(Tensor x, Tensor y, float eps) -> Tensor");
   m.def("pair_cosine_backward(Tensor grad, Tensor x, Tensor y, float eps) -> (Tensor, Tensor)");
 
+  // ---- SupCon's positive term: per row the sum of its cosines to the other rows of its class (norms
+  // clamped at eps; float32, float64 for float64) and their count (int64). labels: 1-D int64.
+  m.def("same_class_cosine_sum(Tensor x, Tensor labels, float eps) -> (Tensor pos, Tensor n_pos)");
+  m.def("same_class_cosine_sum_backward(Tensor grad, Tensor x, Tensor labels, float eps) -> Tensor");
+
   // ---- InfoMax-GAN's local x global InfoNCE: per image i the positives S[i, i, :] and the LSE over
   // the other images' local features (+ HW exp(self_logit)), S[i, j, k] = scale <nrm(m_i), nrm(l_j[:, k])>.
   // l (N, R, HW) any strides, m (N, R). See fastgan/reference/infonce.py:infonce_lse for the contract.

@@ -55,3 +55,40 @@ def test_gradcheck_and_opcheck(gen):
 def test_bad_shapes():
     with pytest.raises(RuntimeError, match="one shape"):
         pair_cosine(torch.randn(3, 2), torch.randn(2, 2), 1e-8)
+
+
+@pytest.mark.parametrize("n,d,classes", [(1, 3, 1), (2, 1, 1), (65, 129, 4), (200, 17, 200), (130, 7, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_same_class_cosine_sum(n, d, classes, dtype, gen):
+    """SupCon's positive term against the N x N mask form in float64: values, counts, gradient."""
+    from fastgan.ops.contrastive_lse import same_class_cosine_sum
+
+    eps = 1e-8
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    if n > 2 and dtype != torch.bfloat16:
+        x[1] = 0
+    y = torch.randint(0, classes, (n,), generator=gen) * 7 - 3  # negative and sparse labels
+    x = x.to(dtype).requires_grad_()
+    w = torch.randn(n, generator=gen, dtype=torch.float64)
+    pos, n_pos = same_class_cosine_sum(x, y, eps)
+    (g,) = torch.autograd.grad((pos * w.to(pos)).sum(), x)
+    x64 = x.detach().double().requires_grad_()
+    xh = normalize_rows(x64, eps)
+    mask = (y[:, None] == y[None, :]) & ~torch.eye(n, dtype=torch.bool)
+    r = ((xh @ xh.T) * mask).sum(1)
+    (rg,) = torch.autograd.grad((r * w).sum(), x64)
+    assert pos.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and g.dtype == dtype
+    assert torch.equal(n_pos, mask.sum(1))
+    tol = TOL[dtype] if dtype != torch.float32 else 1e-5
+    assert rel_err(pos, r) < tol and rel_err(g, rg, GRAD_FLOOR) < 4 * tol
+
+
+def test_same_class_cosine_sum_checks(gen):
+    from fastgan.ops.contrastive_lse import same_class_cosine_sum
+
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 1, 1, 2])
+    assert torch.autograd.gradcheck(lambda a: same_class_cosine_sum(a, y, 1e-8)[0], (x,))
+    torch.library.opcheck(torch.ops.fastgan.same_class_cosine_sum.default, (x.float(), y, 1e-8))
+    with pytest.raises(RuntimeError, match="labels"):
+        same_class_cosine_sum(x, y.int(), 1e-8)

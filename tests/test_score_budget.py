@@ -201,3 +201,22 @@ def test_cosine_self(n, d, gen):
     assert torch.autograd.gradcheck(lambda x: cosine_similarity_matrix(x, scale=0.7, backend="cpu"), (a,))
     torch.library.opcheck(torch.ops.fastgan.cosine_similarity_matrix_self.default,
                           (torch.randn(9, 4, requires_grad=True), 2.0, 1e-8))
+
+
+@pytest.mark.parametrize("config", ["2c", "d2d"])
+def test_rows_blocked_self_product(config, gen):
+    """N >= 512 with b is a: the saved forward multiplies only the upper block triangle of A A^T
+    and mirrors it (N = 600: blocks of 256 and a ragged last one)."""
+    n, d = 600, 9
+    a, _, la, _, extra, params = make_case(config, n, d, torch.float64, torch.device("cpu"), gen)
+    a = a.requires_grad_()
+    e = extra.detach().requires_grad_() if extra is not None else None
+    weights = torch.rand(n, len(params[-1]), generator=gen, dtype=torch.float64)
+    lse, rowmax, scores = run_budget(a, None, la, la, e, params, True, False, BIG)
+    assert scores.shape == (n, n)
+    a64 = a.detach().clone().requires_grad_()
+    r_lse, r_max = ref.contrastive_lse(a64, a64, la, la, e, *params)
+    assert rel_err(lse, r_lse) < TOL[torch.float64] and rel_err(rowmax, r_max) < TOL[torch.float64]
+    (g,) = grads_of(lse, weights, [a])
+    (rg,) = grads_of(r_lse, weights, [a64])
+    assert rel_err(g, rg, GRAD_FLOOR) < TOL[torch.float64]

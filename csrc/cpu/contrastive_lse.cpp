@@ -447,10 +447,27 @@ void rows_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, c
 
 // z = scale inv_a_i inv_b_j (a_i . b_j) + bias for all (i, j): one BLAS product, one scaling pass
 // (the same operation order as tile_logits).
+// b is a: Z = A A^T is symmetric, so only the blocks on and above the diagonal are multiplied
+// (about half the flops of one product at N >= 512) and mirrored by a transposed copy.
+at::Tensor self_product(const at::Tensor& a_t) {
+  const int64_t n = a_t.size(0);
+  constexpr int64_t kSym = 256;
+  if (n < 2 * kSym) return at::mm(a_t, a_t.t());
+  at::Tensor Z = at::empty({n, n}, a_t.options());
+  for (int64_t i0 = 0; i0 < n; i0 += kSym) {
+    const int64_t bi = std::min(kSym, n - i0);
+    // Row block i, columns [i0, n): one product, written in place into Z's rows (row stride n).
+    auto out = Z.narrow(0, i0, bi).narrow(1, i0, n - i0);
+    at::mm_out(out, a_t.narrow(0, i0, bi), a_t.narrow(0, i0, n - i0).t());
+    if (n - i0 - bi > 0) Z.narrow(0, i0 + bi, n - i0 - bi).narrow(1, i0, bi).copy_(out.narrow(1, bi, n - i0 - bi).t());
+  }
+  return Z;
+}
+
 template <typename T>
 at::Tensor all_logits(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
                       const Params& prm) {
-  at::Tensor Z = at::mm(a_t, b_t.t());
+  at::Tensor Z = a_t.is_same(b_t) ? self_product(a_t) : at::mm(a_t, b_t.t());
   const int64_t n = Z.size(0), m = Z.size(1);
   T* z = Z.data_ptr<T>();
   const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);

@@ -135,9 +135,40 @@ at::Tensor pair_cosine_autograd(const at::Tensor& x, const at::Tensor& y, double
   return PairCosine::apply(x, y, eps);
 }
 
+class SameClassCosineSum : public torch::autograd::Function<SameClassCosineSum> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& labels, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fastgan::same_class_cosine_sum", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double)>();
+    auto [pos, n_pos] = op.call(x, labels, eps);
+    ctx->mark_non_differentiable({n_pos});
+    ctx->save_for_backward({x, labels});
+    ctx->saved_data["eps"] = eps;
+    return {pos, n_pos};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fastgan::same_class_cosine_sum_backward", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
+    auto s = ctx->get_saved_variables();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    return {op.call(grads[0].contiguous(), s[0], s[1], ctx->saved_data["eps"].toDouble()), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> same_class_cosine_sum_autograd(const at::Tensor& x, const at::Tensor& labels,
+                                                                  double eps) {
+  auto r = SameClassCosineSum::apply(x, labels, eps);
+  return {r[0], r[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("same_class_cosine_sum", &same_class_cosine_sum_autograd);
   m.impl("contrastive_lse_budget", &contrastive_lse_budget_autograd);
   m.impl("pair_cosine", &pair_cosine_autograd);
 }

@@ -18,7 +18,7 @@ import torch
 from .. import _checks as C
 from .. import distributed as D
 from ..backend import resolve_backend
-from ..ops.contrastive_lse import contrastive_lse, contrastive_lse_both, pair_cosine
+from ..ops.contrastive_lse import contrastive_lse, contrastive_lse_both, pair_cosine, same_class_cosine_sum
 from ..ops.cosine_similarity_matrix import cosine_similarity_matrix as _cosine_similarity_matrix
 from ..reference import contrastive as ref
 from ..reference.contrastive import PRED_ALL, PRED_DIFF, PRED_SAME, compute_dtype, normalize_rows
@@ -352,11 +352,16 @@ def supcon_loss(
     if be == "reference" and process_group is None:
         return ref.supcon_loss(features, labels, t, eps, reduction)
     cols, col_labels, layout, group = _columns(features, labels, process_group, gradient)
-    ct = compute_dtype(features.dtype)
-    fn = normalize_rows(features.to(ct), eps)
-    class_sum, count = _same_class_sums(normalize_rows(cols.to(ct), eps), col_labels, labels)
-    n_pos = count - 1  # the anchor itself is in its class
-    mean_pos = (fn * (class_sum - fn)).sum(dim=1) / (t * n_pos.clamp_min(1).to(fn.dtype))  # not float32
+    if layout is None and be == "cpu" and features.device.type == "cpu":
+        # One fused kernel each way (fastgan::same_class_cosine_sum) instead of about twenty ops.
+        pos_sum, n_pos = same_class_cosine_sum(features, labels, eps)
+        mean_pos = pos_sum / (t * n_pos.clamp_min(1).to(pos_sum.dtype))
+    else:
+        ct = compute_dtype(features.dtype)
+        fn = normalize_rows(features.to(ct), eps)
+        class_sum, count = _same_class_sums(normalize_rows(cols.to(ct), eps), col_labels, labels)
+        n_pos = count - 1  # the anchor itself is in its class
+        mean_pos = (fn * (class_sum - fn)).sum(dim=1) / (t * n_pos.clamp_min(1).to(fn.dtype))  # not float32
     lse, _ = contrastive_lse(features, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL], be)
     has_pos = n_pos > 0

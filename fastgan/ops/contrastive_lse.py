@@ -108,8 +108,12 @@ def _register_cxx():
     torch.library.register_fake("fastgan::pair_cosine")(lambda x, y, eps: x.new_empty((x.shape[0],), dtype=_pair_dtype(x, y)))
     torch.library.register_fake("fastgan::pair_cosine_backward")(
         lambda grad, x, y, eps: (torch.empty_like(x), torch.empty_like(y)))
-    # The autograds of fastgan::pair_cosine and fastgan::contrastive_lse_budget are C++ autograd
+    # The autograds of pair_cosine, same_class_cosine_sum and contrastive_lse_budget are C++ autograd
     # kernels (csrc/ops/contrastive_autograd.cpp): a Python wrapper costs ~100 us per call and step.
+    torch.library.register_fake("fastgan::same_class_cosine_sum")(
+        lambda x, labels, eps: (x.new_empty((x.shape[0],), dtype=_lse_dtype(x)), labels.new_empty((x.shape[0],))))
+    torch.library.register_fake("fastgan::same_class_cosine_sum_backward")(
+        lambda grad, x, labels, eps: torch.empty_like(x))
     torch.library.register_fake("fastgan::contrastive_lse_budget")(_fake_budget_forward)
     torch.library.register_fake("fastgan::contrastive_lse_budget_backward")(_fake_budget_backward)
     torch.library.register_fake("fastgan::contrastive_lse")(_fake_forward)
@@ -232,3 +236,10 @@ def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     CPU kernel fastgan::pair_cosine (inputs assumed validated: (N, D) each, one device, the CPU)."""
     ensure_cxx()
     return torch.ops.fastgan.pair_cosine.default(x, y, float(eps))
+
+
+def same_class_cosine_sum(x: torch.Tensor, labels: torch.Tensor, eps: float):
+    """(sum_{p != i, y_p = y_i} cos(x_i, x_p), the count of such p) per row: SupCon's positive term,
+    the fused CPU kernel fastgan::same_class_cosine_sum (inputs assumed validated, on the CPU)."""
+    ensure_cxx()
+    return torch.ops.fastgan.same_class_cosine_sum.default(x, labels, float(eps))
