@@ -220,3 +220,19 @@ def test_rows_blocked_self_product(config, gen):
     (g,) = grads_of(lse, weights, [a])
     (rg,) = grads_of(r_lse, weights, [a64])
     assert rel_err(g, rg, GRAD_FLOOR) < TOL[torch.float64]
+
+
+@pytest.mark.parametrize("path", list(BUDGETS))
+def test_columns_nan_pattern(path, gen):
+    """A NaN row of a or b: the LSEs it reaches are NaN in both directions, as the reference's."""
+    a, b = torch.randn(9, 4, generator=gen, dtype=torch.float64), torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    a[2, 1] = float("nan")
+    b[5, 0] = float("nan")
+    params = (2.0, 0.0, False, True, 1e-8, True, 1, [0])
+    lse, _, _ = run_budget(a, b, None, None, None, params, False, True, BUDGETS[path])
+    rows, _ = ref.contrastive_lse(a, b, None, None, None, *params)
+    cols, _ = ref.contrastive_lse(b, a, None, None, None, *(params[:6] + (-1,) + params[7:]))
+    want = torch.cat([rows, cols])
+    assert torch.equal(torch.isnan(lse), torch.isnan(want))
+    ok = ~torch.isnan(want)
+    assert rel_err(lse[ok], want[ok]) < TOL[torch.float64]

@@ -445,6 +445,67 @@ void rows_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, c
   });
 }
 
+// Column log-sum-exps of stored logits Z (n x m) without transposing Z: per column chunk (one task
+// each, a fixed split: deterministic), a max pass and a sum pass down the rows, vectorized along the
+// contiguous columns. Column j's self row is the element row i's prepare_row already excludes.
+// An empty set gives -inf, a set with only NaN and -inf NaN, a +inf entry +inf (masked_lse_tile's rules).
+template <typename T>
+void cols_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, const int32_t* lb, const Params& prm,
+                          T* lse /* m x K */) {
+  const int64_t K = static_cast<int64_t>(prm.predicates.size());
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t chunks = std::max<int64_t>(1, std::min(threads, (m + 63) / 64));
+  at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      auto [c0, c1] = part(m, chunks, t, 16);
+      const int64_t bc = c1 - c0;
+      if (bc <= 0) continue;
+      std::vector<T> fz(bc), mx(bc * K, ninf), sm(bc * K, T(0)), v(bc);
+      std::vector<char> nan(bc * K, 0);
+      for (int pass = 0; pass < 2; ++pass) {
+        for (int64_t i = 0; i < n; ++i) {
+          prepare_row(Z + i * m + c0, fz.data(), bc, self_column(prm, i, c0, bc), prm.relu);
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t p = prm.predicates[k];
+            const T* val = fz.data();
+            if (p != kAll) {
+              const bool want_same = p == kSame;
+              const int32_t li = la[i];
+              for (int64_t c = 0; c < bc; ++c) v[c] = ((lb[c0 + c] == li) == want_same) ? fz[c] : ninf;
+              val = v.data();
+            }
+            T* M = mx.data() + k * bc;
+            if (pass == 0) {
+              char* nn = nan.data() + k * bc;
+              for (int64_t c = 0; c < bc; ++c) {
+                M[c] = val[c] > M[c] ? val[c] : M[c];  // skips NaN
+                nn[c] |= std::isnan(val[c]);
+              }
+            } else {
+              T* S = sm.data() + k * bc;
+              for (int64_t c = 0; c < bc; ++c) {
+                const bool finite = M[c] != ninf && M[c] != -ninf;
+                S[c] += finite ? fast_exp(val[c] - M[c]) : T(0);
+              }
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t c = 0; c < bc; ++c) {
+          const T M = mx[k * bc + c];
+          T out;
+          if (M == -ninf) out = M;
+          else if (M == ninf) out = nan[k * bc + c] ? std::numeric_limits<T>::quiet_NaN() : ninf;
+          else out = M + std::log(sm[k * bc + c]);
+          lse[(c0 + c) * K + k] = out;
+        }
+      }
+    }
+  });
+}
+
 // z = scale inv_a_i inv_b_j (a_i . b_j) + bias for all (i, j): one BLAS product, one scaling pass
 // (the same operation order as tile_logits).
 // b is a: Z = A A^T is symmetric, so only the blocks on and above the diagonal are multiplied
@@ -623,10 +684,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_cpu(
     if (keep_scores(n, m, sizeof(T), score_budget)) {
       scores = all_logits<T>(a_t, b_t, in.inv_a, in.inv_b, prm);
       rows_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, in.extra, prm, L, rowmax.data_ptr<T>());
-      if (columns) {
-        auto Zt = scores.t().contiguous();
-        rows_lse_from_scores<T>(Zt.data_ptr<T>(), m, n, in.lb, in.la, nullptr, swapped(prm), L + n * K, nullptr);
-      }
+      if (columns) cols_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, prm, L + n * K);
     } else {
       scores = at::empty({0}, a_t.options());
       forward_impl<T>(in, prm, a_t, b_t, L, rowmax.data_ptr<T>());
