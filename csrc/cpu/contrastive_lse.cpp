@@ -472,18 +472,24 @@ void cols_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, c
             if (p != kAll) {
               const bool want_same = p == kSame;
               const int32_t li = la[i];
-              for (int64_t c = 0; c < bc; ++c) v[c] = ((lb[c0 + c] == li) == want_same) ? fz[c] : ninf;
+              T* vp = v.data();
+              const T* fp = fz.data();
+              const int32_t* lbc = lb + c0;
+#pragma omp simd
+              for (int64_t c = 0; c < bc; ++c) vp[c] = ((lbc[c] == li) == want_same) ? fp[c] : ninf;
               val = v.data();
             }
             T* M = mx.data() + k * bc;
             if (pass == 0) {
               char* nn = nan.data() + k * bc;
+#pragma omp simd
               for (int64_t c = 0; c < bc; ++c) {
                 M[c] = val[c] > M[c] ? val[c] : M[c];  // skips NaN
                 nn[c] |= std::isnan(val[c]);
               }
             } else {
               T* S = sm.data() + k * bc;
+#pragma omp simd
               for (int64_t c = 0; c < bc; ++c) {
                 const bool finite = M[c] != ninf && M[c] != -ninf;
                 S[c] += finite ? fast_exp(val[c] - M[c]) : T(0);
