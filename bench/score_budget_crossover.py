@@ -6,8 +6,8 @@
 For each size, forward+backward of the fused CPU loss with the score budget at 0 (recompute tile by
 tile, extra memory O((N + M) D)) and unlimited (keep the scores: one elementwise pass plus the
 gradient products in backward), interleaved, p20/p50/p80 over the repetitions, and the allocator's
-extra peak of one step. The default budget (fastgan.ops.contrastive_lse.DEFAULT_SCORE_BUDGET) marks
-which side of the crossover each size falls on by default.
+extra peak of one step. The default policy (DEFAULT_SCORE_BUDGET and MIN_SAVE_FEATURES of
+fastgan.ops.contrastive_lse) marks which side of the crossover each size falls on by default.
 """
 import argparse
 import statistics
@@ -35,6 +35,8 @@ def main():
     p.add_argument("--n", default="256,512,1024,2048,4096")
     p.add_argument("--reps", type=int, default=7)
     a = p.parse_args()
+    floor = ops.MIN_SAVE_FEATURES
+    ops.MIN_SAVE_FEATURES = 0  # measure both policies at every D
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, default budget "
           f"{ops.DEFAULT_SCORE_BUDGET / 2**20:.0f} MiB")
     print(f"{'op':<6} {'N':>5} {'D':>5} {'scores MB':>9} {'default':>9}   "
@@ -60,7 +62,7 @@ def main():
                         times[name].append((time.perf_counter() - t0) * 1e3)
                 ops.set_score_budget(ops.DEFAULT_SCORE_BUDGET)
                 m = 2 * n if op == "ntxent" else n
-                keeps = ops._keeps_scores(n, m, 4, ops.DEFAULT_SCORE_BUDGET)
+                keeps = d >= floor and ops._keeps_scores(n, m, 4, ops.DEFAULT_SCORE_BUDGET)
                 r, s = quantiles(times["recompute"]), quantiles(times["saved"])
                 print(f"{op:<6} {n:>5} {d:>5} {n * m * 4 / 2**20:>9.1f} {'saved' if keeps else 'recompute':>9}   "
                       f"{r[1]:>9.2f} ({r[0]:.2f}-{r[2]:.2f}) {peaks['recompute']:>8.1f}   "

@@ -20,9 +20,21 @@ BUDGETS = {"recompute": 0, "saved": BIG}
 
 @pytest.fixture
 def budget():
-    old = ops.get_score_budget()
+    """set_score_budget, with the wrappers' feature-size floor lifted (small test features would
+    always recompute)."""
+    old, floor = ops.get_score_budget(), ops.MIN_SAVE_FEATURES
+    ops.MIN_SAVE_FEATURES = 0
     yield ops.set_score_budget
     ops.set_score_budget(old)
+    ops.MIN_SAVE_FEATURES = floor
+
+
+def test_wrapper_feature_floor(gen, budget):
+    """The wrapper keeps the scores only from MIN_SAVE_FEATURES features on (and within the budget)."""
+    budget(BIG)
+    ops.MIN_SAVE_FEATURES = 256
+    for d, keep in ((255, False), (256, True)):
+        assert (ops._budget_for(torch.empty(3, d)) > 0) == keep
 
 
 def run_budget(a, b, la, lb, extra, params, b_is_a, columns, nbytes):

@@ -11,7 +11,7 @@ Registered ops:
                                                           (b is a) and both-directions (columns); CPU.
 
 Save or recompute, by size: where the N x M scores (compute dtype: float32, float64 for float64) fit
-the score budget, the CPU forward keeps them and the backward is one elementwise pass plus the
+the score budget and the feature size is at least MIN_SAVE_FEATURES (256), the CPU forward keeps them and the backward is one elementwise pass plus the
 gradient products (one product when b is a); beyond it the backward recomputes them tile by tile
 with extra memory O((N + M) D). The budget is per call, in bytes: set_score_budget(nbytes), or the
 environment variable FASTGAN_SCORE_BUDGET at import; 0 always recomputes. Peak extra memory of the
@@ -30,6 +30,17 @@ _N_PARAMS = 8  # scale, bias, relu, normalize, eps, exclude_self, self_offset, p
 
 DEFAULT_SCORE_BUDGET = 32 << 20  # bytes: N = M = 2896 float32 scores; 2C at N=4096 recomputes
 _score_budget = {"bytes": int(os.environ.get("FASTGAN_SCORE_BUDGET", DEFAULT_SCORE_BUDGET))}
+
+
+# Below this feature size the CPU wrappers always recompute: the product is cheap against the
+# elementwise passes over a stored N x M matrix, and tiles that stay in cache win. Measured with
+# bench/score_budget_crossover.py (2C, one thread): saved/recompute time 1.05 (N=256), 1.48 (1024),
+# 1.35 (2048) at D=128; 0.78, 0.76, 0.68 at D=512; 0.77, 0.55, 0.61 at D=768.
+MIN_SAVE_FEATURES = 256
+
+
+def _budget_for(a: torch.Tensor) -> int:
+    return _score_budget["bytes"] if a.shape[1] >= MIN_SAVE_FEATURES else 0
 
 
 def set_score_budget(nbytes: int) -> int:
@@ -202,7 +213,7 @@ def contrastive_lse(
     if backend == "cpu":
         # b is a: pass None, the kernel's self-similarity form (one gradient product when saving).
         args = args[:1] + (None if b is a else b,) + args[2:]
-        lse, rowmax, _ = torch.ops.fastgan.contrastive_lse_budget.default(*args, False, _score_budget["bytes"])
+        lse, rowmax, _ = torch.ops.fastgan.contrastive_lse_budget.default(*args, False, _budget_for(a))
         return lse, rowmax
     return torch.ops.fastgan.contrastive_lse(*args)
 
@@ -223,7 +234,7 @@ def contrastive_lse_both(
         ensure_cxx()
         lse, _, _ = torch.ops.fastgan.contrastive_lse_budget(
             a, b, None, None, None, float(scale), 0.0, False, bool(normalize), float(eps), False, 0, [0], True,
-            _score_budget["bytes"])
+            _budget_for(a))
         n = a.shape[0]
         return lse[:n, 0], lse[n:, 0]
     rows, _ = contrastive_lse(a, b, None, None, None, scale, 0.0, False, normalize, eps, False, 0, [0], backend)
