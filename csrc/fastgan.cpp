@@ -20,6 +20,9 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "cosine_similarity_matrix_backward(Tensor grad, Tensor a, Tensor b, float scale, float eps)"
       " -> (Tensor, Tensor)");
+  // b is a (S = scale nrm(a) nrm(a)^T): the backward is one product, dA~ = (G + G^T) A~ (CPU).
+  m.def("cosine_similarity_matrix_self(Tensor a, float scale, float eps) -> Tensor");
+  m.def("cosine_similarity_matrix_self_backward(Tensor grad, Tensor a, float scale, float eps) -> Tensor");
 
   // ---- masked row log-sum-exp over z = scale * <nrm(a_i), nrm(b_j)> + bias --------------------
   // (optionally relu(z)), one float32 LSE per row and predicate, plus the row max of z over
@@ -33,6 +36,35 @@ TORCH_LIBRARY(fastgan, m) {
       " Tensor? label_b, Tensor? extra, Tensor lse, float scale, float bias, bool relu,"
       " bool normalize, float eps, bool exclude_self, int self_offset, int[] predicates)"
       " -> (Tensor grad_a, Tensor grad_b, Tensor grad_extra)");
+
+  // ---- the same log-sum-exps under a memory budget: save or recompute by size ------------------
+  // When N x M scores of the compute dtype fit in score_budget bytes (0: never), the forward keeps
+  // them (`scores`, (N, M); else an empty tensor) and the backward is one elementwise pass plus the
+  // gradient products; beyond it both recompute tile by tile (extra memory O((N + M) D)).
+  // b = None: b is a (self-similarity); the whole gradient is returned as grad_a, grad_b is empty,
+  // and the saved backward needs one product, dA = (G + G^T) A. columns: lse is (N + M, K),
+  // the rows' LSEs then the columns' (column j over rows i, predicates with the labels' roles
+  // swapped, self row i = j - self_offset; no extra), for losses with both directions (CLIP).
+  m.def(
+      "contrastive_lse_budget(Tensor a, Tensor? b, Tensor? label_a, Tensor? label_b, Tensor? extra,"
+      " float scale, float bias, bool relu, bool normalize, float eps, bool exclude_self,"
+      " int self_offset, int[] predicates, bool columns, int score_budget)"
+      " -> (Tensor lse, Tensor rowmax, Tensor scores)");
+  m.def(
+      "contrastive_lse_budget_backward(Tensor grad_lse, Tensor a, Tensor? b, Tensor? label_a,"
+      " Tensor? label_b, Tensor? extra, Tensor lse, Tensor scores, float scale, float bias, bool relu,"
+      " bool normalize, float eps, bool exclude_self, int self_offset, int[] predicates, bool columns)"
+      " -> (Tensor grad_a, Tensor grad_b, Tensor grad_extra)");
+
+  // ---- row-wise cosine of two (N, D) tensors, each norm clamped at eps (the losses' positive terms):
+  // c_i = (x_i . y_i) / (max(||x_i||, eps) max(||y_i||, eps)), float32 (float64 if either is float64).
+  m.def("pair_cosine(Tensor x, Tensor y, float eps) -> Tensor");
+  m.def("pair_cosine_backward(Tensor grad, Tensor x, Tensor y, float eps) -> (Tensor, Tensor)");
+
+  // ---- SupCon's positive term: per row the sum of its cosines to the other rows of its class (norms
+  // clamped at eps; float32, float64 for float64) and their count (int64). labels: 1-D int64.
+  m.def("same_class_cosine_sum(Tensor x, Tensor labels, float eps) -> (Tensor pos, Tensor n_pos)");
+  m.def("same_class_cosine_sum_backward(Tensor grad, Tensor x, Tensor labels, float eps) -> Tensor");
 
   // ---- InfoMax-GAN's local x global InfoNCE: per image i the positives S[i, i, :] and the LSE over
   // the other images' local features (+ HW exp(self_logit)), S[i, j, k] = scale <nrm(m_i), nrm(l_j[:, k])>.

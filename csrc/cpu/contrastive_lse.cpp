@@ -312,6 +312,16 @@ std::pair<at::Tensor, at::Tensor> class_ids(const std::optional<at::Tensor>& lab
   if (!label_a.has_value() || !label_b.has_value()) return {at::Tensor(), at::Tensor()};
   const int64_t n = label_a->size(0);
   auto both = at::cat({label_a->detach().view(-1), label_b->detach().view(-1)});
+  // Labels that fit int32 are their own class ids (a cast keeps equality): one min/max pass instead
+  // of a sort. Only labels outside the int32 range are remapped through unique.
+  if (both.numel() > 0) {
+    auto [lo, hi] = at::aminmax(both);
+    if (lo.item<int64_t>() >= std::numeric_limits<int32_t>::min() &&
+        hi.item<int64_t>() <= std::numeric_limits<int32_t>::max()) {
+      auto ids = both.to(at::kInt);
+      return {ids.narrow(0, 0, n).contiguous(), ids.narrow(0, n, label_b->size(0)).contiguous()};
+    }
+  }
   auto inverse = std::get<1>(at::_unique(both, /*sorted=*/true, /*return_inverse=*/true)).to(at::kInt);
   return {inverse.narrow(0, 0, n).contiguous(), inverse.narrow(0, n, label_b->size(0)).contiguous()};
 }
@@ -398,11 +408,388 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cpu(
   return {grad_a, grad_b, grad_extra};
 }
 
+// ---------------------------------------------------------------- score budget: save or recompute
+// fastgan::contrastive_lse_budget keeps the N x M logits z (the "scores") when they fit in
+// score_budget bytes: the forward is then one BLAS product plus row sweeps, and the backward one
+// elementwise pass plus the gradient products (two, or one when b is a: dA = (G + G^T) A), against
+// three products for the recompute path. Beyond the budget it falls back to the tiled kernels above
+// (extra memory O((N + M) D)). `columns` adds the column log-sum-exps (CLIP-style losses): from the
+// same saved scores, or from a second tiled sweep with a and b swapped.
+
+inline bool keep_scores(int64_t n, int64_t m, int64_t elem_size, int64_t budget) {
+  // Same rule as fastgan/ops/contrastive_lse.py:_keeps_scores (the fake kernel's output shape).
+  return n > 0 && m > 0 && budget > 0 && n * m <= budget / elem_size;
+}
+
+// Row log-sum-exps of stored logits Z (n x m, row-major), one row per task: the same per-row
+// arithmetic as forward_impl with a single column part (deterministic for any thread count).
+template <typename T>
+void rows_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, const int32_t* lb, const T* extra,
+                          const Params& prm, T* lse, T* rowmax) {
+  const int64_t K = static_cast<int64_t>(prm.predicates.size());
+  const T ninf = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+    std::vector<T> fz(m), val(m);
+    for (int64_t i = i0; i < i1; ++i) {
+      const T mz = prepare_row(Z + i * m, fz.data(), m, self_column(prm, i, 0, m), prm.relu);
+      if (rowmax) rowmax[i] = mz;
+      for (int64_t k = 0; k < K; ++k) {
+        T pm, ps;
+        masked_lse_tile(fz.data(), lb, la ? la[i] : 0, prm.predicates[k], m, val.data(), pm, ps);
+        T M = extra ? std::max(extra[i], pm) : pm;
+        T S = extra ? (extra[i] == M ? T(1) : std::exp(extra[i] - M)) : T(0);
+        S += pm != ninf ? ps * (pm == M ? T(1) : std::exp(pm - M)) : ps;
+        lse[i * K + k] = M + std::log(S);
+      }
+    }
+  });
+}
+
+// Column log-sum-exps of stored logits Z (n x m) without transposing Z: per column chunk (one task
+// each, a fixed split: deterministic), a max pass and a sum pass down the rows, vectorized along the
+// contiguous columns. Column j's self row is the element row i's prepare_row already excludes.
+// An empty set gives -inf, a set with only NaN and -inf NaN, a +inf entry +inf (masked_lse_tile's rules).
+template <typename T>
+void cols_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, const int32_t* lb, const Params& prm,
+                          T* lse /* m x K */) {
+  const int64_t K = static_cast<int64_t>(prm.predicates.size());
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t chunks = std::max<int64_t>(1, std::min(threads, (m + 63) / 64));
+  at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      auto [c0, c1] = part(m, chunks, t, 16);
+      const int64_t bc = c1 - c0;
+      if (bc <= 0) continue;
+      std::vector<T> fz(bc), mx(bc * K, ninf), sm(bc * K, T(0)), v(bc);
+      std::vector<char> nan(bc * K, 0);
+      for (int pass = 0; pass < 2; ++pass) {
+        for (int64_t i = 0; i < n; ++i) {
+          prepare_row(Z + i * m + c0, fz.data(), bc, self_column(prm, i, c0, bc), prm.relu);
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t p = prm.predicates[k];
+            const T* val = fz.data();
+            if (p != kAll) {
+              const bool want_same = p == kSame;
+              const int32_t li = la[i];
+              T* vp = v.data();
+              const T* fp = fz.data();
+              const int32_t* lbc = lb + c0;
+#pragma omp simd
+              for (int64_t c = 0; c < bc; ++c) vp[c] = ((lbc[c] == li) == want_same) ? fp[c] : ninf;
+              val = v.data();
+            }
+            T* M = mx.data() + k * bc;
+            if (pass == 0) {
+              char* nn = nan.data() + k * bc;
+#pragma omp simd
+              for (int64_t c = 0; c < bc; ++c) {
+                M[c] = val[c] > M[c] ? val[c] : M[c];  // skips NaN
+                nn[c] |= std::isnan(val[c]);
+              }
+            } else {
+              T* S = sm.data() + k * bc;
+#pragma omp simd
+              for (int64_t c = 0; c < bc; ++c) {
+                const bool finite = M[c] != ninf && M[c] != -ninf;
+                S[c] += finite ? fast_exp(val[c] - M[c]) : T(0);
+              }
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t c = 0; c < bc; ++c) {
+          const T M = mx[k * bc + c];
+          T out;
+          if (M == -ninf) out = M;
+          else if (M == ninf) out = nan[k * bc + c] ? std::numeric_limits<T>::quiet_NaN() : ninf;
+          else out = M + std::log(sm[k * bc + c]);
+          lse[(c0 + c) * K + k] = out;
+        }
+      }
+    }
+  });
+}
+
+// z = scale inv_a_i inv_b_j (a_i . b_j) + bias for all (i, j): one BLAS product, one scaling pass
+// (the same operation order as tile_logits).
+// b is a: Z = A A^T is symmetric, so only the blocks on and above the diagonal are multiplied
+// (about half the flops of one product at N >= 512) and mirrored by a transposed copy.
+at::Tensor self_product(const at::Tensor& a_t) {
+  const int64_t n = a_t.size(0);
+  constexpr int64_t kSym = 256;
+  if (n < 2 * kSym) return at::mm(a_t, a_t.t());
+  at::Tensor Z = at::empty({n, n}, a_t.options());
+  for (int64_t i0 = 0; i0 < n; i0 += kSym) {
+    const int64_t bi = std::min(kSym, n - i0);
+    // Row block i, columns [i0, n): one product, written in place into Z's rows (row stride n).
+    auto out = Z.narrow(0, i0, bi).narrow(1, i0, n - i0);
+    at::mm_out(out, a_t.narrow(0, i0, bi), a_t.narrow(0, i0, n - i0).t());
+    if (n - i0 - bi > 0) Z.narrow(0, i0 + bi, n - i0 - bi).narrow(1, i0, bi).copy_(out.narrow(1, bi, n - i0 - bi).t());
+  }
+  return Z;
+}
+
+template <typename T>
+at::Tensor all_logits(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
+                      const Params& prm) {
+  at::Tensor Z = a_t.is_same(b_t) ? self_product(a_t) : at::mm(a_t, b_t.t());
+  const int64_t n = Z.size(0), m = Z.size(1);
+  T* z = Z.data_ptr<T>();
+  const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
+  at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T sa = scale * inv_a[i];
+      T* zr = z + i * m;
+#pragma omp simd
+      for (int64_t c = 0; c < m; ++c) zr[c] = zr[c] * sa * inv_b[c] + bias;
+    }
+  });
+  return Z;
+}
+
+// G_ij = scale inv_a_i inv_b_j f'(z_ij) (sum_k w_ik [pred_k] e^{f(z_ij) - lse_ik}
+//                                       + sum_k wc_jk [pred_k] e^{f(z_ij) - lsec_jk})
+// from the stored logits; the column terms only when wc (the column weights) is given.
+template <typename T>
+at::Tensor score_gradient(const at::Tensor& Z, const Inputs<T>& in, const Params& prm, const T* w, const T* lse,
+                          const T* wc, const T* lsec) {
+  const int64_t K = static_cast<int64_t>(prm.predicates.size());
+  const int64_t n = in.n, m = in.m;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  at::Tensor G = at::empty_like(Z);
+  const T* z = Z.data_ptr<T>();
+  T* gout = G.data_ptr<T>();
+  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+    std::vector<T> fz(m), g(m), e(m), sh(m);
+    T* gp = g.data();
+    T* ep = e.data();
+    T* shp = sh.data();
+    const T* fp = fz.data();
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* zr = z + i * m;
+      const int64_t self = self_column(prm, i, 0, m);
+      prepare_row(zr, fz.data(), m, self, prm.relu);
+      std::fill(gp, gp + m, T(0));
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t p = prm.predicates[k];
+        const bool want_same = p == kSame;
+        const int32_t li = in.la ? in.la[i] : 0;
+        const T l = lse[i * K + k], wk = w[i * K + k];
+        if (!(l == ninf || wk == T(0))) {
+          exp_shifted(fp, m, l, ep);
+          if (p == kAll) {
+#pragma omp simd
+            for (int64_t c = 0; c < m; ++c) gp[c] += wk * ep[c];
+          } else {
+            // A select, not a 0/1 multiply (see backward_impl).
+#pragma omp simd
+            for (int64_t c = 0; c < m; ++c) gp[c] += ((in.lb[c] == li) == want_same) ? wk * ep[c] : T(0);
+          }
+        }
+        if (wc) {
+          // Column j's own shift lsec_jk: exp(f(z) - lsec) per element; skipped (selected out, never
+          // multiplied by 0) where the column's set is empty (lsec = -inf) or its weight is 0.
+#pragma omp simd
+          for (int64_t c = 0; c < m; ++c) shp[c] = fp[c] - lsec[c * K + k];
+          exp_shifted(shp, m, T(0), ep);
+          if (p == kAll) {
+#pragma omp simd
+            for (int64_t c = 0; c < m; ++c) {
+              const T wj = wc[c * K + k];
+              gp[c] += (lsec[c * K + k] != ninf && wj != T(0)) ? wj * ep[c] : T(0);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t c = 0; c < m; ++c) {
+              const T wj = wc[c * K + k];
+              const bool on = lsec[c * K + k] != ninf && wj != T(0) && ((in.lb[c] == li) == want_same);
+              gp[c] += on ? wj * ep[c] : T(0);
+            }
+          }
+        }
+      }
+      const T sa = static_cast<T>(prm.scale) * in.inv_a[i];
+      T* gr = gout + i * m;
+      if (prm.relu) {
+#pragma omp simd
+        for (int64_t c = 0; c < m; ++c) gr[c] = static_cast<T>(zr[c] > T(0)) * gp[c] * sa * in.inv_b[c];
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < m; ++c) gr[c] = gp[c] * sa * in.inv_b[c];
+      }
+      if (self >= 0) gr[self] = 0;
+    }
+  });
+  return G;
+}
+
+// G <- G + G^T in place (square G), in 64 x 64 blocks; each unordered pair (i, j) is written by the
+// one task that owns block row min(i, j) / 64, so no two tasks touch the same element.
+template <typename T>
+void symmetrize_(at::Tensor& G) {
+  const int64_t n = G.size(0);
+  constexpr int64_t B = 64;
+  T* g = G.data_ptr<T>();
+  const int64_t nb = (n + B - 1) / B;
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t i0 = bi * B, i1 = std::min(n, i0 + B);
+      for (int64_t j0 = i0; j0 < n; j0 += B) {
+        const int64_t j1 = std::min(n, j0 + B);
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t j = std::max(j0, i); j < j1; ++j) {
+            const T s = g[i * n + j] + g[j * n + i];
+            g[i * n + j] = s;
+            g[j * n + i] = s;
+          }
+        }
+      }
+    }
+  });
+}
+
+void check_budget_args(const std::optional<at::Tensor>& extra, bool columns) {
+  TORCH_CHECK(!(columns && extra.has_value()), "contrastive_lse_budget: columns does not take an extra logit");
+}
+
+Params swapped(const Params& prm) {
+  Params p = prm;
+  p.self_offset = -prm.self_offset;  // column j's excluded row is i = j - self_offset
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_cpu(
+    const at::Tensor& a, const std::optional<at::Tensor>& b_opt, const std::optional<at::Tensor>& label_a,
+    const std::optional<at::Tensor>& label_b, const std::optional<at::Tensor>& extra, double scale, double bias,
+    bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
+    bool columns, int64_t score_budget) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  std::vector<int64_t> preds(predicates.begin(), predicates.end());
+  const bool b_is_a = !b_opt.has_value();  // b = None: the columns are a's rows (self-similarity)
+  const at::Tensor& b = b_is_a ? a : *b_opt;
+  check_inputs(a, b, label_a, label_b, extra, preds);
+  check_budget_args(extra, columns);
+  const auto ct = compute_type(a);
+  auto a_t = a.detach().to(ct).contiguous();
+  auto b_t = b_is_a ? a_t : b.detach().to(ct).contiguous();
+  auto inv_a = inverse_norms(a_t, normalize, eps);
+  auto inv_b = b_is_a ? inv_a : inverse_norms(b_t, normalize, eps);
+  auto [la, lb] = class_ids(label_a, label_b);
+  at::Tensor ex = extra.has_value() ? extra->detach().to(ct).contiguous() : at::Tensor();
+  const int64_t n = a.size(0), m = b.size(0), K = static_cast<int64_t>(preds.size());
+  auto lse = at::empty({columns ? n + m : n, K}, a.options().dtype(ct));
+  auto rowmax = at::empty({n}, a.options().dtype(ct));
+  at::Tensor scores;
+  Params prm{scale, bias, eps, relu, normalize, exclude_self, self_offset, preds};
+  AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_budget_cpu", [&] {
+    using T = scalar_t;
+    const auto in = make_inputs<T>(a_t, b_t, inv_a, inv_b, la, lb, ex);
+    T* L = lse.data_ptr<T>();
+    if (keep_scores(n, m, sizeof(T), score_budget)) {
+      scores = all_logits<T>(a_t, b_t, in.inv_a, in.inv_b, prm);
+      rows_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, in.extra, prm, L, rowmax.data_ptr<T>());
+      if (columns) cols_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, prm, L + n * K);
+    } else {
+      scores = at::empty({0}, a_t.options());
+      forward_impl<T>(in, prm, a_t, b_t, L, rowmax.data_ptr<T>());
+      if (columns) {
+        auto colmax = at::empty({m}, a_t.options());
+        const auto in_t = make_inputs<T>(b_t, a_t, inv_b, inv_a, lb, la, at::Tensor());
+        forward_impl<T>(in_t, swapped(prm), b_t, a_t, L + n * K, colmax.data_ptr<T>());
+      }
+    }
+  });
+  return {lse, rowmax, scores};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_cpu(
+    const at::Tensor& grad_lse, const at::Tensor& a, const std::optional<at::Tensor>& b_opt,
+    const std::optional<at::Tensor>& label_a, const std::optional<at::Tensor>& label_b,
+    const std::optional<at::Tensor>& extra, const at::Tensor& lse, const at::Tensor& scores, double scale, double bias,
+    bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
+    bool columns) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  std::vector<int64_t> preds(predicates.begin(), predicates.end());
+  const bool b_is_a = !b_opt.has_value();
+  const at::Tensor& b = b_is_a ? a : *b_opt;
+  check_inputs(a, b, label_a, label_b, extra, preds);
+  check_budget_args(extra, columns);
+  const int64_t n = a.size(0), m = b.size(0), K = static_cast<int64_t>(preds.size());
+  const int64_t rows = columns ? n + m : n;
+  TORCH_CHECK(grad_lse.sizes() == lse.sizes() && lse.dim() == 2 && lse.size(0) == rows && lse.size(1) == K,
+              "contrastive_lse_budget_backward: grad_lse and lse must have shape (", rows, ", ", K, ")");
+  const bool saved = scores.numel() > 0;
+  TORCH_CHECK(!saved || (scores.dim() == 2 && scores.size(0) == n && scores.size(1) == m && scores.is_contiguous()),
+              "contrastive_lse_budget_backward: scores must be the forward's (N, M) scores or empty");
+  const auto ct = compute_type(a);
+  auto a_t = a.detach().to(ct).contiguous();
+  auto b_t = b_is_a ? a_t : b.detach().to(ct).contiguous();
+  auto inv_a = inverse_norms(a_t, normalize, eps);
+  auto inv_b = b_is_a ? inv_a : inverse_norms(b_t, normalize, eps);
+  auto [la, lb] = class_ids(label_a, label_b);
+  at::Tensor ex = extra.has_value() ? extra->detach().to(ct).contiguous() : at::Tensor();
+  auto w = grad_lse.to(ct).contiguous(), l = lse.to(ct).contiguous();
+  Params prm{scale, bias, eps, relu, normalize, exclude_self, self_offset, preds};
+  at::Tensor U, V;  // raw-row gradients of a and b (before the normalization backward)
+  AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_budget_backward_cpu", [&] {
+    using T = scalar_t;
+    const auto in = make_inputs<T>(a_t, b_t, inv_a, inv_b, la, lb, ex);
+    const T* W = w.data_ptr<T>();
+    const T* L = l.data_ptr<T>();
+    if (saved) {
+      TORCH_CHECK(scores.scalar_type() == ct, "contrastive_lse_budget_backward: scores dtype mismatch");
+      if (b_is_a && !columns && self_offset == 0) {
+        // dA = (G + G^T) A. With b = a and the diagonal as the self column, G^T_ij = G_ji is row j's
+        // term at column i, i.e. the columns' term of score_gradient with the rows' own weights and
+        // LSEs (z_ji = z_ij up to rounding): one pass forms G + G^T, one product.
+        at::Tensor H = score_gradient<T>(scores, in, prm, W, L, W, L);
+        U = at::mm(H, a_t);
+        return;
+      }
+      at::Tensor G = score_gradient<T>(scores, in, prm, W, L, columns ? W + n * K : nullptr,
+                                       columns ? L + n * K : nullptr);
+      if (b_is_a) {
+        symmetrize_<T>(G);  // dA = G A + G^T A = (G + G^T) A: one product
+        U = at::mm(G, a_t);
+      } else {
+        U = at::mm(G, b_t);
+        V = at::mm(G.t(), a_t);
+      }
+    } else {
+      U = at::zeros_like(a_t);
+      V = at::zeros_like(b_t);
+      backward_impl<T>(in, prm, a_t, b_t, W, L, U, V);
+      if (columns) {
+        const auto in_t = make_inputs<T>(b_t, a_t, inv_b, inv_a, lb, la, at::Tensor());
+        backward_impl<T>(in_t, swapped(prm), b_t, a_t, W + n * K, L + n * K, V, U);
+      }
+      if (b_is_a) U.add_(V);
+    }
+  });
+  auto grad_a = normalization_backward(a_t, inv_a, U, normalize, eps).to(a.scalar_type());
+  auto grad_b = b_is_a ? at::empty({0}, a.options())
+                       : normalization_backward(b_t, inv_b, V, normalize, eps).to(b.scalar_type());
+  at::Tensor grad_extra;
+  if (extra.has_value()) {
+    auto lr = l.narrow(0, 0, n), wr = w.narrow(0, 0, n);
+    auto p = (ex.unsqueeze(1) - lr).exp();
+    p = at::where(at::isfinite(lr), p, at::zeros_like(p));
+    grad_extra = (wr * p).sum(1).to(extra->scalar_type());
+  } else {
+    grad_extra = at::zeros({n}, a.options().dtype(ct));
+  }
+  return {grad_a, grad_b, grad_extra};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("contrastive_lse", &contrastive_lse_cpu);
   m.impl("contrastive_lse_backward", &contrastive_lse_backward_cpu);
+  m.impl("contrastive_lse_budget", &contrastive_lse_budget_cpu);
+  m.impl("contrastive_lse_budget_backward", &contrastive_lse_budget_backward_cpu);
 }
 
 }  // namespace fastgan

@@ -4,6 +4,7 @@ Contract: fastgan/reference/contrastive.py:cosine_similarity_matrix (output in a
 Registered ops:
   torch.ops.fastgan.cosine_similarity_matrix / _backward          C++ (CPU, CUDA)
   torch.ops.fastgan.cosine_similarity_matrix_triton / _backward   Triton custom op
+  torch.ops.fastgan.cosine_similarity_matrix_self / _backward     C++ (CPU): b is a, one backward product
 """
 import torch
 
@@ -34,8 +35,25 @@ def _autograd(backward_op):
     return backward
 
 
+def _self_setup_context(ctx, inputs, output):
+    a, scale, eps = inputs
+    ctx.save_for_backward(a)
+    ctx.params = (scale, eps)
+
+
+def _self_backward(ctx, grad):
+    (a,) = ctx.saved_tensors
+    return torch.ops.fastgan.cosine_similarity_matrix_self_backward(grad.contiguous(), a, *ctx.params), None, None
+
+
 @on_extension_loaded
 def _register_cxx():
+    torch.library.register_fake("fastgan::cosine_similarity_matrix_self")(
+        lambda a, scale, eps: a.new_empty((a.shape[0], a.shape[0])))
+    torch.library.register_fake("fastgan::cosine_similarity_matrix_self_backward")(
+        lambda grad, a, scale, eps: torch.empty_like(a))
+    torch.library.register_autograd(
+        "fastgan::cosine_similarity_matrix_self", _self_backward, setup_context=_self_setup_context)
     torch.library.register_fake("fastgan::cosine_similarity_matrix")(_fake_forward)
     torch.library.register_fake("fastgan::cosine_similarity_matrix_backward")(_fake_backward)
     torch.library.register_autograd(
@@ -70,4 +88,6 @@ def cosine_similarity_matrix(a, b, scale: float, eps: float, backend: str) -> to
     if backend == "triton":
         return torch.ops.fastgan.cosine_similarity_matrix_triton(a, b, float(scale), float(eps))
     ensure_cxx()
+    if backend == "cpu" and b is a:
+        return torch.ops.fastgan.cosine_similarity_matrix_self(a, float(scale), float(eps))
     return torch.ops.fastgan.cosine_similarity_matrix(a, b, float(scale), float(eps))
