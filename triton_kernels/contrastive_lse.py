@@ -109,6 +109,17 @@ def _forward_kernel(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, extra_ptr,
 
 
 @triton.jit
+def _pred_term(P: tl.constexpr, k: tl.constexpr, K: tl.constexpr, ok, la, lb, fz, lse_ptr, w_ptr, rows, N):
+    # w_ik mask_k exp(f(z_ij) - lse_ik) for predicate k (0 where the set is empty: lse = -inf).
+    lse = tl.load(lse_ptr + rows * K + k, mask=rows < N, other=float("-inf"))
+    w = tl.load(w_ptr + rows * K + k, mask=rows < N, other=0.0)
+    live = lse != float("-inf")
+    safe = tl.where(live, lse, 0.0)
+    keep = ok & _pred_mask(P, la, lb) & live[:, None]
+    return tl.where(keep, w[:, None] * tl.exp(fz - safe[:, None]), 0.0)
+
+
+@triton.jit
 def _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_ptr, rows, cols,
                  N, M, D, stride_a, stride_b, scale, bias, self_offset,
                  HAS_LABELS: tl.constexpr, RELU: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
@@ -132,20 +143,13 @@ def _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_pt
     else:
         la = rows
         lb = cols
-    g = tl.zeros((BLOCK_N, BLOCK_M), CT)
-    for k in tl.static_range(K):
-        if k == 0:
-            P: tl.constexpr = P0
-        elif k == 1:
-            P: tl.constexpr = P1
-        else:
-            P: tl.constexpr = P2
-        lse = tl.load(lse_ptr + rows * K + k, mask=rows < N, other=float("-inf"))
-        w = tl.load(w_ptr + rows * K + k, mask=rows < N, other=0.0)
-        live = lse != float("-inf")
-        safe = tl.where(live, lse, 0.0)
-        keep = ok & _pred_mask(P, la, lb) & live[:, None]
-        g += tl.where(keep, w[:, None] * tl.exp(fz - safe[:, None]), 0.0)
+    # One term per predicate, each with its own constexpr P (a constexpr cannot be reassigned inside a
+    # static_range loop: that failed to compile for K >= 2 on every real target).
+    g = _pred_term(P0, 0, K, ok, la, lb, fz, lse_ptr, w_ptr, rows, N)
+    if K > 1:
+        g += _pred_term(P1, 1, K, ok, la, lb, fz, lse_ptr, w_ptr, rows, N)
+    if K > 2:
+        g += _pred_term(P2, 2, K, ok, la, lb, fz, lse_ptr, w_ptr, rows, N)
     inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
     invb = tl.load(invb_ptr + cols, mask=cols < M, other=0.0)
     return g * (inva[:, None] * scale) * invb[None, :]
