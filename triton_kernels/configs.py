@@ -54,7 +54,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _CONTRASTIVE = {
     (80, True): dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=64, DU_CAP=128, num_warps=8, num_stages=2),
     (80, False): dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=16, DU_CAP=64, num_warps=8, num_stages=1),
-    (90, True): dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=64, DU_CAP=128, num_warps=8, num_stages=2),
+    (90, True): dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=32, DU_CAP=128, num_warps=8, num_stages=2),
     (90, False): dict(BLOCK_N=64, BLOCK_M=64, BLOCK_D=16, DU_CAP=64, num_warps=8, num_stages=1),
 }
 
@@ -71,9 +71,9 @@ def contrastive(arch, dtype, d):
 # channel slices; the backward's accumulators are BLOCK_M (BLOCK_K) x BLOCK_RU channels, in registers.
 _INFONCE = {
     (80, True): dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=64, RU_CAP=128, num_warps=8, num_stages=2),
-    (80, False): dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=32, RU_CAP=64, num_warps=8, num_stages=2),
-    (90, True): dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=64, RU_CAP=128, num_warps=8, num_stages=3),
-    (90, False): dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=32, RU_CAP=64, num_warps=8, num_stages=2),
+    (80, False): dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=16, RU_CAP=64, num_warps=8, num_stages=1),
+    (90, True): dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=64, RU_CAP=128, num_warps=8, num_stages=2),
+    (90, False): dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=16, RU_CAP=64, num_warps=8, num_stages=1),
 }
 
 
@@ -83,3 +83,17 @@ def infonce(arch, dtype, n, hw, r):
     cfg = dict(BLOCK_M=pow2_clamp(n, 16, c["BLOCK_M"]), BLOCK_K=pow2_clamp(n * hw, 16, c["BLOCK_K"]),
                BLOCK_R=pow2_clamp(r, 16, c["BLOCK_R"]), BLOCK_RU=pow2_clamp(r, 16, c["RU_CAP"]))
     return cfg, dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
+
+
+# cosine_similarity_matrix's scaled GEMM: (arch, half?) -> (BLOCK_M, BLOCK_N, BLOCK_K cap), options.
+_GEMM = {
+    (80, True): ((64, 64, 64), dict(num_warps=4, num_stages=3)),
+    (80, False): ((64, 64, 32), dict(num_warps=4, num_stages=2)),
+    (90, True): ((64, 128, 64), dict(num_warps=4, num_stages=3)),
+    (90, False): ((64, 64, 32), dict(num_warps=4, num_stages=2)),
+}
+
+
+def gemm(arch, dtype, k):
+    (bm, bn, bk), launch = _GEMM[(arch, dtype in _HALF)]
+    return (bm, bn, min(bk, pow2_clamp(k, 16, 64))), dict(launch)
