@@ -243,7 +243,13 @@ def compile_one(fn, sig, ce, attrs, options, arch):
         with contextlib.redirect_stdout(log):
             k = triton.compile(ASTSource(fn, sig, ce, attrs), target=target, options=options.__dict__)
     except Exception as exc:  # noqa: BLE001 - every failure is reported in the table and fails the run
-        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+        # Triton's CompilationError ends with the source excerpt and a caret; the cause says why.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and set(ln.strip()) != {"^"}]
+        inner = exc
+        while inner.__cause__ is not None:  # nested CompilationErrors (one per @triton.jit call level)
+            inner = inner.__cause__
+        why = repr(inner) if inner is not exc else (lines[-1] if lines else "")
+        row["error"] = f"{type(exc).__name__}: {why[:300]}"
         row["seconds"] = time.perf_counter() - t0
         return row
     text = log.getvalue()
