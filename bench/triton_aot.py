@@ -246,9 +246,10 @@ def compile_one(fn, sig, ce, attrs, options, arch):
         # Triton's CompilationError ends with the source excerpt and a caret; the cause says why.
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and set(ln.strip()) != {"^"}]
         inner = exc
-        while inner.__cause__ is not None:  # nested CompilationErrors (one per @triton.jit call level)
-            inner = inner.__cause__
-        why = repr(inner) if inner is not exc else (lines[-1] if lines else "")
+        while (inner.__cause__ or inner.__context__) is not None:  # nested, one per @triton.jit call level
+            inner = inner.__cause__ or inner.__context__
+        why = getattr(inner, "error_message", None) or repr(inner) if inner is not exc else (lines[-1] if lines else "")
+        why = " ".join(str(why).split())
         row["error"] = f"{type(exc).__name__}: {why[:300]}"
         row["seconds"] = time.perf_counter() - t0
         return row
