@@ -113,7 +113,8 @@ def _backward_m_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefa_ptr, par_ptr, gpo
                        out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
                        NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_RU: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
-                       UPCAST: tl.constexpr, GT: tl.constexpr, GPREC: tl.constexpr):
+                       UPCAST: tl.constexpr, GT: tl.constexpr, GPREC: tl.constexpr,
+                       FOLD: tl.constexpr):
     # grad_m[rows, rus] = scale a_i sum over column tiles of dS @ L^[cols, rus] (L^ = l b, unit columns),
     # minus the normalization term. Program (i, j) owns image block i and channel block j: the
     # accumulator stays in registers over the whole column sweep and is stored once (S is recomputed
@@ -125,6 +126,7 @@ def _backward_m_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefa_ptr, par_ptr, gpo
     live = neg != float("-inf")
     negs = tl.where(live, neg, 0.0)
     gneg = tl.load(gneg_ptr + rows, mask=rows < N, other=0.0).to(CT)
+    inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
     csum = tl.zeros((BLOCK_M,), CT)
     acc = tl.zeros((BLOCK_M, BLOCK_RU), CT)
     for c0 in range(0, C, BLOCK_K):
@@ -138,10 +140,15 @@ def _backward_m_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefa_ptr, par_ptr, gpo
         lbase = (cols // HW) * sl0 + (cols % HW) * sl2
         lt = tl.load(l_ptr + lbase[:, None] + rus[None, :] * sl1, mask=(cols[:, None] < C) & (rus[None, :] < R),
                      other=0.0).to(CT)
-        acc += tl.dot(ds.to(GT), (lt * invb[:, None]).to(GT), input_precision=GPREC, out_dtype=CT)
-    inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
+        if FOLD:
+            acc += tl.dot(ds.to(GT), (lt * invb[:, None]).to(GT), input_precision=GPREC, out_dtype=CT)
+        else:
+            acc += tl.dot(ds * (inva[:, None] * scale) * invb[None, :], lt, input_precision=GPREC, out_dtype=CT)
     um = (rows[:, None] < N) & (rus[None, :] < R)
-    u = acc * (inva[:, None] * scale)
+    if FOLD:
+        u = acc * (inva[:, None] * scale)
+    else:
+        u = acc
     if NORMALIZE:
         coef = tl.load(coefa_ptr + rows, mask=rows < N, other=0.0) * csum
         x = tl.load(m_ptr + rows[:, None] * sm0 + rus[None, :] * sm1, mask=um, other=0.0).to(CT)
@@ -154,13 +161,15 @@ def _backward_l_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefb_ptr, par_ptr, gpo
                        out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
                        NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_RU: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
-                       UPCAST: tl.constexpr, GT: tl.constexpr, GPREC: tl.constexpr):
+                       UPCAST: tl.constexpr, GT: tl.constexpr, GPREC: tl.constexpr,
+                       FOLD: tl.constexpr):
     # grad_l[rus, cols] = scale b_c sum over image tiles of M^[rows, rus]^T @ dS (M^ = m a, unit rows),
     # minus the normalization term; program (i, j) owns column block i and channel block j, its
     # accumulator in registers, stored once.
     cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     rus = tl.program_id(1) * BLOCK_RU + tl.arange(0, BLOCK_RU)
     scale = tl.load(par_ptr)
+    invb = tl.load(invb_ptr + cols, mask=cols < C, other=0.0)
     csum = tl.zeros((BLOCK_K,), CT)
     acc = tl.zeros((BLOCK_RU, BLOCK_K), CT)
     for i0 in range(0, N, BLOCK_M):
@@ -177,12 +186,17 @@ def _backward_l_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefb_ptr, par_ptr, gpo
         inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
         mt = tl.load(m_ptr + rows[None, :] * sm0 + rus[:, None] * sm1, mask=(rows[None, :] < N) & (rus[:, None] < R),
                      other=0.0).to(CT)
-        acc += tl.dot((mt * inva[None, :]).to(GT), ds.to(GT), input_precision=GPREC, out_dtype=CT)
-    invb = tl.load(invb_ptr + cols, mask=cols < C, other=0.0)
+        if FOLD:
+            acc += tl.dot((mt * inva[None, :]).to(GT), ds.to(GT), input_precision=GPREC, out_dtype=CT)
+        else:
+            acc += tl.dot(mt, ds * (inva[:, None] * scale) * invb[None, :], input_precision=GPREC, out_dtype=CT)
     # grad_l is contiguous (N, R, HW): column c = j*HW + k, channel r at j*R*HW + r*HW + k.
     obase = (cols // HW) * (R * HW) + (cols % HW)
     vm = (rus[:, None] < R) & (cols[None, :] < C)
-    v = acc * (invb[None, :] * scale)
+    if FOLD:
+        v = acc * (invb[None, :] * scale)
+    else:
+        v = acc
     if NORMALIZE:
         coef = tl.load(coefb_ptr + cols, mask=cols < C, other=0.0) * csum
         lbase = (cols // HW) * sl0 + (cols % HW) * sl2
@@ -216,7 +230,11 @@ def _meta(l, n, hw, r):
     prec = _fp32_precision(l.dtype)
     # Gradient products on tensor cores in the input's half type on a GPU; float32 in the interpreter.
     gt = (tl.float16 if l.dtype == torch.float16 else tl.bfloat16) if (half and arch is not None) else _tl_dtype(ct)
-    return dict(CT=_tl_dtype(ct), PREC=prec, UPCAST=upcast, **cfg), dict(GT=gt, GPREC=prec), launch
+    # FOLD: half operands on tensor cores take the inverse norms folded into the unit-norm operand
+    # (bounded); float32/float64 keep W = scale a_i b_c dS as the operand, the rounding order whose
+    # cancellation against the normalization term is exact to float64's last bits (R = 1 gradients).
+    fold = half and arch is not None
+    return dict(CT=_tl_dtype(ct), PREC=prec, UPCAST=upcast, **cfg), dict(GT=gt, GPREC=prec, FOLD=fold), launch
 
 
 def _column_norms(x, n, r, hw, strides, ct):
