@@ -4,16 +4,25 @@ Tiling (flash-attention style, written for this contract):
   forward   one program per BLOCK_N rows; loop over BLOCK_M column tiles, each S tile built by
             tl.dot over BLOCK_D slices of D; masks, relu and an online (max, sum) per predicate
             in float32 registers; writes one float32 LSE per row and predicate, and the row max.
-  backward  no atomics: a row-block kernel accumulates U = dS~ B for its rows, a column-block
-            kernel accumulates V = dS~^T A for its columns, each recomputing S tile by tile
+  backward  no atomics: a row kernel computes U = dS~ B, program (i, j) owning rows block i and D
+            block j (BLOCK_DU wide) of U; a column kernel computes V = dS~^T A the same way. Each
+            program recomputes S tile by tile over the full D, sweeps every column (row) tile with
+            its BLOCK_N x BLOCK_DU accumulator in registers, and stores it once
             (dS~_ij = scale inv_a_i inv_b_j f'(z_ij) sum_k w_ik mask_k exp(f(z_ij) - lse_ik)).
+            Both gradient products are tl.dot on the input's half type (tensor cores) with float32
+            accumulation: inv_b (inv_a) is folded into the unit-norm operand B^ (A^), scale and the
+            other inverse norm into the store, so no half operand holds an unbounded value.
             The normalization backward and grad_extra are O((N + M) D) torch ops.
-Floor: forward 2NMD flops, backward 2 x 4NMD (each kernel recomputes S); (N + M) D inputs read.
-Inverse norms are a torch prologue (O(N + M)); inputs are never copied normalized.
+Configurations: triton_kernels/configs.py (per architecture on a GPU, _blocks in the interpreter).
+float32 operands follow torch.get_float32_matmul_precision() (TF32 for "high"/"medium").
+Floor: forward 2NMD flops, backward 2 x (2NMD (D / BLOCK_DU) + 2NMD) (S recomputed per D block);
+(N + M) D inputs read. Inverse norms are a torch prologue (O(N + M)); inputs are never copied.
 """
 import torch
 import triton
 import triton.language as tl
+
+from . import configs
 
 PRED_ALL, PRED_SAME, PRED_DIFF = 0, 1, 2
 
@@ -109,13 +118,26 @@ def _forward_kernel(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, extra_ptr,
 
 
 @triton.jit
+def _pred_term(P: tl.constexpr, k: tl.constexpr, K: tl.constexpr, ok, la, lb, fz, lse_ptr, w_ptr, rows, N):
+    # w_ik mask_k exp(f(z_ij) - lse_ik) for predicate k (0 where the set is empty: lse = -inf).
+    lse = tl.load(lse_ptr + rows * K + k, mask=rows < N, other=float("-inf"))
+    w = tl.load(w_ptr + rows * K + k, mask=rows < N, other=0.0)
+    live = lse != float("-inf")
+    safe = tl.where(live, lse, 0.0)
+    keep = ok & _pred_mask(P, la, lb) & live[:, None]
+    return tl.where(keep, w[:, None] * tl.exp(fz - safe[:, None]), 0.0)
+
+
+@triton.jit
 def _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_ptr, rows, cols,
                  N, M, D, stride_a, stride_b, scale, bias, self_offset,
                  HAS_LABELS: tl.constexpr, RELU: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
                  K: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
                  CT: tl.constexpr, PREC: tl.constexpr):
-    # dS~ tile: scale * inv_a_i * inv_b_j * f'(z_ij) * sum_k w_ik mask_k exp(f(z_ij) - lse_ik).
+    # G tile: f'(z_ij) sum_k w_ik mask_k exp(f(z_ij) - lse_ik), so dS~ = scale inv_a_i inv_b_j G.
+    # The scalings are left to the callers: they fold inv into the operand they multiply (x^ = x inv,
+    # a unit vector) and scale into the store, so a half operand never holds an unbounded value.
     z = _logits(a_ptr, b_ptr, inva_ptr, invb_ptr, rows, cols, N, M, D, stride_a, stride_b, scale, bias,
                 BLOCK_N, BLOCK_M, BLOCK_D, CT, PREC)
     ok = (cols[None, :] < M) & (rows[:, None] < N)
@@ -132,23 +154,14 @@ def _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_pt
     else:
         la = rows
         lb = cols
-    g = tl.zeros((BLOCK_N, BLOCK_M), CT)
-    for k in tl.static_range(K):
-        if k == 0:
-            P: tl.constexpr = P0
-        elif k == 1:
-            P: tl.constexpr = P1
-        else:
-            P: tl.constexpr = P2
-        lse = tl.load(lse_ptr + rows * K + k, mask=rows < N, other=float("-inf"))
-        w = tl.load(w_ptr + rows * K + k, mask=rows < N, other=0.0)
-        live = lse != float("-inf")
-        safe = tl.where(live, lse, 0.0)
-        keep = ok & _pred_mask(P, la, lb) & live[:, None]
-        g += tl.where(keep, w[:, None] * tl.exp(fz - safe[:, None]), 0.0)
-    inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
-    invb = tl.load(invb_ptr + cols, mask=cols < M, other=0.0)
-    return g * (inva[:, None] * scale) * invb[None, :]
+    # One term per predicate, each with its own constexpr P (a constexpr cannot be reassigned inside a
+    # static_range loop: that failed to compile for K >= 2 on every real target).
+    g = _pred_term(P0, 0, K, ok, la, lb, fz, lse_ptr, w_ptr, rows, N)
+    if K > 1:
+        g += _pred_term(P1, 1, K, ok, la, lb, fz, lse_ptr, w_ptr, rows, N)
+    if K > 2:
+        g += _pred_term(P2, 2, K, ok, la, lb, fz, lse_ptr, w_ptr, rows, N)
+    return g
 
 
 @triton.jit
@@ -157,22 +170,28 @@ def _backward_rows_kernel(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_
                           HAS_LABELS: tl.constexpr, RELU: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
                           K: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                          CT: tl.constexpr, PREC: tl.constexpr):
-    # U[rows] = sum over column tiles of dS~ @ B[cols]; this program owns its rows of U.
+                          BLOCK_DU: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, GT: tl.constexpr,
+                          GPREC: tl.constexpr):
+    # U[rows, dus] = scale inv_a[rows] sum over column tiles of G @ B^[cols, dus]. Program (i, j) owns
+    # rows block i and D block j of U: its accumulator stays in registers over the whole column sweep
+    # and is stored once (S is recomputed per D block: D / BLOCK_DU times, which also gives the grid
+    # D / BLOCK_DU times more programs at small N).
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dus = tl.program_id(1) * BLOCK_DU + tl.arange(0, BLOCK_DU)
+    acc = tl.zeros((BLOCK_N, BLOCK_DU), CT)
     for c0 in range(0, M, BLOCK_M):
         cols = c0 + tl.arange(0, BLOCK_M)
-        ds = _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_ptr, rows, cols,
-                          N, M, D, stride_a, stride_b, scale, bias, self_offset, HAS_LABELS, RELU, EXCLUDE_SELF,
-                          K, P0, P1, P2, BLOCK_N, BLOCK_M, BLOCK_D, CT, PREC)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
-            b = tl.load(b_ptr + cols[:, None] * stride_b + dd[None, :], mask=(cols[:, None] < M) & (dd[None, :] < D),
-                        other=0.0).to(CT)
-            u_ptrs = u_ptr + rows[:, None] * D + dd[None, :]
-            um = (rows[:, None] < N) & (dd[None, :] < D)
-            u = tl.load(u_ptrs, mask=um, other=0.0)
-            tl.store(u_ptrs, u + tl.dot(ds, b, input_precision="ieee", out_dtype=CT), mask=um)
+        g = _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_ptr, rows, cols,
+                         N, M, D, stride_a, stride_b, scale, bias, self_offset, HAS_LABELS, RELU, EXCLUDE_SELF,
+                         K, P0, P1, P2, BLOCK_N, BLOCK_M, BLOCK_D, CT, PREC)
+        invb = tl.load(invb_ptr + cols, mask=cols < M, other=0.0)
+        b = tl.load(b_ptr + cols[:, None] * stride_b + dus[None, :], mask=(cols[:, None] < M) & (dus[None, :] < D),
+                    other=0.0).to(CT)
+        bhat = (b * invb[:, None]).to(GT)
+        acc += tl.dot(g.to(GT), bhat, input_precision=GPREC, out_dtype=CT)
+    inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
+    acc = acc * (inva[:, None] * scale)
+    tl.store(u_ptr + rows[:, None] * D + dus[None, :], acc, mask=(rows[:, None] < N) & (dus[None, :] < D))
 
 
 @triton.jit
@@ -181,22 +200,26 @@ def _backward_cols_kernel(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_
                           HAS_LABELS: tl.constexpr, RELU: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
                           K: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                          CT: tl.constexpr, PREC: tl.constexpr):
-    # V[cols] = sum over row tiles of dS~^T @ A[rows]; this program owns its columns of V.
+                          BLOCK_DU: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, GT: tl.constexpr,
+                          GPREC: tl.constexpr):
+    # V[cols, dus] = scale inv_b[cols] sum over row tiles of G^T @ A^[rows, dus]; as the row kernel,
+    # program (i, j) owns column block i and D block j of V, accumulated in registers, stored once.
     cols = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dus = tl.program_id(1) * BLOCK_DU + tl.arange(0, BLOCK_DU)
+    acc = tl.zeros((BLOCK_M, BLOCK_DU), CT)
     for r0 in range(0, N, BLOCK_N):
         rows = r0 + tl.arange(0, BLOCK_N)
-        ds = _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_ptr, rows, cols,
-                          N, M, D, stride_a, stride_b, scale, bias, self_offset, HAS_LABELS, RELU, EXCLUDE_SELF,
-                          K, P0, P1, P2, BLOCK_N, BLOCK_M, BLOCK_D, CT, PREC)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
-            a = tl.load(a_ptr + rows[:, None] * stride_a + dd[None, :], mask=(rows[:, None] < N) & (dd[None, :] < D),
-                        other=0.0).to(CT)
-            v_ptrs = v_ptr + cols[:, None] * D + dd[None, :]
-            vm = (cols[:, None] < M) & (dd[None, :] < D)
-            v = tl.load(v_ptrs, mask=vm, other=0.0)
-            tl.store(v_ptrs, v + tl.dot(tl.trans(ds), a, input_precision="ieee", out_dtype=CT), mask=vm)
+        g = _grad_logits(a_ptr, b_ptr, inva_ptr, invb_ptr, la_ptr, lb_ptr, lse_ptr, w_ptr, rows, cols,
+                         N, M, D, stride_a, stride_b, scale, bias, self_offset, HAS_LABELS, RELU, EXCLUDE_SELF,
+                         K, P0, P1, P2, BLOCK_N, BLOCK_M, BLOCK_D, CT, PREC)
+        inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
+        a = tl.load(a_ptr + rows[:, None] * stride_a + dus[None, :], mask=(rows[:, None] < N) & (dus[None, :] < D),
+                    other=0.0).to(CT)
+        ahat = (a * inva[:, None]).to(GT)
+        acc += tl.dot(tl.trans(g.to(GT)), ahat, input_precision=GPREC, out_dtype=CT)
+    invb = tl.load(invb_ptr + cols, mask=cols < M, other=0.0)
+    acc = acc * (invb[:, None] * scale)
+    tl.store(v_ptr + cols[:, None] * D + dus[None, :], acc, mask=(cols[:, None] < M) & (dus[None, :] < D))
 
 
 def _compute_dtype(x):
@@ -214,17 +237,42 @@ def _inverse_norms(x, normalize, eps, ct):
 
 
 def _blocks(d):
-    # One config (the interpreter cannot autotune): 32 x 32 tiles, D in slices of up to 64.
+    # The interpreter's configuration (CPU tests): 32 x 32 tiles, D in slices of up to 64.
     return 32, 32, 64 if d > 32 else (32 if d > 16 else 16)
+
+
+def _fp32_precision(dtype):
+    """tl.dot input precision: for float32 operands TF32 where torch allows it for matmuls
+    (torch.get_float32_matmul_precision() "high" or "medium"), IEEE for "highest"; float64 is always
+    IEEE; half operands have no choice (the flag is ignored for them)."""
+    if dtype != torch.float32:
+        return "ieee" if dtype == torch.float64 else "tf32"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def _meta(a, label_a, label_b, extra, relu, exclude_self, predicates):
     preds = list(predicates) + [0] * (3 - len(predicates))
-    bn, bm, bd = _blocks(a.shape[1])
+    d = a.shape[1]
+    arch = configs.arch_of(a)
     ct = _compute_dtype(a)
-    return dict(HAS_LABELS=label_a is not None and label_b is not None, RELU=bool(relu), EXCLUDE_SELF=bool(exclude_self),
-                K=len(predicates), P0=preds[0], P1=preds[1], P2=preds[2], BLOCK_N=bn, BLOCK_M=bm, BLOCK_D=bd,
-                CT=_tl_dtype(ct), PREC="ieee" if a.dtype in (torch.float32, torch.float64) else "tf32")
+    if arch is None:
+        bn, bm, bd = _blocks(d)
+        cfg = dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_D=bd, BLOCK_DU=configs.pow2_clamp(d, 16, 128))
+        launch = {}
+    else:
+        cfg, launch = configs.contrastive(arch, a.dtype, d)
+    half = a.dtype in (torch.float16, torch.bfloat16)
+    # Gradient products on tensor cores in the input's half type (the interpreter's tl.dot is wrong for
+    # bfloat16 operands in Triton 3.6, so it keeps them in float32 there).
+    gt = _tl_half(a.dtype) if (half and arch is not None) else _tl_dtype(ct)
+    prec = _fp32_precision(a.dtype)
+    meta = dict(HAS_LABELS=label_a is not None and label_b is not None, RELU=bool(relu), EXCLUDE_SELF=bool(exclude_self),
+                K=len(predicates), P0=preds[0], P1=preds[1], P2=preds[2], CT=_tl_dtype(ct), PREC=prec, **cfg)
+    return meta, dict(GT=gt, GPREC=prec), launch
+
+
+def _tl_half(dt):
+    return tl.float16 if dt == torch.float16 else tl.bfloat16
 
 
 def _prepare(a, b, label_a, label_b):
@@ -240,7 +288,8 @@ def contrastive_lse_forward(a, b, label_a, label_b, extra, scale, bias, relu, no
     n, d = a.shape
     m = b.shape[0]
     ct = _compute_dtype(a)
-    meta = _meta(a, label_a, label_b, extra, relu, exclude_self, predicates)
+    meta, _, launch = _meta(a, label_a, label_b, extra, relu, exclude_self, predicates)
+    meta.pop("BLOCK_DU")
     lse = torch.empty((n, len(predicates)), dtype=ct, device=a.device)
     rowmax = torch.empty((n,), dtype=ct, device=a.device)
     if n == 0:
@@ -249,7 +298,8 @@ def contrastive_lse_forward(a, b, label_a, label_b, extra, scale, bias, relu, no
     inva, invb = _inverse_norms(a, normalize, eps, ct), _inverse_norms(b, normalize, eps, ct)
     grid = (triton.cdiv(n, meta["BLOCK_N"]),)
     _forward_kernel[grid](a, b, inva, invb, la, lb, ex, lse, rowmax, n, m, d, a.stride(0), b.stride(0),
-                          float(scale), float(bias), int(self_offset), HAS_EXTRA=extra is not None, **meta)
+                          float(scale), float(bias), int(self_offset), HAS_EXTRA=extra is not None, **meta,
+                          **launch)
     return lse, rowmax
 
 
@@ -270,17 +320,22 @@ def contrastive_lse_backward(grad_lse, a, b, label_a, label_b, extra, lse, scale
     n, d = a.shape
     m = b.shape[0]
     ct = _compute_dtype(a)
-    meta = _meta(a, label_a, label_b, extra, relu, exclude_self, predicates)
+    meta, gmeta, launch = _meta(a, label_a, label_b, extra, relu, exclude_self, predicates)
     w = grad_lse.to(ct).contiguous()
     lse = lse.to(ct).contiguous()
     inva, invb = _inverse_norms(a, normalize, eps, ct), _inverse_norms(b, normalize, eps, ct)
-    u = torch.zeros((n, d), dtype=ct, device=a.device)
-    v = torch.zeros((m, d), dtype=ct, device=a.device)
+    # Each program stores its block once: no zero fill needed where n, m, d > 0.
+    u = torch.empty((n, d), dtype=ct, device=a.device)
+    v = torch.empty((m, d), dtype=ct, device=a.device)
     if n > 0 and m > 0 and d > 0:
         args = (a, b, inva, invb, la, lb, lse, w)
         scalars = (n, m, d, a.stride(0), b.stride(0), float(scale), float(bias), int(self_offset))
-        _backward_rows_kernel[(triton.cdiv(n, meta["BLOCK_N"]),)](*args, u, *scalars, **meta)
-        _backward_cols_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](*args, v, *scalars, **meta)
+        nd = triton.cdiv(d, meta["BLOCK_DU"])
+        _backward_rows_kernel[(triton.cdiv(n, meta["BLOCK_N"]), nd)](*args, u, *scalars, **meta, **gmeta, **launch)
+        _backward_cols_kernel[(triton.cdiv(m, meta["BLOCK_M"]), nd)](*args, v, *scalars, **meta, **gmeta, **launch)
+    else:
+        u.zero_()
+        v.zero_()
     grad_a = _normalization_backward(a, inva, u, normalize, eps).to(a_in.dtype)
     grad_b = _normalization_backward(b, invb, v, normalize, eps).to(b_in.dtype)
     if extra is not None:

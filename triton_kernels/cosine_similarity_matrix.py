@@ -2,16 +2,19 @@
 
 One strided GEMM kernel with fused row and column scalings serves forward and backward:
   forward   S = scale * diag(inv_a) (A B^T) diag(inv_b), written once in the output dtype;
-  backward  dS~ = scale * inv_a_i * inv_b_j * G (one elementwise pass), U = dS~ B, V = dS~^T A,
-            then the normalization backward (O((N + M) D) torch ops).
+  backward  U = scale diag(inv_a) G B^, V = scale diag(inv_b) G^T A^ with the unit-norm rows
+            X^ = X inv_x (one O((N + M) D) pass each) as the second operand, both in the inputs'
+            dtype (tensor cores for half), then the normalization backward (O((N + M) D) torch ops).
 Tiles: BLOCK_M x BLOCK_N outputs, reduction in BLOCK_K slices, float32 accumulation (float64 for
-float64). Floor: 2NMD flops forward, 4NMD backward; N*M outputs written.
+float64); sizes per architecture from configs.gemm (32 x 32 in the interpreter).
+Floor: 2NMD flops forward, 4NMD backward; N*M outputs written.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .contrastive_lse import _compute_dtype, _inverse_norms, _normalization_backward, _tl_dtype
+from . import configs
+from .contrastive_lse import _compute_dtype, _fp32_precision, _inverse_norms, _normalization_backward, _tl_dtype
 
 
 @triton.jit
@@ -39,12 +42,16 @@ def scaled_gemm(x, y, r, c, scale, out):
     m, k = x.shape
     n = y.shape[1]
     ct = r.dtype
-    bk = 64 if k > 32 else (32 if k > 16 else 16)
-    grid = (triton.cdiv(m, 32), triton.cdiv(n, 32))
+    arch = configs.arch_of(x)
+    if arch is None:  # the interpreter's configuration
+        bm, bn, bk, launch = 32, 32, (64 if k > 32 else (32 if k > 16 else 16)), {}
+    else:
+        (bm, bn, bk), launch = configs.gemm(arch, x.dtype, k)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     if m and n:
         _scaled_gemm_kernel[grid](x, y, r, c, out, m, n, k, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-                                  out.stride(0), out.stride(1), float(scale), BLOCK_M=32, BLOCK_N=32, BLOCK_K=bk,
-                                  CT=_tl_dtype(ct), PREC="ieee" if x.dtype in (torch.float32, torch.float64) else "tf32")
+                                  out.stride(0), out.stride(1), float(scale), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                  CT=_tl_dtype(ct), PREC=_fp32_precision(x.dtype), **launch)
     return out
 
 
@@ -55,15 +62,23 @@ def cosine_similarity_matrix_forward(a, b, scale, eps):
     return scaled_gemm(a, b.T, inva, invb, scale, out)
 
 
+def _unit_rows(x, inv, dtype):
+    # x^ = x inv in x's dtype: unit-norm rows, a safe tensor-core operand even in float16.
+    return (x.to(inv.dtype) * inv[:, None]).to(dtype)
+
+
 def cosine_similarity_matrix_backward(grad, a, b, scale, eps):
+    # U = scale diag(inv_a) G B^, V = scale diag(inv_b) G^T A^: both products on the inputs' dtype
+    # (tensor cores for half inputs), float32 accumulation; G is the incoming gradient as it is.
     ct = _compute_dtype(a)
     inva, invb = _inverse_norms(a, True, eps, ct), _inverse_norms(b, True, eps, ct)
-    ds = grad.to(ct) * (inva[:, None] * scale) * invb[None, :]
-    ones_n = torch.ones(a.shape[0], dtype=ct, device=a.device)
-    ones_m = torch.ones(b.shape[0], dtype=ct, device=a.device)
+    # The operands' dtype: a's on a GPU; float32 for bfloat16 in the interpreter, whose tl.dot is wrong
+    # for bfloat16 operands (Triton 3.6).
+    od = ct if (a.dtype == torch.bfloat16 and configs.arch_of(a) is None) else a.dtype
+    g = grad.to(od)
     ones_d = torch.ones(a.shape[1], dtype=ct, device=a.device)
-    u = scaled_gemm(ds, b.to(ct), ones_n, ones_d, 1.0, torch.empty(a.shape, dtype=ct, device=a.device))
-    v = scaled_gemm(ds.T, a.to(ct), ones_m, ones_d, 1.0, torch.empty(b.shape, dtype=ct, device=a.device))
+    u = scaled_gemm(g, _unit_rows(b, invb, od), inva, ones_d, scale, torch.empty(a.shape, dtype=ct, device=a.device))
+    v = scaled_gemm(g.T, _unit_rows(a, inva, od), invb, ones_d, scale, torch.empty(b.shape, dtype=ct, device=a.device))
     grad_a = _normalization_backward(a, inva, u, True, eps).to(a.dtype)
     grad_b = _normalization_backward(b, invb, v, True, eps).to(b.dtype)
     return grad_a, grad_b

@@ -9,16 +9,17 @@ c = j*HW + k (every image's every position), so any HW (1 to thousands) fills wh
             map is never copied); the own block (c // HW == i) is written to pos, every other
             column enters an online (max, sum) per row in float32 (float64) registers; the
             constant HW * exp(self_logit) is merged at the end. Writes pos (N, HW) and neg (N,).
-  backward  no atomics, deterministic: a row kernel (one program per BLOCK_M images) accumulates
-            grad_m = sum_c W_ic l_c with W = scale a_i b_c dS, a column kernel (one program per
-            BLOCK_K columns) accumulates grad_l_c = sum_i W_ic m_i; both recompute S tile by tile
-            (dS_ic = grad_neg_i exp(S_ic - neg_i) off the own block, grad_pos_ik on it) and
-            accumulate sum dS*S in the same loop, so the normalization chain
-            (- [||x|| > eps] / ||x||^2 (sum dS S) x) is applied in the kernel's final pass.
-            Accumulators live in the output (float32/float64 inputs) or in one compute-dtype
-            buffer of the gradient's size (half inputs).
-Floor: forward 2 N (N HW) R flops; backward 2 x (2 + 2) N (N HW) R (each kernel recomputes S);
-N R (HW + 1) inputs read. Extra memory O(N*HW) (plus the half-input accumulators).
+  backward  no atomics, deterministic: a row kernel, program (i, j) owning images block i and
+            channel block j (BLOCK_RU wide), computes grad_m = sum_c W_ic l_c with W = scale a_i b_c dS;
+            a column kernel, program (i, j) owning flattened columns block i and channel block j,
+            computes grad_l_c = sum_i W_ic m_i; both recompute S tile by tile over the full R
+            (dS_ic = grad_neg_i exp(S_ic - neg_i) off the own block, grad_pos_ik on it), keep the
+            accumulator in registers over the whole sweep, and accumulate sum dS*S in the same loop,
+            so the normalization chain (- [||x|| > eps] / ||x||^2 (sum dS S) x) is applied before the
+            single store (in the output's dtype: no accumulation buffer). Gradient products are tl.dot
+            on the input's half type with the inverse norm folded into the unit-norm operand.
+Floor: forward 2 N (N HW) R flops; backward 2 x (2 (R / BLOCK_RU) + 2) N (N HW) R (S recomputed per
+channel block); N R (HW + 1) inputs read. Extra memory O(N*HW).
 """
 import math
 import os
@@ -27,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .contrastive_lse import _compute_dtype, _online_update, _tl_dtype
+from . import configs
+from .contrastive_lse import _compute_dtype, _fp32_precision, _online_update, _tl_dtype
 
 
 @triton.jit
@@ -108,11 +110,17 @@ def _dscores(z, rows, cols, N, C, HW, gpos_ptr, gneg, negs, live):
 
 @triton.jit
 def _backward_m_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefa_ptr, par_ptr, gpos_ptr, gneg_ptr, neg_ptr,
-                       acc_ptr, out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
+                       out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
                        NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                       BLOCK_R: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # grad_m[rows] = sum over column tiles of W @ L[cols]^T, then the normalization term. Owns its rows.
+                       BLOCK_R: tl.constexpr, BLOCK_RU: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
+                       UPCAST: tl.constexpr, GT: tl.constexpr, GPREC: tl.constexpr,
+                       FOLD: tl.constexpr):
+    # grad_m[rows, rus] = scale a_i sum over column tiles of dS @ L^[cols, rus] (L^ = l b, unit columns),
+    # minus the normalization term. Program (i, j) owns image block i and channel block j: the
+    # accumulator stays in registers over the whole column sweep and is stored once (S is recomputed
+    # per channel block, R / BLOCK_RU times).
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rus = tl.program_id(1) * BLOCK_RU + tl.arange(0, BLOCK_RU)
     scale = tl.load(par_ptr)
     neg = tl.load(neg_ptr + rows, mask=rows < N, other=float("-inf")).to(CT)
     live = neg != float("-inf")
@@ -120,6 +128,7 @@ def _backward_m_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefa_ptr, par_ptr, gpo
     gneg = tl.load(gneg_ptr + rows, mask=rows < N, other=0.0).to(CT)
     inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
     csum = tl.zeros((BLOCK_M,), CT)
+    acc = tl.zeros((BLOCK_M, BLOCK_RU), CT)
     for c0 in range(0, C, BLOCK_K):
         cols = c0 + tl.arange(0, BLOCK_K)
         z = _scores(m_ptr, l_ptr, inva_ptr, invb_ptr, rows, cols, N, R, C, HW, sm0, sm1, sl0, sl1, sl2, scale,
@@ -128,72 +137,72 @@ def _backward_m_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefa_ptr, par_ptr, gpo
         if NORMALIZE:
             csum += tl.sum(tl.where(ds != 0, ds * z, 0.0), axis=1)
         invb = tl.load(invb_ptr + cols, mask=cols < C, other=0.0)
-        w = ds * (inva[:, None] * scale) * invb[None, :]
         lbase = (cols // HW) * sl0 + (cols % HW) * sl2
-        for r0 in range(0, R, BLOCK_R):
-            rs = r0 + tl.arange(0, BLOCK_R)
-            lt = tl.load(l_ptr + lbase[:, None] + rs[None, :] * sl1, mask=(cols[:, None] < C) & (rs[None, :] < R),
-                         other=0.0).to(CT)
-            u_ptrs = acc_ptr + rows[:, None] * R + rs[None, :]
-            um = (rows[:, None] < N) & (rs[None, :] < R)
-            u = tl.load(u_ptrs, mask=um, other=0.0)
-            tl.store(u_ptrs, u + tl.dot(w, lt, input_precision="ieee", out_dtype=CT), mask=um)
-    tl.debug_barrier()
-    coef = tl.load(coefa_ptr + rows, mask=rows < N, other=0.0) * csum
-    for r0 in range(0, R, BLOCK_R):
-        rs = r0 + tl.arange(0, BLOCK_R)
-        um = (rows[:, None] < N) & (rs[None, :] < R)
-        u = tl.load(acc_ptr + rows[:, None] * R + rs[None, :], mask=um, other=0.0)
-        if NORMALIZE:
-            x = tl.load(m_ptr + rows[:, None] * sm0 + rs[None, :] * sm1, mask=um, other=0.0).to(CT)
-            u = u - coef[:, None] * x
-        tl.store(out_ptr + rows[:, None] * R + rs[None, :], u.to(out_ptr.dtype.element_ty), mask=um)
+        lt = tl.load(l_ptr + lbase[:, None] + rus[None, :] * sl1, mask=(cols[:, None] < C) & (rus[None, :] < R),
+                     other=0.0).to(CT)
+        if FOLD:
+            acc += tl.dot(ds.to(GT), (lt * invb[:, None]).to(GT), input_precision=GPREC, out_dtype=CT)
+        else:
+            acc += tl.dot(ds * (inva[:, None] * scale) * invb[None, :], lt, input_precision=GPREC, out_dtype=CT)
+    um = (rows[:, None] < N) & (rus[None, :] < R)
+    if FOLD:
+        u = acc * (inva[:, None] * scale)
+    else:
+        u = acc
+    if NORMALIZE:
+        coef = tl.load(coefa_ptr + rows, mask=rows < N, other=0.0) * csum
+        x = tl.load(m_ptr + rows[:, None] * sm0 + rus[None, :] * sm1, mask=um, other=0.0).to(CT)
+        u = u - coef[:, None] * x
+    tl.store(out_ptr + rows[:, None] * R + rus[None, :], u.to(out_ptr.dtype.element_ty), mask=um)
 
 
 @triton.jit
 def _backward_l_kernel(m_ptr, l_ptr, inva_ptr, invb_ptr, coefb_ptr, par_ptr, gpos_ptr, gneg_ptr, neg_ptr,
-                       acc_ptr, out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
+                       out_ptr, N, R, C, HW, sm0, sm1, sl0, sl1, sl2,
                        NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                       BLOCK_R: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # grad_l[cols] = sum over row tiles of M[rows]^T @ W, then the normalization term. Owns its columns.
+                       BLOCK_R: tl.constexpr, BLOCK_RU: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr,
+                       UPCAST: tl.constexpr, GT: tl.constexpr, GPREC: tl.constexpr,
+                       FOLD: tl.constexpr):
+    # grad_l[rus, cols] = scale b_c sum over image tiles of M^[rows, rus]^T @ dS (M^ = m a, unit rows),
+    # minus the normalization term; program (i, j) owns column block i and channel block j, its
+    # accumulator in registers, stored once.
     cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    rus = tl.program_id(1) * BLOCK_RU + tl.arange(0, BLOCK_RU)
     scale = tl.load(par_ptr)
     invb = tl.load(invb_ptr + cols, mask=cols < C, other=0.0)
-    # grad_l is contiguous (N, R, HW): column c = j*HW + k, channel r at j*R*HW + r*HW + k.
-    obase = (cols // HW) * (R * HW) + (cols % HW)
-    lbase = (cols // HW) * sl0 + (cols % HW) * sl2
     csum = tl.zeros((BLOCK_K,), CT)
+    acc = tl.zeros((BLOCK_RU, BLOCK_K), CT)
     for i0 in range(0, N, BLOCK_M):
         rows = i0 + tl.arange(0, BLOCK_M)
         neg = tl.load(neg_ptr + rows, mask=rows < N, other=float("-inf")).to(CT)
         live = neg != float("-inf")
         negs = tl.where(live, neg, 0.0)
         gneg = tl.load(gneg_ptr + rows, mask=rows < N, other=0.0).to(CT)
-        inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
         z = _scores(m_ptr, l_ptr, inva_ptr, invb_ptr, rows, cols, N, R, C, HW, sm0, sm1, sl0, sl1, sl2, scale,
                     BLOCK_M, BLOCK_K, BLOCK_R, CT, PREC, UPCAST)
         ds = _dscores(z, rows, cols, N, C, HW, gpos_ptr, gneg, negs, live)
         if NORMALIZE:
             csum += tl.sum(tl.where(ds != 0, ds * z, 0.0), axis=0)
-        w = ds * (inva[:, None] * scale) * invb[None, :]
-        for r0 in range(0, R, BLOCK_R):
-            rs = r0 + tl.arange(0, BLOCK_R)
-            mt = tl.load(m_ptr + rows[None, :] * sm0 + rs[:, None] * sm1, mask=(rows[None, :] < N) & (rs[:, None] < R),
-                         other=0.0).to(CT)
-            v_ptrs = acc_ptr + obase[None, :] + rs[:, None] * HW
-            vm = (rs[:, None] < R) & (cols[None, :] < C)
-            v = tl.load(v_ptrs, mask=vm, other=0.0)
-            tl.store(v_ptrs, v + tl.dot(mt, w, input_precision="ieee", out_dtype=CT), mask=vm)
-    tl.debug_barrier()
-    coef = tl.load(coefb_ptr + cols, mask=cols < C, other=0.0) * csum
-    for r0 in range(0, R, BLOCK_R):
-        rs = r0 + tl.arange(0, BLOCK_R)
-        vm = (rs[:, None] < R) & (cols[None, :] < C)
-        v = tl.load(acc_ptr + obase[None, :] + rs[:, None] * HW, mask=vm, other=0.0)
-        if NORMALIZE:
-            x = tl.load(l_ptr + lbase[None, :] + rs[:, None] * sl1, mask=vm, other=0.0).to(CT)
-            v = v - coef[None, :] * x
-        tl.store(out_ptr + obase[None, :] + rs[:, None] * HW, v.to(out_ptr.dtype.element_ty), mask=vm)
+        inva = tl.load(inva_ptr + rows, mask=rows < N, other=0.0)
+        mt = tl.load(m_ptr + rows[None, :] * sm0 + rus[:, None] * sm1, mask=(rows[None, :] < N) & (rus[:, None] < R),
+                     other=0.0).to(CT)
+        if FOLD:
+            acc += tl.dot((mt * inva[None, :]).to(GT), ds.to(GT), input_precision=GPREC, out_dtype=CT)
+        else:
+            acc += tl.dot(mt, ds * (inva[:, None] * scale) * invb[None, :], input_precision=GPREC, out_dtype=CT)
+    # grad_l is contiguous (N, R, HW): column c = j*HW + k, channel r at j*R*HW + r*HW + k.
+    obase = (cols // HW) * (R * HW) + (cols % HW)
+    vm = (rus[:, None] < R) & (cols[None, :] < C)
+    if FOLD:
+        v = acc * (invb[None, :] * scale)
+    else:
+        v = acc
+    if NORMALIZE:
+        coef = tl.load(coefb_ptr + cols, mask=cols < C, other=0.0) * csum
+        lbase = (cols // HW) * sl0 + (cols % HW) * sl2
+        x = tl.load(l_ptr + lbase[None, :] + rus[:, None] * sl1, mask=vm, other=0.0).to(CT)
+        v = v - coef[None, :] * x
+    tl.store(out_ptr + obase[None, :] + rus[:, None] * HW, v.to(out_ptr.dtype.element_ty), mask=vm)
 
 
 def _pow2_block(x, lo, hi):
@@ -207,12 +216,25 @@ def _blocks(n, hw, r):
 
 
 def _meta(l, n, hw, r):
-    bm, bk, br = _blocks(n, hw, r)
+    arch = configs.arch_of(l)
     ct = _compute_dtype(l)
+    half = l.dtype in (torch.float16, torch.bfloat16)
+    if arch is None:
+        bm, bk, br = _blocks(n, hw, r)
+        cfg = dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_R=br, BLOCK_RU=configs.pow2_clamp(r, 16, 128))
+        launch = {}
+    else:
+        cfg, launch = configs.infonce(arch, l.dtype, n, hw, r)
     # The interpreter's tl.dot is wrong for bfloat16 operands (Triton 3.6): upcast the tiles there.
     upcast = l.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_R=br, CT=_tl_dtype(ct),
-                PREC="ieee" if l.dtype in (torch.float32, torch.float64) else "tf32", UPCAST=upcast)
+    prec = _fp32_precision(l.dtype)
+    # Gradient products on tensor cores in the input's half type on a GPU; float32 in the interpreter.
+    gt = (tl.float16 if l.dtype == torch.float16 else tl.bfloat16) if (half and arch is not None) else _tl_dtype(ct)
+    # FOLD: half operands on tensor cores take the inverse norms folded into the unit-norm operand
+    # (bounded); float32/float64 keep W = scale a_i b_c dS as the operand, the rounding order whose
+    # cancellation against the normalization term is exact to float64's last bits (R = 1 gradients).
+    fold = half and arch is not None
+    return dict(CT=_tl_dtype(ct), PREC=prec, UPCAST=upcast, **cfg), dict(GT=gt, GPREC=prec, FOLD=fold), launch
 
 
 def _column_norms(x, n, r, hw, strides, ct):
@@ -263,12 +285,13 @@ def infonce_lse_forward(l, m, scale, self_logit, normalize, eps):
     neg = torch.empty((n,), dtype=ct, device=l.device)
     if n == 0:
         return pos, neg
-    meta = _meta(l, n, hw, r)
+    meta, _, launch = _meta(l, n, hw, r)
+    meta.pop("BLOCK_RU")
     inva, invb, _, _ = _scalings(l, m, normalize, eps, ct)
     par = _params(scale, self_logit, hw, ct, l.device)
     grid = (triton.cdiv(n, meta["BLOCK_M"]),)
     _forward_kernel[grid](m, l, inva, invb, par, pos, neg, n, r, n * hw, hw, m.stride(0), m.stride(1),
-                          l.stride(0), l.stride(1), l.stride(2), HAS_SELF=self_logit is not None, **meta)
+                          l.stride(0), l.stride(1), l.stride(2), HAS_SELF=self_logit is not None, **meta, **launch)
     return pos, neg
 
 
@@ -277,24 +300,26 @@ def infonce_lse_backward(grad_pos, grad_neg, l, m, neg, scale, self_logit, norma
     _check(l, m)
     n, r, hw = l.shape
     ct = _compute_dtype(l)
-    grad_l = torch.zeros((n, r, hw), dtype=l.dtype, device=l.device)
-    grad_m = torch.zeros((n, r), dtype=m.dtype, device=m.device)
     if n == 0 or r == 0 or hw == 0:
-        return grad_l, grad_m
-    meta = _meta(l, n, hw, r)
+        return (torch.zeros((n, r, hw), dtype=l.dtype, device=l.device),
+                torch.zeros((n, r), dtype=m.dtype, device=m.device))
+    # Every element is stored once by its owning program: no zero fill, no accumulation buffer.
+    grad_l = torch.empty((n, r, hw), dtype=l.dtype, device=l.device)
+    grad_m = torch.empty((n, r), dtype=m.dtype, device=m.device)
+    meta, gmeta, launch = _meta(l, n, hw, r)
     inva, invb, coefa, coefb = _scalings(l, m, normalize, eps, ct)
     par = _params(scale, self_logit, hw, ct, l.device)
     gpos = grad_pos.to(ct).contiguous()
     gneg = grad_neg.to(ct).contiguous()
     negc = neg.to(ct).contiguous()
-    # Accumulators: the outputs themselves when they are in the compute dtype.
-    acc_l = grad_l if l.dtype == ct else torch.zeros((n, r, hw), dtype=ct, device=l.device)
-    acc_m = grad_m if m.dtype == ct else torch.zeros((n, r), dtype=ct, device=m.device)
     strides = (m.stride(0), m.stride(1), l.stride(0), l.stride(1), l.stride(2))
     common = (m, l, inva, invb)
     tail = (par, gpos, gneg, negc)
-    _backward_m_kernel[(triton.cdiv(n, meta["BLOCK_M"]),)](*common, coefa, *tail, acc_m, grad_m, n, r, n * hw, hw, *strides,
-                                                           NORMALIZE=bool(normalize), **meta)
-    _backward_l_kernel[(triton.cdiv(n * hw, meta["BLOCK_K"]),)](*common, coefb, *tail, acc_l, grad_l, n, r, n * hw, hw,
-                                                                *strides, NORMALIZE=bool(normalize), **meta)
+    nr = triton.cdiv(r, meta["BLOCK_RU"])
+    _backward_m_kernel[(triton.cdiv(n, meta["BLOCK_M"]), nr)](*common, coefa, *tail, grad_m, n, r, n * hw, hw,
+                                                               *strides, NORMALIZE=bool(normalize), **meta, **gmeta,
+                                                               **launch)
+    _backward_l_kernel[(triton.cdiv(n * hw, meta["BLOCK_K"]), nr)](*common, coefb, *tail, grad_l, n, r, n * hw, hw,
+                                                                   *strides, NORMALIZE=bool(normalize), **meta,
+                                                                   **gmeta, **launch)
     return grad_l, grad_m
