@@ -262,9 +262,10 @@ def _meta(a, label_a, label_b, extra, relu, exclude_self, predicates):
     else:
         cfg, launch = configs.contrastive(arch, a.dtype, d)
     half = a.dtype in (torch.float16, torch.bfloat16)
-    # Gradient products on tensor cores in the input's half type (the interpreter's tl.dot is wrong for
-    # bfloat16 operands in Triton 3.6, so it keeps them in float32 there).
-    gt = _tl_half(a.dtype) if (half and arch is not None) else _tl_dtype(ct)
+    # Gradient products on tensor cores in the input's half type. The interpreter runs the same path for
+    # float16 (so CI executes the GPU's operands), float32 for bfloat16 (its bfloat16 tl.dot is wrong in
+    # Triton 3.6).
+    gt = _tl_half(a.dtype) if (half and (arch is not None or a.dtype == torch.float16)) else _tl_dtype(ct)
     prec = _fp32_precision(a.dtype)
     meta = dict(HAS_LABELS=label_a is not None and label_b is not None, RELU=bool(relu), EXCLUDE_SELF=bool(exclude_self),
                 K=len(predicates), P0=preds[0], P1=preds[1], P2=preds[2], CT=_tl_dtype(ct), PREC=prec, **cfg)

@@ -228,12 +228,15 @@ def _meta(l, n, hw, r):
     # The interpreter's tl.dot is wrong for bfloat16 operands (Triton 3.6): upcast the tiles there.
     upcast = l.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
     prec = _fp32_precision(l.dtype)
-    # Gradient products on tensor cores in the input's half type on a GPU; float32 in the interpreter.
-    gt = (tl.float16 if l.dtype == torch.float16 else tl.bfloat16) if (half and arch is not None) else _tl_dtype(ct)
+    # Gradient products on tensor cores in the input's half type on a GPU. The interpreter runs the same
+    # path for float16 (so the GPU's operand folding is executed in CI), float32 for bfloat16 (its
+    # bfloat16 tl.dot is wrong in Triton 3.6).
+    tc_half = half and (arch is not None or l.dtype == torch.float16)
+    gt = (tl.float16 if l.dtype == torch.float16 else tl.bfloat16) if tc_half else _tl_dtype(ct)
     # FOLD: half operands on tensor cores take the inverse norms folded into the unit-norm operand
     # (bounded); float32/float64 keep W = scale a_i b_c dS as the operand, the rounding order whose
     # cancellation against the normalization term is exact to float64's last bits (R = 1 gradients).
-    fold = half and arch is not None
+    fold = tc_half
     return dict(CT=_tl_dtype(ct), PREC=prec, UPCAST=upcast, **cfg), dict(GT=gt, GPREC=prec, FOLD=fold), launch
 
 
