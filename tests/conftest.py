@@ -84,3 +84,13 @@ def gen():
     seed = int(os.environ.get("FASTGAN_TEST_SEED", "0"))
     g = torch.Generator().manual_seed(seed)
     return g
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as the default dtype for one test (Mimicry draws its noise in the default dtype, so
+    float64 models need float64 noise)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

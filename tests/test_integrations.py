@@ -18,14 +18,6 @@ from conftest import float64_backends
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _same_grads(a, b, what):
     for (n1, p1), (n2, p2) in zip(a.named_parameters(), b.named_parameters()):
         assert n1 == n2 and (p1.grad is None) == (p2.grad is None), (what, n1)

@@ -17,15 +17,6 @@ import _peers
 TOL = dict(rtol=1e-10, atol=1e-12)  # float64: the fused and PyTorch's power iterations agree to rounding
 
 
-@pytest.fixture
-def float64_default():
-    # Mimicry draws its noise in the default dtype: float64 models need float64 noise.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _buffers_equal(a, b, what):
     for (n1, b1), (n2, b2) in zip(a.named_buffers(), b.named_buffers()):
         assert n1 == n2 and torch.allclose(b1, b2, **TOL), (what, n1, (b1 - b2).abs().max())
