@@ -169,6 +169,12 @@ def run_spectral(c):
     (sigma,) = SN.power_iteration_([w], [u], [v], c["iters"], 1e-12, c["hook_order"])
     SN.apply(w, u, v, sigma)
     SN.apply_backward(torch.ones_like(w), w, u, v, sigma)
+    # The multi-tensor apply of a whole group (SpectralNormGroup): two layers of different shapes.
+    w2 = torch.randn(8, 27).to(dt)
+    u2, v2 = torch.randn(8).to(dt), torch.randn(27).to(dt)
+    sigmas = SN.power_iteration_([w, w2], [u, u2], [v, v2], c["iters"], 1e-12, c["hook_order"])
+    *outs, snapshot = SN.apply_group([w, w2], [u, u2], [v, v2], sigmas)
+    SN.apply_group_backward([torch.ones_like(w), torch.ones_like(w2)], [w, w2], snapshot, sigmas)
 
 
 OPS = (("contrastive_lse", contrastive_cases, run_contrastive), ("cosine_similarity_matrix", cosine_cases, run_cosine),
