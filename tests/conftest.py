@@ -87,6 +87,32 @@ def gen():
 
 
 @pytest.fixture
+def one_thread():
+    """One CPU thread for one test, restored afterwards. The example GAN's models are tiny: one
+    thread is fastest, and on a busy 2-core machine two OpenMP threads waiting on each other made
+    every step ~100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def assert_example_gan_matches_reference(backends, tolerance, steps=3, **train_kwargs):
+    """Train the example GAN (fastgan.examples.contragan) for a few steps on the reference path and
+    on each of `backends` with the same seed and settings; every backend's per-step losses must be
+    within `tolerance` (max relative difference) of the reference's. Returns the reference history."""
+    from fastgan.examples import contragan
+
+    ref, _, _ = contragan.train("reference", steps=steps, **train_kwargs)
+    for backend in backends:
+        hist, times, _ = contragan.train(backend, steps=steps, **train_kwargs)
+        assert len(hist) == steps and len(times) == steps
+        diff = contragan.max_relative_difference(hist, ref, steps)
+        assert diff < tolerance, (backend, diff, hist, ref)
+    return ref
+
+
+@pytest.fixture
 def float64_default():
     """float64 as the default dtype for one test (Mimicry draws its noise in the default dtype, so
     float64 models need float64 noise)."""

@@ -11,7 +11,7 @@ import fastgan.functional as FG
 import fastgan.reference as R
 from fastgan.examples import contragan
 
-from conftest import kernel_backends
+from conftest import assert_example_gan_matches_reference, kernel_backends
 
 BACKENDS = ["reference"] + [b for b in kernel_backends() if b != "cuda"]
 HALF = (torch.bfloat16, torch.float16)
@@ -25,12 +25,7 @@ def _backends(dtype):
     return [b for b in BACKENDS if not (b == "triton" and dtype == torch.bfloat16 and INTERPRETED)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(dtype, n=9, d=6, seed=0):
@@ -99,10 +94,8 @@ def test_example_gan_training_step_under_autocast(dtype, infomax):
     # losses in float32. Every fused backend gives the reference path's losses within half rounding
     # (the same half ops on both sides; measured <= 3.5e-3 bfloat16, 2e-4 float16).
     steps = 3
-    ref, _, _ = contragan.train("reference", steps=steps, batch=16, infomax=infomax, autocast=dtype)
-    for backend in _backends(dtype)[1:]:
-        hist, _, _ = contragan.train(backend, steps=steps, batch=16, infomax=infomax, autocast=dtype)
-        assert contragan.max_relative_difference(hist, ref, steps) < 1e-2, (backend, hist, ref)
+    ref = assert_example_gan_matches_reference(_backends(dtype)[1:], 1e-2, steps, batch=16, infomax=infomax,
+                                               autocast=dtype)
     full, _, _ = contragan.train("reference", steps=steps, batch=16, infomax=infomax)
     assert contragan.max_relative_difference(ref, full, steps) < 5e-2  # and close to float32 training
 
@@ -110,13 +103,9 @@ def test_example_gan_training_step_under_autocast(dtype, infomax):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GradScaler with float16 autocast needs CUDA")
 @pytest.mark.parametrize("infomax", [False, True])
 def test_example_gan_on_cuda_with_grad_scaler(infomax):
-    steps = 3
-    ref, _, _ = contragan.train("reference", steps=steps, batch=16, infomax=infomax, device="cuda",
-                                autocast=torch.float16, grad_scaler=True)
-    for backend in [b for b in kernel_backends() if b in ("cuda", "triton")]:
-        hist, _, _ = contragan.train(backend, steps=steps, batch=16, infomax=infomax, device="cuda",
-                                     autocast=torch.float16, grad_scaler=True)
-        assert contragan.max_relative_difference(hist, ref, steps) < 1e-2, (backend, hist, ref)
+    assert_example_gan_matches_reference([b for b in kernel_backends() if b in ("cuda", "triton")], 1e-2,
+                                         batch=16, infomax=infomax, device="cuda", autocast=torch.float16,
+                                         grad_scaler=True)
 
 
 def test_compile_fullgraph_under_autocast():
