@@ -76,6 +76,11 @@ constexpr int kBN = 64;        // columns (j, k) of a score tile
 constexpr int kBK = 32;        // R slice of the score product
 constexpr int kRC = 64;        // R chunk of the gradient products
 constexpr int kThreads = 128;  // 4 warps
+// The score kernels are declared __launch_bounds__(kThreads, 1): at least one CTA per SM lets ptxas
+// use up to 255 registers. With the bare __launch_bounds__(kThreads) it aimed at 168 (backward) and
+// 72 (float32 forward) and spilled 4-28 bytes on sm_90; this way every kernel has 0 spill bytes and
+// no stack frame on sm_80 and sm_90 (registers on sm_90: backward 144-212, 2 CTAs per SM; forward
+// 105-123, 4 CTAs per SM; sm_80 a little fewer).
 constexpr int kSLd = kBN + 4;  // float rows: a multiple of 4 (wmma), 68 mod 32 = 4 staggers banks
 constexpr int kGLd = kRC + 4;
 // About two waves of CTAs on 132 SMs (H100/H200); a sizes-only choice. It also bounds the grad_m
@@ -161,12 +166,14 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
 
   for (int64_t r0 = 0; r0 < p.r; r0 += kBK) {
     // m slice, kk fastest (m is normally contiguous in r): element e -> (row e / kBK, kk e % kBK).
+#pragma unroll 4
     for (int e = tid; e < kBM * kBK; e += kThreads) {
       const int row = e / kBK, kk = e % kBK;
       const int64_t i = i0 + row, rr = r0 + kk;
       sm.a[row][kk] = (i < p.n && rr < p.r) ? M[i * p.m_stride_n + rr * p.m_stride_r] : zero;
     }
     // l slice: consecutive threads on the stride-1 dimension (r for channels-last, k otherwise).
+#pragma unroll 4
     for (int e = tid; e < kBK * kBN; e += kThreads) {
       const int kk = r_fast ? e % kBK : e / kBN;
       const int col = r_fast ? e / kBK : e % kBN;
@@ -200,7 +207,7 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
         }
       }
     } else {
-#pragma unroll 8
+#pragma unroll 4
       for (int kk = 0; kk < kBK; ++kk) {
         float av[4], bv[4];
 #pragma unroll
@@ -274,7 +281,7 @@ __device__ __forceinline__ float lse_value(float mx, float sm) {
 // Thread layout of the reduction: row tid / 4, columns tid % 4 + 4 q (q < 16): the 4 threads of a
 // row are consecutive lanes of one warp, merged by __shfl_xor 1 then 2.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(InfonceParams p, int64_t tiles, int64_t tps, float* pos, float* part_max, float* part_sum) {
   __shared__ ScoreSmem<T> sm;
   const int tid = threadIdx.x;
@@ -422,6 +429,7 @@ __device__ void grad_m_cta(const InfonceParams& p, int64_t i0, int64_t t_begin, 
     }
     __syncthreads();
     for (int64_t r0 = 0; r0 < p.r; r0 += kRC) {
+#pragma unroll 4
       for (int e = tid; e < kBN * kRC; e += kThreads) {
         const int rr = r_fast ? e % kRC : e / kBN;
         const int col = r_fast ? e / kRC : e % kBN;
@@ -438,7 +446,7 @@ __device__ void grad_m_cta(const InfonceParams& p, int64_t i0, int64_t t_begin, 
         TfAcc out[2];
         wmma::fill_fragment(out[0], 0.f);
         wmma::fill_fragment(out[1], 0.f);
-#pragma unroll 2
+#pragma unroll 1
         for (int k = 0; k < kBN; k += 8) {
           TfA_row hi, lo;
           wmma::load_matrix_sync(hi, &sm.s[fr * 16][k], kSLd);
@@ -542,6 +550,7 @@ __device__ void grad_l_cta(const InfonceParams& p, int64_t c0, const float* grad
     }
     __syncthreads();
     for (int64_t r0 = 0; r0 < p.r; r0 += kRC) {
+#pragma unroll 4
       for (int e = tid; e < kBM * kRC; e += kThreads) {
         const int row = e / kRC, rr = e % kRC;
         const int64_t i = i0 + row, r = r0 + rr;
@@ -622,7 +631,7 @@ __device__ void grad_l_cta(const InfonceParams& p, int64_t c0, const float* grad
 // Grid: row_blocks * splits grad_m CTAs (block b: row block b % row_blocks, split b / row_blocks),
 // then `tiles` grad_l CTAs.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(InfonceParams p, int64_t tiles, int64_t tps, int64_t row_blocks, int64_t splits,
                     const float* grad_pos, const float* grad_neg, const float* neg, float* u_part, float* c_part,
                     float* row_inv, float* row_act, float* v, T* grad_l) {
