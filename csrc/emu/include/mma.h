@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
@@ -131,13 +132,36 @@ inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, 
 }
 
 // TF32: d = a b + c in float32 over operands truncated to TF32 (d may alias c).
+// Every lane of a warp computes the same whole-tile product here, 32 times the work of the GPU's
+// one product per warp; so each lane's n-th call is remembered per warp, and a later lane whose
+// operands are bit-identical to the remembered call's (all of them, unless the kernel diverges)
+// takes its result instead of recomputing it: same bits, a fraction of the emulation time.
 template <int M, int N, int K, typename LA, typename LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, precision::tf32, LA>& a,
                      const fragment<matrix_b, M, N, K, precision::tf32, LB>& b,
                      const fragment<accumulator, M, N, K, float>& c) {
+  struct Memo {
+    bool valid = false;
+    float a[M * K], b[K * N], c[M * N], d[M * N];
+  };
+  constexpr unsigned kSlots = 256;  // calls of one lane between two barriers, at most, to be reused
+  static std::vector<Memo> memo[::fastgan_emu::kMaxThreads / ::fastgan_emu::kWarp];
+  static unsigned calls[::fastgan_emu::kMaxThreads];
+  const int t = ::fastgan_emu::current("wmma::mma_sync").linear;
+  std::vector<Memo>& warp_memo = memo[t / ::fastgan_emu::kWarp];
+  if (warp_memo.empty()) warp_memo.resize(kSlots);
+  Memo& e = warp_memo[calls[t]++ % kSlots];
+  if (e.valid && std::memcmp(e.a, a.x, sizeof e.a) == 0 && std::memcmp(e.b, b.x, sizeof e.b) == 0 &&
+      std::memcmp(e.c, c.x, sizeof e.c) == 0) {
+    std::memcpy(d.x, e.d, sizeof e.d);
+    return;
+  }
+  std::memcpy(e.a, a.x, sizeof e.a);
+  std::memcpy(e.b, b.x, sizeof e.b);
+  std::memcpy(e.c, c.x, sizeof e.c);  // before d (which may alias c) is written
   float fa[M * K], fb[K * N], out[M * N];
-  for (int e = 0; e < M * K; ++e) fa[e] = tf32_operand(a.x[e]);
-  for (int e = 0; e < K * N; ++e) fb[e] = tf32_operand(b.x[e]);
+  for (int q = 0; q < M * K; ++q) fa[q] = tf32_operand(a.x[q]);
+  for (int q = 0; q < K * N; ++q) fb[q] = tf32_operand(b.x[q]);
   for (int i = 0; i < M; ++i) {
     for (int j = 0; j < N; ++j) out[i * N + j] = c.x[i * N + j];
     for (int k = 0; k < K; ++k) {
@@ -145,7 +169,9 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
       for (int j = 0; j < N; ++j) out[i * N + j] += av * fb[k * N + j];
     }
   }
-  for (int e = 0; e < M * N; ++e) d.x[e] = out[e];
+  std::memcpy(e.d, out, sizeof e.d);
+  e.valid = true;
+  for (int q = 0; q < M * N; ++q) d.x[q] = out[q];
 }
 
 // d = a b + c in float32 (d may alias c).
