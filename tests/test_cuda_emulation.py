@@ -397,23 +397,40 @@ if INNER:
 
     import fastgan.reference.infonce as RI
 
-    LIB.emu_infonce_lse_forward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, P, P]
-    LIB.emu_infonce_lse_backward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, P, P, P, P, P]
+    LIB.emu_infonce_lse_forward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, I64, P, P]
+    LIB.emu_infonce_lse_backward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, I64, P, P, P, P, P]
 
-    def infonce_plan(n, hw):
-        """make_plan of csrc/cuda/infonce_lse.cu: (tiles, row_blocks, splits)."""
+    def infonce_plan(n, hw, target=0):
+        """make_plan of csrc/cuda/infonce_lse.cu: (tiles, row_blocks, splits, tiles per split);
+        target: InfonceParams::target_ctas (0: the default, 264 CTAs)."""
         cdiv = lambda a, b: (a + b - 1) // b  # noqa: E731
         tiles, row_blocks = cdiv(n * hw, 64), cdiv(n, 32)
         if tiles == 0 or row_blocks == 0:
-            return tiles, row_blocks, 0
-        want = min(cdiv(264, row_blocks), tiles, 64)
+            return tiles, row_blocks, 0, 1
+        want = min(cdiv(target or 264, row_blocks), tiles)
         tps = cdiv(tiles, want)
-        return tiles, row_blocks, cdiv(tiles, tps)
+        return tiles, row_blocks, cdiv(tiles, tps), tps
+
+    def infonce_launches(n, r, hw, target=0):
+        """The 4 launches of one forward + backward: [(name, grid, block)] of each."""
+        tiles, row_blocks, splits, _ = infonce_plan(n, hw, target)
+        grid_1d = lambda count: (min((count + 255) // 256, 65535 * 16), 1, 1)  # noqa: E731
+        fwd = [("infonce_lse.cu:forward_kernel", (row_blocks, splits, 1), (128, 1, 1)),
+               ("infonce_lse.cu:forward_combine_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))]
+        bwd = [("infonce_lse.cu:backward_kernel", (row_blocks * splits + tiles, 1, 1), (128, 1, 1)),
+               ("infonce_lse.cu:grad_m_finish_kernel", grid_1d(n * r), (256, 1, 1))]
+        return fwd, bwd
+
+    # target_ctas per shape index and dtype on the shapes of several column tiles: 1 (one split of
+    # every tile), 4 (two splits of two tiles at N = 65 and 33), 0 (the default: a tile per split).
+    INFONCE_TARGETS = {2: (0, 4, 1), 3: (4, 1, 4), 5: (1, 4, 1), 6: (1, 0, 0)}
 
     def infonce_cases():
         """Covering set: each dtype with every N in {1, 2, 33, 65}, every R in {1, 17, 129}, each
         layout of l (contiguous, channels-last) and m (contiguous, transposed storage), self_logit
-        None and -10, normalize on and off, zero vectors, zero grad_neg rows."""
+        None and -10, normalize on and off, zero vectors, zero grad_neg rows; the column split forced
+        (target_ctas 1 or 4) so that splits of several tiles, and one split of all tiles, run at
+        these small N (the default plan gives one tile per split there)."""
         cases, k = [], 0
         shapes = [(1, 17, 3), (2, 1, 5), (33, 129, 2), (65, 17, 3), (2, 129, 1), (33, 1, 4), (65, 129, 1)]
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -421,14 +438,23 @@ if INNER:
                 cases.append(dict(dtype=dtype, n=n, r=r, hw=hw, channels_last=bool((si + k) % 2),
                                   m_transposed=bool((k // 2) % 2), self_logit=None if k % 3 else -10.0,
                                   normalize=(k % 4) != 3, zeros=bool((k // 3) % 2), order="reverse" if k % 5 == 2 else "forward",
-                                  seed=500 + k))
+                                  target=INFONCE_TARGETS.get(si, (0, 0, 0))[DTYPE_CODE[dtype]], seed=500 + k))
                 k += 1
         return cases
 
     def infonce_id(c):
         return (f"{str(c['dtype'])[6:]}-{c['n']}x{c['r']}x{c['hw']}{'-cl' if c['channels_last'] else ''}"
                 f"{'-mT' if c['m_transposed'] else ''}{'-self' if c['self_logit'] is not None else ''}"
-                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-{c['order']}")
+                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-t{c['target']}-{c['order']}")
+
+    def test_inner_infonce_cases_cover_the_split_paths():
+        # Each dtype meets: several splits of one tile each, several splits of several tiles (first
+        # tile stores, later tiles add), one split of every tile, and grad_l over several row blocks.
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            plans = [(infonce_plan(c["n"], c["hw"], c["target"]), c["n"]) for c in infonce_cases() if c["dtype"] == dtype]
+            kinds = {(splits > 1, tps > 1) for (_, _, splits, tps), _ in plans}
+            assert {(True, False), (True, True), (False, True)} <= kinds, (dtype, kinds)
+            assert any(n > 32 for _, n in plans)
 
     @pytest.mark.parametrize("c", infonce_cases(), ids=infonce_id)
     def test_inner_infonce_lse_forward_backward(c):
@@ -449,16 +475,12 @@ if INNER:
         self_term = float(sl + math.log(hw)) if sl is not None else 0.0
         ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
         common = (ptr(l), ptr(m), n, r, hw, ls, ms, scale, int(sl is not None), self_term, int(c["normalize"]), eps,
-                  DTYPE_CODE[dtype])
+                  DTYPE_CODE[dtype], c["target"])
         pos, neg = torch.full((n, hw), float("nan")), torch.full((n,), float("nan"))
         LIB.emu_clear_launches()
         check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "infonce_lse_forward")
-        tiles, row_blocks, splits = infonce_plan(n, hw)
-        norms = [("infonce_lse.cu:inv_norm_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1)),
-                 ("infonce_lse.cu:inv_norm_kernel", ((n * hw + 31) // 32, 1, 1), (32, 8, 1))] if c["normalize"] else []
-        assert launches() == norms + [
-            ("infonce_lse.cu:forward_kernel", (row_blocks, splits, 1), (128, 1, 1)),
-            ("infonce_lse.cu:forward_combine_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))]
+        fwd, bwd = infonce_launches(n, r, hw, c["target"])
+        assert launches() == fwd
 
         lr, mr = l.double().requires_grad_(), m.double().requires_grad_()
         ref_pos, ref_neg = RI.infonce_lse(lr, mr, scale, sl, c["normalize"], eps)
@@ -473,12 +495,7 @@ if INNER:
         LIB.emu_clear_launches()
         check(LIB.emu_infonce_lse_backward(*common, ptr(gp), ptr(gn), ptr(neg), ptr(grad_l), ptr(grad_m)),
               "infonce_lse_backward")
-        grid_1d = lambda count: (min((count + 255) // 256, 65535 * 16), 1, 1)  # noqa: E731
-        assert launches() == norms + [
-            ("infonce_lse.cu:grad_m_kernel", (row_blocks, splits, 1), (128, 1, 1)),
-            ("infonce_lse.cu:grad_m_finish_kernel", grid_1d(n * r), (256, 1, 1)),
-            ("infonce_lse.cu:grad_l_kernel", (tiles, 1, 1), (128, 1, 1)),
-            ("infonce_lse.cu:grad_l_finish_kernel", grid_1d(n * r * hw), (256, 1, 1))]
+        assert launches() == bwd
         # Where neg is -inf (N = 1 without self logit) the reference's gradient of neg is 0 * NaN.
         weight = torch.where(torch.isfinite(ref_neg.detach()), gn.double(), torch.zeros(n, dtype=torch.float64))
         loss = (gp.double() * ref_pos).sum() + (weight * torch.nan_to_num(ref_neg, neginf=0.0)).sum()
@@ -660,32 +677,33 @@ if INNER:
             ptr(a), ptr(b), ptr(inv), ptr(inv), n, n, d, d, d, 1.0, 0, ptr(out)), "cosine"))
         assert rec == [("contrastive_lse.cu:cosine_kernel", (n // 32, n // 32, 1), (32, 8, 1))]
 
-    @pytest.mark.parametrize("n", [64, 256, 4096])
-    def test_inner_launches_infonce_at_gan_batch_sizes(n):
-        r, hw = 64, 64
+    @pytest.mark.parametrize("n,hw", [(64, 64), (256, 64), (4096, 64), (64, 256)])
+    def test_inner_launches_infonce_at_gan_batch_sizes(n, hw):
+        r = 64
         l, m = torch.empty(n, r, hw, dtype=torch.bfloat16), torch.empty(n, r, dtype=torch.bfloat16)
         ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
         pos, neg, gp = torch.empty(n, hw), torch.empty(n), torch.empty(n, hw)
-        common = (ptr(l), ptr(m), n, r, hw, ls, ms, 1.0, 1, 0.0, 1, 1e-8, 2)
+        common = (ptr(l), ptr(m), n, r, hw, ls, ms, 1.0, 1, 0.0, 1, 1e-8, 2, 0)
 
         def loss():
             check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "forward")
             check(LIB.emu_infonce_lse_backward(*common, ptr(gp), ptr(neg), ptr(neg), ptr(l), ptr(m)), "backward")
 
         rec = dry_launches(loss)
-        tiles, row_blocks, splits = infonce_plan(n, hw)
-        # Columns split so that row blocks x splits reaches about 264 CTAs: (2, 64) at N = 64.
-        assert (row_blocks, splits) == {64: (2, 64), 256: (8, 32), 4096: (128, 3)}[n]
-        norms = [("infonce_lse.cu:inv_norm_kernel", (n // 32, 1, 1), (32, 8, 1)),
-                 ("infonce_lse.cu:inv_norm_kernel", (n * hw // 32, 1, 1), (32, 8, 1))]
-        assert rec == norms + [
-            ("infonce_lse.cu:forward_kernel", (row_blocks, splits, 1), (128, 1, 1)),
-            ("infonce_lse.cu:forward_combine_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))] + norms + [
-            ("infonce_lse.cu:grad_m_kernel", (row_blocks, splits, 1), (128, 1, 1)),
-            ("infonce_lse.cu:grad_m_finish_kernel", ((n * r + 255) // 256, 1, 1), (256, 1, 1)),
-            ("infonce_lse.cu:grad_l_kernel", (tiles, 1, 1), (128, 1, 1)),
-            ("infonce_lse.cu:grad_l_finish_kernel", ((n * r * hw + 255) // 256, 1, 1), (256, 1, 1))]
-        assert len(rec) == 10
+        fwd, bwd = infonce_launches(n, r, hw)
+        # 4 launches at every N: the norms are computed inside the score tiles, grad_m and grad_l
+        # CTAs share one grid, grad_l needs no finishing kernel.
+        assert rec == fwd + bwd and len(rec) == 4
+        tiles, row_blocks, splits, tps = infonce_plan(n, hw)
+        assert (row_blocks, splits, tps) == {(64, 64): (2, 64, 1), (256, 64): (8, 32, 8), (4096, 64): (128, 3, 1366),
+                                             (64, 256): (2, 128, 2)}[n, hw]
+        ctas = [x[1][0] * x[1][1] * x[1][2] for x in rec]
+        # The chip (132 SMs) is filled wherever there are 132 score tiles: at N = 64, HW = 64 the
+        # forward has 2 x 64 = 128 tiles in all, each its own CTA; the backward adds one CTA per
+        # column tile.
+        assert ctas[0] >= min(132, row_blocks * tiles) and ctas[2] >= 132
+        assert ctas[0] == {(64, 64): 128, (256, 64): 256, (4096, 64): 384, (64, 256): 256}[n, hw]
+        assert ctas[2] == {(64, 64): 192, (256, 64): 512, (4096, 64): 4480, (64, 256): 512}[n, hw]
 
     @pytest.mark.parametrize("num_layers", [1, 12])
     def test_inner_launches_spectral_norm_constant_in_layers(num_layers):

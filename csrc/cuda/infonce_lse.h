@@ -23,8 +23,13 @@ struct InfonceParams {
   int normalize;
   float eps;
   DType dtype;
+  // CTAs the row-block kernels aim for when splitting the columns (0: the default, 264, two waves on
+  // 132 SMs). The glue leaves 0; the emulation tests set small values to force several tiles per
+  // split at small N.
+  int64_t target_ctas;
 };
 
+// Launches: forward 2, backward 2, at every size (grids depend on the sizes only; no host syncs).
 // Float32 scratch the launchers need (a count of floats; the caller allocates it, no zeroing needed).
 int64_t infonce_lse_forward_workspace(const InfonceParams& p);
 int64_t infonce_lse_backward_workspace(const InfonceParams& p);

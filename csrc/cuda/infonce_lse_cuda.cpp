@@ -1,7 +1,8 @@
 // TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/infonce_lse.cu
 // (contract: fastgan/reference/infonce.py:infonce_lse). Compiled only in CUDA builds. l and m are
-// passed with their strides (a permuted channels-last map is read in place, no copy); inverse norms,
-// partial log-sum-exps and gradient partials live in one float32 workspace allocated here.
+// passed with their strides (a permuted channels-last map is read in place, no copy); the kernels
+// compute the inverse norms themselves; partial log-sum-exps and gradient partials live in one
+// float32 workspace allocated here. No host syncs: 4 launches per forward + backward, graph-capturable.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -61,6 +62,7 @@ Inputs prepare(const at::Tensor& l_in, const at::Tensor& m_in, double scale, con
                     : 0.f;
   p.normalize = normalize;
   p.eps = static_cast<float>(eps);
+  p.target_ctas = 0;  // the launchers' default split
   return r;
 }
 

@@ -11,7 +11,9 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
@@ -41,12 +43,46 @@ struct tile_shape<accumulator, M, N, K> {
   static constexpr int rows = M, cols = N;
 };
 
+// TF32 operands (m16n16k8): as in CUDA, a precision::tf32 fragment stores float elements, is loaded
+// from float memory, and its elements must be rounded with __float_to_tf32 by the caller; mma_sync
+// reads only the top 19 bits of each (the tensor core ignores the low 13 mantissa bits), so an
+// operand left unrounded is truncated here as on the GPU.
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+template <typename T>
+struct storage {
+  using type = T;
+};
+template <>
+struct storage<precision::tf32> {
+  using type = float;
+};
+
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
   static constexpr int rows = tile_shape<Use, M, N, K>::rows, cols = tile_shape<Use, M, N, K>::cols;
   static constexpr int num_elements = rows * cols;
-  T x[num_elements];
+  typename storage<T>::type x[num_elements];
 };
+
+// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; inf and NaN pass unchanged.
+inline float __float_to_tf32(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  if ((b & 0x7f800000u) != 0x7f800000u) b = (b + 0x1000u) & 0xffffe000u;
+  float r;
+  std::memcpy(&r, &b, 4);
+  return r;
+}
+inline float tf32_operand(float v) {  // what the tensor core reads of a float element
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  if ((b & 0x7f800000u) != 0x7f800000u) b &= 0xffffe000u;
+  float r;
+  std::memcpy(&r, &b, 4);
+  return r;
+}
 
 inline float to_f(float v) { return v; }
 inline float to_f(__half v) { return __half2float(v); }
@@ -74,7 +110,7 @@ inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, const T& v) {
 template <typename Use, int M, int N, int K, typename T, typename L, typename S>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const S* p, unsigned ldm) {
   static_assert(!std::is_same<Use, accumulator>::value, "an accumulator load takes a layout_t");
-  check_access<T>(p, ldm, "wmma::load_matrix_sync");
+  check_access<typename storage<T>::type>(p, ldm, "wmma::load_matrix_sync");
   using F = fragment<Use, M, N, K, T, L>;
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c)
@@ -93,6 +129,49 @@ inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, 
   check_access<T>(p, ldm, "wmma::store_matrix_sync");
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.x[r * N + c];
+}
+
+// TF32: d = a b + c in float32 over operands truncated to TF32 (d may alias c).
+// Every lane of a warp computes the same whole-tile product here, 32 times the work of the GPU's
+// one product per warp; so each lane's n-th call is remembered per warp, and a later lane whose
+// operands are bit-identical to the remembered call's (all of them, unless the kernel diverges)
+// takes its result instead of recomputing it: same bits, a fraction of the emulation time.
+template <int M, int N, int K, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, precision::tf32, LA>& a,
+                     const fragment<matrix_b, M, N, K, precision::tf32, LB>& b,
+                     const fragment<accumulator, M, N, K, float>& c) {
+  struct Memo {
+    bool valid = false;
+    float a[M * K], b[K * N], c[M * N], d[M * N];
+  };
+  constexpr unsigned kSlots = 256;  // calls of one lane between two barriers, at most, to be reused
+  static std::vector<Memo> memo[::fastgan_emu::kMaxThreads / ::fastgan_emu::kWarp];
+  static unsigned calls[::fastgan_emu::kMaxThreads];
+  const int t = ::fastgan_emu::current("wmma::mma_sync").linear;
+  std::vector<Memo>& warp_memo = memo[t / ::fastgan_emu::kWarp];
+  if (warp_memo.empty()) warp_memo.resize(kSlots);
+  Memo& e = warp_memo[calls[t]++ % kSlots];
+  if (e.valid && std::memcmp(e.a, a.x, sizeof e.a) == 0 && std::memcmp(e.b, b.x, sizeof e.b) == 0 &&
+      std::memcmp(e.c, c.x, sizeof e.c) == 0) {
+    std::memcpy(d.x, e.d, sizeof e.d);
+    return;
+  }
+  std::memcpy(e.a, a.x, sizeof e.a);
+  std::memcpy(e.b, b.x, sizeof e.b);
+  std::memcpy(e.c, c.x, sizeof e.c);  // before d (which may alias c) is written
+  float fa[M * K], fb[K * N], out[M * N];
+  for (int q = 0; q < M * K; ++q) fa[q] = tf32_operand(a.x[q]);
+  for (int q = 0; q < K * N; ++q) fb[q] = tf32_operand(b.x[q]);
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < N; ++j) out[i * N + j] = c.x[i * N + j];
+    for (int k = 0; k < K; ++k) {
+      const float av = fa[i * K + k];
+      for (int j = 0; j < N; ++j) out[i * N + j] += av * fb[k * N + j];
+    }
+  }
+  std::memcpy(e.d, out, sizeof e.d);
+  e.valid = true;
+  for (int q = 0; q < M * N; ++q) d.x[q] = out[q];
 }
 
 // d = a b + c in float32 (d may alias c).
