@@ -12,12 +12,14 @@
 // Forward: row j of the block is pos[j]; the other rows feed an online (max, sum exp) per image i.
 // Threads own contiguous ranges of j, keep (max, sum) partials of size N, merged in task order
 // (bitwise reproducible for a given thread count).
-// Backward recomputes the block, forms D[i, k] = dS[i, j, k] * s_i * b_jk, writes
+// Backward reads the block from the kept scores or recomputes it, forms
+// D[i, k] = dS[i, j, k] * s_i * b_jk, writes
 //   grad_l[j] = M^T @ D - [||l_jk|| > eps] b_jk^2 (sum_i dS S)_k l_jk           (normalize only)
-// straight into grad_l's (R, HW) slice, and accumulates P += D @ L_j^T per task (N x R); then
+// straight into grad_l's (R, HW) slice, and accumulates P^T += L_j @ D^T per task (R x N); then
 //   grad_m = P_i - [||m_i|| > eps] a_i^2 (sum_jk dS S)_i m_i.
-// Flops: forward 2 N^2 HW R, backward 6 N^2 HW R. Extra memory: O(T (N HW + N R + R HW)) for T
-// threads, beside the outputs; the (N, N, HW) score tensor is never stored.
+// Flops: forward 2 N^2 HW R, backward 6 N^2 HW R (4 N^2 HW R when fastgan::infonce_lse_budget kept
+// the (N, N, HW) scores, see below). Extra memory: O(T (N HW + N R + R HW)) for T threads, beside
+// the outputs and the kept scores.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
