@@ -73,6 +73,15 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "infonce_lse_backward(Tensor grad_pos, Tensor grad_neg, Tensor l, Tensor m, Tensor neg, float scale,"
       " float? self_logit, bool normalize, float eps) -> (Tensor, Tensor)");
+  // The same under the score budget (CPU): scores is the (N, N, HW) tensor S[:, j, :] at [j] when
+  // N^2 HW scores of the compute dtype fit in score_budget bytes (the backward then skips the
+  // recompute product), else empty. Autograd: csrc/ops/infonce_autograd.cpp.
+  m.def(
+      "infonce_lse_budget(Tensor l, Tensor m, float scale, float? self_logit, bool normalize, float eps,"
+      " int score_budget) -> (Tensor pos, Tensor neg, Tensor scores)");
+  m.def(
+      "infonce_lse_budget_backward(Tensor grad_pos, Tensor grad_neg, Tensor l, Tensor m, Tensor neg, Tensor scores,"
+      " float scale, float? self_logit, bool normalize, float eps) -> (Tensor grad_l, Tensor grad_m)");
 
   // ---- spectral normalization (schemas added by fastgan/ops/spectral_norm.py's C++ side) -------
   // SPECTRAL_NORM_SCHEMAS

@@ -12,12 +12,14 @@
 // Forward: row j of the block is pos[j]; the other rows feed an online (max, sum exp) per image i.
 // Threads own contiguous ranges of j, keep (max, sum) partials of size N, merged in task order
 // (bitwise reproducible for a given thread count).
-// Backward recomputes the block, forms D[i, k] = dS[i, j, k] * s_i * b_jk, writes
+// Backward reads the block from the kept scores or recomputes it, forms
+// D[i, k] = dS[i, j, k] * s_i * b_jk, writes
 //   grad_l[j] = M^T @ D - [||l_jk|| > eps] b_jk^2 (sum_i dS S)_k l_jk           (normalize only)
-// straight into grad_l's (R, HW) slice, and accumulates P += D @ L_j^T per task (N x R); then
+// straight into grad_l's (R, HW) slice, and accumulates P^T += L_j @ D^T per task (R x N); then
 //   grad_m = P_i - [||m_i|| > eps] a_i^2 (sum_jk dS S)_i m_i.
-// Flops: forward 2 N^2 HW R, backward 6 N^2 HW R. Extra memory: O(T (N HW + N R + R HW)) for T
-// threads, beside the outputs; the (N, N, HW) score tensor is never stored.
+// Flops: forward 2 N^2 HW R, backward 6 N^2 HW R (4 N^2 HW R when fastgan::infonce_lse_budget kept
+// the (N, N, HW) scores, see below). Extra memory: O(T (N HW + N R + R HW)) for T threads, beside
+// the outputs and the kept scores.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -74,7 +76,14 @@ inline at::Tensor block_of(const at::Tensor& l, int64_t j, const Prep& p, at::Te
   return out;
 }
 
-// Z = S[:, j, :] (N x HW) into `z`, and (normalize) b_jk and the column norms of block j.
+// b_jk and the column norms of block j (normalize only).
+inline void column_norms(const at::Tensor& lj, double eps, at::Tensor& inv_l, at::Tensor& norm_l) {
+  norm_l = lj.norm(2, {0});
+  inv_l = norm_l.clamp_min(eps).reciprocal().contiguous();
+}
+
+// Z = S[:, j, :] (N x HW) into `z` (a contiguous (N, HW) matrix: per-thread scratch, or block j of
+// the kept scores), and (normalize) b_jk and the column norms of block j.
 template <typename T>
 void score_block(const Prep& p, const at::Tensor& lj, at::Tensor& z, bool normalize, double eps, at::Tensor& inv_l,
                  at::Tensor& norm_l) {
@@ -83,8 +92,7 @@ void score_block(const Prep& p, const at::Tensor& lj, at::Tensor& z, bool normal
   T* zp = z.data_ptr<T>();
   const T* s = p.row_scale.data_ptr<T>();
   if (normalize) {
-    norm_l = lj.norm(2, {0});
-    inv_l = norm_l.clamp_min(eps).reciprocal().contiguous();
+    column_norms(lj, eps, inv_l, norm_l);
     const T* b = inv_l.data_ptr<T>();
     for (int64_t i = 0; i < n; ++i) {
       T* zr = zp + i * hw;
@@ -141,7 +149,7 @@ inline void merge(T& M, T& S, T m, T s) {
 // ---------------------------------------------------------------- forward
 template <typename T>
 void forward_impl(const at::Tensor& l, const Prep& p, bool normalize, double eps, std::optional<double> self_logit,
-                  at::Tensor& pos, at::Tensor& neg) {
+                  at::Tensor& pos, at::Tensor& neg, const at::Tensor& scores) {
   const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
   const T ninf = -std::numeric_limits<T>::infinity();
   const Split sp = make_split(n);
@@ -149,7 +157,8 @@ void forward_impl(const at::Tensor& l, const Prep& p, bool normalize, double eps
   T* pos_p = pos.data_ptr<T>();
   at::parallel_for(0, sp.tasks, 1, [&](int64_t t0, int64_t t1) {
     auto opts = l.options().dtype(p.ct);
-    at::Tensor z = at::empty({n, hw}, opts);
+    const bool keep = scores.defined();  // block j's scores go straight into the kept (N, N, HW) tensor
+    at::Tensor z = keep ? at::Tensor() : at::empty({n, hw}, opts);
     at::Tensor scratch = p.convert ? at::empty({r * hw}, opts) : at::Tensor();
     at::Tensor inv_l, norm_l;
     for (int64_t task = t0; task < t1; ++task) {
@@ -158,6 +167,7 @@ void forward_impl(const at::Tensor& l, const Prep& p, bool normalize, double eps
       T* S = psum.data() + task * n;
       for (int64_t j = j0; j < j1; ++j) {
         at::Tensor lj = block_of(l, j, p, scratch);
+        if (keep) z = scores.select(0, j);
         score_block<T>(p, lj, z, normalize, eps, inv_l, norm_l);
         const T* zp = z.data_ptr<T>();
         std::copy(zp + j * hw, zp + (j + 1) * hw, pos_p + j * hw);
@@ -184,8 +194,8 @@ void forward_impl(const at::Tensor& l, const Prep& p, bool normalize, double eps
 // ---------------------------------------------------------------- backward
 template <typename T>
 void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double eps, double scale,
-                   const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& neg, at::Tensor& grad_l,
-                   at::Tensor& grad_m) {
+                   const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& neg, const at::Tensor& scores,
+                   at::Tensor& grad_l, at::Tensor& grad_m) {
   const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
   const T ninf = -std::numeric_limits<T>::infinity();
   const Split sp = make_split(n);
@@ -194,7 +204,11 @@ void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double ep
   const T* ng = neg.data_ptr<T>();
   const T* rs = p.row_scale.data_ptr<T>();
   auto opts = l.options().dtype(p.ct);
-  at::Tensor P = at::zeros({sp.tasks, n, r}, opts);
+  // BLAS operand layouts measured fastest here (bench/infonce_cpu_gemms.py, one thread, 64x64x1024):
+  // grad_l[j] = M^T D with M^T copied contiguous once (a transposed view costs ~30% more over the
+  // 64 products), and grad_m accumulated transposed, P^T += L_j D^T (~13% less than P += D L_j^T).
+  const at::Tensor mtc = p.mt.t().contiguous();  // (R, N)
+  at::Tensor P = at::zeros({sp.tasks, r, n}, opts);
   std::vector<T> cm(sp.tasks * n, T(0));  // sum_{j,k} dS * S per row i and task (normalize)
   const bool out_direct = !p.convert;     // grad_l has the compute dtype: BLAS writes into it
   at::parallel_for(0, sp.tasks, 1, [&](int64_t t0, int64_t t1) {
@@ -210,12 +224,22 @@ void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double ep
       T* cmt = cm.data() + task * n;
       for (int64_t j = j0; j < j1; ++j) {
         at::Tensor lj = block_of(l, j, p, scratch);
-        score_block<T>(p, lj, z, normalize, eps, inv_l, norm_l);
+        // The scores S[:, j, :]: kept by the forward (read only: a second backward reads them
+        // again), or recomputed into z. D is written into z either way.
+        const T* sj;
+        if (scores.defined()) {
+          sj = scores.data_ptr<T>() + j * n * hw;
+          if (normalize) column_norms(lj, eps, inv_l, norm_l);
+        } else {
+          score_block<T>(p, lj, z, normalize, eps, inv_l, norm_l);
+          sj = z.data_ptr<T>();
+        }
         T* zp = z.data_ptr<T>();
         T* cl = normalize ? cl_t.data_ptr<T>() : nullptr;
         if (normalize) std::fill(cl, cl + hw, T(0));
         // z <- dS * s_i (row by row, in place), with sum dS * S per row (cm) and per column (cl).
         for (int64_t i = 0; i < n; ++i) {
+          const T* sr = sj + i * hw;
           T* zr = zp + i * hw;
           T* ep = e.data();
           if (i == j) {
@@ -223,7 +247,7 @@ void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double ep
           } else if (gn[i] == T(0) || ng[i] == ninf) {
             std::fill(ep, ep + hw, T(0));
           } else {
-            exp_shifted(zr, hw, ng[i], ep);
+            exp_shifted(sr, hw, ng[i], ep);
             const T g = gn[i];
 #pragma omp simd
             for (int64_t k = 0; k < hw; ++k) ep[k] *= g;
@@ -231,7 +255,7 @@ void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double ep
           if (normalize) {
             T acc = 0;
             for (int64_t k = 0; k < hw; ++k) {
-              const T t = ep[k] * zr[k];
+              const T t = ep[k] * sr[k];
               acc += t;
               cl[k] += t;
             }
@@ -244,20 +268,20 @@ void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double ep
         if (normalize) z.mul_(inv_l.unsqueeze(0));  // D = dS * s_i * b_jk
         // grad_l[j] = M^T D (- the normalization term); grad_m partial += D L_j^T.
         at::Tensor gl = out_direct ? grad_l.select(0, j) : gscratch;
-        at::mm_out(gl, p.mt.t(), z);
+        at::mm_out(gl, mtc, z);
         if (normalize) {
           auto coef = inv_l * inv_l * cl_t * (norm_l > eps).to(inv_l.scalar_type());
           gl.addcmul_(lj, coef.unsqueeze(0), -1);
         }
         if (!out_direct) grad_l.select(0, j).copy_(gl);
-        Pt.addmm_(z, lj.t());
+        Pt.addmm_(lj, z.t());
       }
     }
   });
   // Merge the task partials in order.
   at::Tensor Pm = P.select(0, 0);
   for (int64_t t = 1; t < sp.tasks; ++t) Pm.add_(P.select(0, t));
-  at::Tensor gm = Pm;
+  at::Tensor gm = Pm.t();
   if (normalize) {
     at::Tensor cmv = at::empty({n}, opts);
     T* c = cmv.data_ptr<T>();
@@ -309,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor> infonce_lse_cpu(const at::Tensor& l, const at
   auto pos = at::empty({n, hw}, l.options().dtype(p.ct));
   auto neg = at::empty({n}, l.options().dtype(p.ct));
   AT_DISPATCH_FLOATING_TYPES(p.ct, "infonce_lse_cpu", [&] {
-    forward_impl<scalar_t>(ld, p, normalize, eps, self_logit, pos, neg);
+    forward_impl<scalar_t>(ld, p, normalize, eps, self_logit, pos, neg, at::Tensor());
   });
   return {pos, neg};
 }
@@ -332,7 +356,64 @@ std::tuple<at::Tensor, at::Tensor> infonce_lse_backward_cpu(const at::Tensor& gr
   auto grad_l = at::empty({n, r, hw}, l.options().memory_format(at::MemoryFormat::Contiguous));
   auto grad_m = at::empty({n, r}, m.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(p.ct, "infonce_lse_backward_cpu", [&] {
-    backward_impl<scalar_t>(ld, p, normalize, eps, scale, gp, gn, ng, grad_l, grad_m);
+    backward_impl<scalar_t>(ld, p, normalize, eps, scale, gp, gn, ng, at::Tensor(), grad_l, grad_m);
+  });
+  return {grad_l, grad_m};
+}
+
+// ---------------------------------------------------------------- score budget: save or recompute
+// fastgan::infonce_lse_budget keeps the (N, N, HW) scores, block j at scores[j] = S[:, j, :], when
+// they fit in score_budget bytes (the rule of fastgan/ops/infonce_lse.py:_keeps_scores): the
+// backward then skips the recompute product (two products instead of three: 4 N^2 HW R flops
+// instead of 6). Beyond the budget (or 0) scores is empty and the backward recomputes block by block.
+inline bool keep_scores(int64_t n, int64_t hw, int64_t elem_size, int64_t budget) {
+  return budget > 0 && n > 0 && hw > 0 && n * n * hw <= budget / elem_size;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> infonce_lse_budget_cpu(const at::Tensor& l, const at::Tensor& m,
+                                                                      double scale, std::optional<double> self_logit,
+                                                                      bool normalize, double eps,
+                                                                      int64_t score_budget) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_inputs("infonce_lse_budget", l, m, eps);
+  TORCH_CHECK(score_budget >= 0, "infonce_lse_budget: score_budget must be >= 0 bytes, got ", score_budget);
+  const int64_t n = l.size(0), hw = l.size(2);
+  const at::Tensor ld = l.detach();
+  Prep p = prepare(ld, m, scale, normalize, eps);
+  auto opts = l.options().dtype(p.ct);
+  auto pos = at::empty({n, hw}, opts);
+  auto neg = at::empty({n}, opts);
+  const bool keep = keep_scores(n, hw, at::elementSize(p.ct), score_budget);
+  auto scores = keep ? at::empty({n, n, hw}, opts) : at::empty({0}, opts);
+  AT_DISPATCH_FLOATING_TYPES(p.ct, "infonce_lse_budget_cpu", [&] {
+    forward_impl<scalar_t>(ld, p, normalize, eps, self_logit, pos, neg, keep ? scores : at::Tensor());
+  });
+  return {pos, neg, scores};
+}
+
+std::tuple<at::Tensor, at::Tensor> infonce_lse_budget_backward_cpu(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& l, const at::Tensor& m,
+    const at::Tensor& neg, const at::Tensor& scores, double scale, std::optional<double> self_logit, bool normalize,
+    double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const char* op = "infonce_lse_budget_backward";
+  check_inputs(op, l, m, eps);
+  const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
+  const at::Tensor ld = l.detach();
+  Prep p = prepare(ld, m, scale, normalize, eps);
+  check_vector(op, "grad_pos", grad_pos, {n, hw}, p.ct);
+  check_vector(op, "grad_neg", grad_neg, {n}, p.ct);
+  check_vector(op, "neg", neg, {n}, p.ct);
+  const bool kept = scores.numel() > 0;
+  TORCH_CHECK(scores.numel() == 0 || (scores.sizes() == at::IntArrayRef({n, n, hw}) && scores.is_contiguous()), op,
+              ": scores must be the forward's (N, N, HW) scores or empty, got ", scores.sizes());
+  if (kept) check_vector(op, "scores", scores, {n, n, hw}, p.ct);
+  auto gp = grad_pos.detach().contiguous(), gn = grad_neg.detach().contiguous(), ng = neg.detach().contiguous();
+  auto grad_l = at::empty({n, r, hw}, l.options().memory_format(at::MemoryFormat::Contiguous));
+  auto grad_m = at::empty({n, r}, m.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(p.ct, "infonce_lse_budget_backward_cpu", [&] {
+    backward_impl<scalar_t>(ld, p, normalize, eps, scale, gp, gn, ng, kept ? scores.detach() : at::Tensor(), grad_l,
+                            grad_m);
   });
   return {grad_l, grad_m};
 }
@@ -342,6 +423,8 @@ std::tuple<at::Tensor, at::Tensor> infonce_lse_backward_cpu(const at::Tensor& gr
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("infonce_lse", &infonce_lse_cpu);
   m.impl("infonce_lse_backward", &infonce_lse_backward_cpu);
+  m.impl("infonce_lse_budget", &infonce_lse_budget_cpu);
+  m.impl("infonce_lse_budget_backward", &infonce_lse_budget_backward_cpu);
 }
 
 }  // namespace fastgan

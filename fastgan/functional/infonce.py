@@ -3,8 +3,9 @@
 The negative term NEG_i does not depend on the local position k, so the fused path needs one
 log-sum-exp per image. Single process: the dedicated op fastgan::infonce_lse (fastgan/ops/infonce_lse.py)
 returns pos (N, HW) and NEG (N,) reading l in place with its strides (a channels-last map is not
-copied) and never stores the (N, N, HW) scores; memory O(N * HW) beside the inputs and gradients,
-against Mimicry's (N, HW, 1 + N*HW) candidate tensor. Distributed (process_group given): contrastive_lse
+copied); memory O(N * HW) beside the inputs and gradients, against Mimicry's (N, HW, 1 + N*HW)
+candidate tensor, plus on the CPU the (N, N, HW) scores kept for the backward where they fit the score
+budget (fastgan.ops.contrastive_lse.set_score_budget; the backward then skips their recompute). Distributed (process_group given): contrastive_lse
 with a = m (N, R), b = the local features as N*HW rows of size R, label_b[j*HW + k] = j, predicate
 "different image", and (Mimicry mode) the constant self block HW * e^-10 folded in as one extra logit
 log(HW) - 10 per row; positives by a batched dot product in plain autograd.
