@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .contrastive_lse import _COLS_BLOCK, _ROWS_BLOCK, _compute_dtype, _f32_parts, _fp32_precision, _grad_merge_kernel, _norms, _tl_dtype
+from .contrastive_lse import (_COLS_BLOCK, _ROWS_BLOCK, _both_norms, _compute_dtype, _f32_parts, _fp32_precision,
+                             _grad_merge_kernel, _same, _tl_dtype)
 
 
 @triton.jit
@@ -61,7 +62,7 @@ def scaled_gemm(x, y, r, c, scale, out):
 
 def cosine_similarity_matrix_forward(a, b, scale, eps):
     ct = _compute_dtype(a)
-    (_, inva), (_, invb) = _norms(a, True, eps, ct), _norms(b, True, eps, ct)
+    (_, inva), (_, invb) = _both_norms(a, b, _same(a, b), True, eps, ct)
     out = torch.empty((a.shape[0], b.shape[0]), dtype=a.dtype, device=a.device)
     return scaled_gemm(a, b.T, inva, invb, scale, out)
 
@@ -75,7 +76,7 @@ def cosine_similarity_matrix_backward(grad, a, b, scale, eps):
     # U = scale diag(inv_a) G B^, V = scale diag(inv_b) G^T A^: both products on the inputs' dtype
     # (tensor cores for half inputs), float32 accumulation; G is the incoming gradient as it is.
     ct = _compute_dtype(a)
-    (nrma, inva), (nrmb, invb) = _norms(a, True, eps, ct), _norms(b, True, eps, ct)
+    (nrma, inva), (nrmb, invb) = _both_norms(a, b, _same(a, b), True, eps, ct)
     # The operands' dtype: a's on a GPU; float32 for bfloat16 in the interpreter, whose tl.dot is wrong
     # for bfloat16 operands (Triton 3.6).
     od = ct if (a.dtype == torch.bfloat16 and configs.arch_of(a) is None) else a.dtype
