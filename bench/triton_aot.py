@@ -64,7 +64,8 @@ def entry_kernels():
     for mod in MODULES:
         for name, obj in vars(mod).items():
             if isinstance(obj, JITFunction) and name.endswith("_kernel"):
-                out.add(f"{mod.__name__.rsplit('.', 1)[1]}.{name}")
+                # By the defining module: a kernel imported into another module is the same kernel.
+                out.add(f"{obj.module.rsplit('.', 1)[1]}.{obj.__name__}")
     return out
 
 
@@ -311,7 +312,9 @@ def main(argv=None):
             seen = {}
             for fn, op, label, sig, ce, attrs, options, grid in capture(arch):
                 key = _key(fn, sig, ce, attrs, options)
-                entry = {"kernel": f"{op}.{fn.__name__}", "config": label, "arch": arch,
+                # Named by the kernel's module (cosine_similarity_matrix launches contrastive_lse's
+                # norm and merge kernels), as entry_kernels() names them.
+                entry = {"kernel": f"{fn.module.rsplit('.', 1)[1]}.{fn.__name__}", "config": label, "arch": arch,
                          "constexprs": _constexpr_summary(fn, ce), "num_warps": options.num_warps,
                          "num_stages": options.num_stages, "grid": list(grid) if not callable(grid) else None,
                          "key": key}

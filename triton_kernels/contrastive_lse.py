@@ -468,6 +468,9 @@ def _f32_parts(x):
 # Rows per program of the O(N D) norm and merge kernels (their loops run over D in BLOCK_C slices).
 _ROWS_BLOCK, _COLS_BLOCK = 16, 64
 _MERGE_BLOCK = 128  # rows per program of the forward merge
+# The gradient merge (memory-bound, 16 x 64 tiles): 2 warps. With 4, ptxas spilled 4 bytes at 48 registers
+# for half inputs on sm_80 (docs/triton_compile_table.md); with 8 it fell to 32 registers.
+_GRAD_MERGE_LAUNCH = dict(num_warps=2)
 
 
 def _norms(x, normalize, eps, ct):
@@ -589,7 +592,7 @@ def contrastive_lse_backward(grad_lse, a, b, label_a, label_b, extra, lse, scale
     common = dict(NORMALIZE=bool(normalize), HAS_EXTRA=extra is not None, K=meta["K"], BLOCK_R=_ROWS_BLOCK,
                   BLOCK_C=_COLS_BLOCK, CT=meta["CT"])
     _grad_merge_kernel[ma](u, a, inva, nrma, grad_a, ex, lse, w, grad_extra, n, d, a.stride(0), a.stride(1), rgrid[2], *epair,
-                           EXTRA=True, **common)
+                           EXTRA=True, **common, **_GRAD_MERGE_LAUNCH)
     _grad_merge_kernel[mb](v, b, invb, nrmb, grad_b, ex, lse, w, grad_extra, m, d, b.stride(0), b.stride(1), cgrid[2], *epair,
-                           EXTRA=False, **common)
+                           EXTRA=False, **common, **_GRAD_MERGE_LAUNCH)
     return grad_a, grad_b, grad_extra

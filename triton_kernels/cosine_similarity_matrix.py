@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .contrastive_lse import (_COLS_BLOCK, _ROWS_BLOCK, _both_norms, _compute_dtype, _f32_parts, _fp32_precision,
-                             _grad_merge_kernel, _same, _tl_dtype)
+from .contrastive_lse import (_COLS_BLOCK, _GRAD_MERGE_LAUNCH, _ROWS_BLOCK, _both_norms, _compute_dtype, _f32_parts,
+                             _fp32_precision, _grad_merge_kernel, _same, _tl_dtype)
 
 
 @triton.jit
@@ -95,7 +95,8 @@ def _unnormalize(u, x, inv, nrm, eps):
         _grad_merge_kernel[(triton.cdiv(n, _ROWS_BLOCK),)](u, x, inv, nrm, out, u, u, u, u, n, d, x.stride(0), x.stride(1), 1,
                                                            *_f32_parts(eps), NORMALIZE=True, EXTRA=False,
                                                            HAS_EXTRA=False, K=1, BLOCK_R=_ROWS_BLOCK,
-                                                           BLOCK_C=_COLS_BLOCK, CT=_tl_dtype(u.dtype))
+                                                           BLOCK_C=_COLS_BLOCK, CT=_tl_dtype(u.dtype),
+                                                           **_GRAD_MERGE_LAUNCH)
     elif n:
         out.zero_()
     return out
