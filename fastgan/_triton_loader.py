@@ -15,12 +15,18 @@ def import_triton_kernels():
     name = "fastgan.triton_kernels"
     if name in sys.modules:
         return sys.modules[name]
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "triton_kernels")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "triton_kernels")
+    # A source checkout (setup.py beside the folder) loads its own kernels first: an editable install
+    # of ANOTHER checkout (a git worktree sharing one venv) maps fastgan.triton_kernels to that
+    # checkout's folder, so the kernels under test would silently be someone else's.
+    own = os.path.isfile(os.path.join(root, "setup.py")) and os.path.isfile(os.path.join(path, "configs.py"))
+    if not own:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
     spec = importlib.util.spec_from_file_location(
         name, os.path.join(path, "__init__.py"), submodule_search_locations=[path]
     )

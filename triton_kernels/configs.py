@@ -13,10 +13,18 @@ A timing sweep on a GPU (candidate rows x benchmark sizes) is not written yet: r
 the compile table alone (zero spills, tensor cores), not from measured times.
 """
 import contextlib
+import os
 
 import torch
 
 _FORCED = None
+# The SM count a forced architecture plans for (bench/triton_aot.py, tests/test_launch_plan.py): an
+# H100 SXM / H200 (132 SMs); a real device reports its own.
+H100_SMS = 132
+_SMS = {}
+# Column split forced on (tests: the interpreter then runs the split-and-merge path at tiny sizes).
+# None: chosen from the shapes and the SM count (1 in the interpreter, which has no SMs to fill).
+_FORCED_SPLIT = {"n": int(os.environ["FASTGAN_TRITON_SPLIT"]) if os.environ.get("FASTGAN_TRITON_SPLIT") else None}
 
 
 @contextlib.contextmanager
@@ -38,6 +46,46 @@ def arch_of(x: torch.Tensor):
         return None
     major, _ = torch.cuda.get_device_capability(x.device)
     return 90 if major >= 9 else 80
+
+
+@contextlib.contextmanager
+def force_split(n):
+    """Split every swept dimension into (up to) n parts, whatever the SM count (None: the normal choice)."""
+    saved, _FORCED_SPLIT["n"] = _FORCED_SPLIT["n"], n
+    try:
+        yield
+    finally:
+        _FORCED_SPLIT["n"] = saved
+
+
+def sm_count(x: torch.Tensor):
+    """Streaming multiprocessors the launch should fill: the device's (a cached property query, no
+    sync), H100_SMS for a forced architecture, None in the interpreter."""
+    if _FORCED is not None:
+        return H100_SMS
+    if x.device.type != "cuda":
+        return None
+    idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if idx not in _SMS:
+        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SMS[idx]
+
+
+def split_plan(programs, tiles, x):
+    """(splits, tiles per split) for a kernel whose grid has `programs` programs, each sweeping `tiles`
+    tiles of one dimension: split that sweep into equal runs of tiles when the programs alone do not
+    reach one program per SM. A pure function of the shapes and the device's SM count (no host sync,
+    no data-dependent choice), so the merge order, and with it every bit of the result, is fixed for
+    a given shape and device. Each program then handles at least one tile; at most one partial state
+    per (row, split) is written, and the merge reads the splits in order 0, 1, 2, ..."""
+    tiles = max(1, int(tiles))
+    want = _FORCED_SPLIT["n"]
+    if want is None:
+        sms = sm_count(x)
+        want = 1 if sms is None else -(-sms // max(1, int(programs)))
+    want = max(1, min(int(want), tiles))
+    per = -(-tiles // want)
+    return -(-tiles // per), per
 
 
 def pow2_clamp(x, lo, hi):

@@ -4,7 +4,11 @@ One strided GEMM kernel with fused row and column scalings serves forward and ba
   forward   S = scale * diag(inv_a) (A B^T) diag(inv_b), written once in the output dtype;
   backward  U = scale diag(inv_a) G B^, V = scale diag(inv_b) G^T A^ with the unit-norm rows
             X^ = X inv_x (one O((N + M) D) pass each) as the second operand, both in the inputs'
-            dtype (tensor cores for half), then the normalization backward (O((N + M) D) torch ops).
+            dtype (tensor cores for half), then the normalization backward (contrastive_lse's
+            merge kernel, one launch per input). Norms: contrastive_lse's norm kernel, one launch per input.
+  launches  forward 3 (2 norms + GEMM), backward 6 (2 norms, 2 GEMMs, 2 normalization backwards) at every
+            size. The GEMM grid is 2-D over output tiles already (N M / tile programs); its reduction
+            over D is not split (D <= 1536 at GAN sizes: one K loop per tile).
 Tiles: BLOCK_M x BLOCK_N outputs, reduction in BLOCK_K slices, float32 accumulation (float64 for
 float64); sizes per architecture from configs.gemm (32 x 32 in the interpreter).
 Floor: 2NMD flops forward, 4NMD backward; N*M outputs written.
@@ -14,7 +18,8 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .contrastive_lse import _compute_dtype, _fp32_precision, _inverse_norms, _normalization_backward, _tl_dtype
+from .contrastive_lse import (_COLS_BLOCK, _GRAD_MERGE_LAUNCH, _ROWS_BLOCK, _both_norms, _compute_dtype, _f32_parts,
+                             _fp32_precision, _grad_merge_kernel, _same, _tl_dtype)
 
 
 @triton.jit
@@ -57,7 +62,7 @@ def scaled_gemm(x, y, r, c, scale, out):
 
 def cosine_similarity_matrix_forward(a, b, scale, eps):
     ct = _compute_dtype(a)
-    inva, invb = _inverse_norms(a, True, eps, ct), _inverse_norms(b, True, eps, ct)
+    (_, inva), (_, invb) = _both_norms(a, b, _same(a, b), True, eps, ct)
     out = torch.empty((a.shape[0], b.shape[0]), dtype=a.dtype, device=a.device)
     return scaled_gemm(a, b.T, inva, invb, scale, out)
 
@@ -71,7 +76,7 @@ def cosine_similarity_matrix_backward(grad, a, b, scale, eps):
     # U = scale diag(inv_a) G B^, V = scale diag(inv_b) G^T A^: both products on the inputs' dtype
     # (tensor cores for half inputs), float32 accumulation; G is the incoming gradient as it is.
     ct = _compute_dtype(a)
-    inva, invb = _inverse_norms(a, True, eps, ct), _inverse_norms(b, True, eps, ct)
+    (nrma, inva), (nrmb, invb) = _both_norms(a, b, _same(a, b), True, eps, ct)
     # The operands' dtype: a's on a GPU; float32 for bfloat16 in the interpreter, whose tl.dot is wrong
     # for bfloat16 operands (Triton 3.6).
     od = ct if (a.dtype == torch.bfloat16 and configs.arch_of(a) is None) else a.dtype
@@ -79,6 +84,19 @@ def cosine_similarity_matrix_backward(grad, a, b, scale, eps):
     ones_d = torch.ones(a.shape[1], dtype=ct, device=a.device)
     u = scaled_gemm(g, _unit_rows(b, invb, od), inva, ones_d, scale, torch.empty(a.shape, dtype=ct, device=a.device))
     v = scaled_gemm(g.T, _unit_rows(a, inva, od), invb, ones_d, scale, torch.empty(b.shape, dtype=ct, device=a.device))
-    grad_a = _normalization_backward(a, inva, u, True, eps).to(a.dtype)
-    grad_b = _normalization_backward(b, invb, v, True, eps).to(b.dtype)
-    return grad_a, grad_b
+    # The normalization backward, stored in the inputs' dtype: contrastive_lse's merge kernel with one split.
+    return _unnormalize(u, a, inva, nrma, eps), _unnormalize(v, b, invb, nrmb, eps)
+
+
+def _unnormalize(u, x, inv, nrm, eps):
+    n, d = x.shape
+    out = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    if n and d:
+        _grad_merge_kernel[(triton.cdiv(n, _ROWS_BLOCK),)](u, x, inv, nrm, out, u, u, u, u, n, d, x.stride(0), x.stride(1), 1,
+                                                           *_f32_parts(eps), NORMALIZE=True, EXTRA=False,
+                                                           HAS_EXTRA=False, K=1, BLOCK_R=_ROWS_BLOCK,
+                                                           BLOCK_C=_COLS_BLOCK, CT=_tl_dtype(u.dtype),
+                                                           **_GRAD_MERGE_LAUNCH)
+    elif n:
+        out.zero_()
+    return out
