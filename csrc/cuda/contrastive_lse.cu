@@ -103,7 +103,9 @@ struct Smem {
   alignas(32) float z[kTile][kLdz];  // z, then dS~
   alignas(32) T split[kTensorCores<T> ? kSplitTerms<T> : 1][kTile][kLd];  // 16-bit terms of the scaled dS~ tile
   alignas(32) float stage[kTile][kLdz];  // each warp's 16 x 16 result, on its way to global memory
-  float red[kThreads / 32];
+  float red[kThreads / 32][kTile];  // per-warp column maxima (columns kernel)
+  float row_up[kTile];              // 2^e undoing each output row's scaling (16-bit gradient products)
+  float op_scale[kTile];            // power of two near inv_a / inv_b of each staged operand row
 };
 
 // Registers of one thread's share (8 elements) of a 32 x 32 slice of a row-major matrix x (rows
@@ -133,6 +135,14 @@ __device__ __forceinline__ void store_slice(const SliceRegs<T>& r, T (*dst)[Ld])
     const int e = threadIdx.x + kThreads * q;
     dst[e / kTile][e % kTile] = r.v[q];
   }
+}
+
+// Multiplies each element of a staged slice by the power of two of its row (exact in T unless it
+// under- or overflows; the scale brings the row near unit norm, so neither matters).
+template <typename T>
+__device__ __forceinline__ void scale_slice(SliceRegs<T>& r, const float* row_scale) {
+#pragma unroll
+  for (int q = 0; q < kPer; ++q) r.v[q] = from_float<T>(to_float(r.v[q]) * row_scale[(threadIdx.x + kThreads * q) / kTile]);
 }
 
 // sm.z[r][c] = z of rows r0.., columns c0.. (z = scale inv_a_i inv_b_j <a_i, b_j> + bias; 0 outside
@@ -308,11 +318,29 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dS~ of the tile (rows r0.., columns c0..) from z in sm.z. float32: into sm.z. 16-bit inputs: the
-// tile scaled by 2^-e (its largest |element| then lies in [0.5, 1)) and split into kSplitTerms
-// terms of T in sm.split; returns 2^e, the factor that undoes the scaling (1 for float32).
+// A power of two within a factor 2 of x > 0 (1 for 0 and non-finite x): x / pow2_near(x) in [1, 2).
+__device__ __forceinline__ float pow2_near(float x) {
+  if (!(x > 0.f) || !(x <= 3.4e38f)) return 1.f;
+  int e = 0;
+  frexpf(x, &e);  // x = f 2^e, f in [0.5, 1)
+  e = e < -125 ? -125 : (e > 126 ? 126 : e);
+  return ldexpf(1.f, e - 1);
+}
+
+// dS~ of the tile (rows r0.., columns c0..) from z in sm.z. float32: into sm.z.
+// 16-bit inputs, as 16-bit terms in sm.split that the tensor cores multiply with the staged operand
+// X (B for U = dS~ B, A for V = dS~^T A; `transpose` selects V). Two exact power-of-two rescalings
+// keep every term in range whatever the inverse norms (a zero vector has inv = 1 / eps):
+// - dS~ carries inv of the operand's row (inv_b_j for U); dividing it by c_j = pow2_near(inv_b_j)
+//   and multiplying the staged X row by c_j (grad_product) moves that factor onto X (X c_j is about
+//   the unit vector x_j / ||x_j||, exact in T barring underflow of relatively negligible elements);
+// - each output row (row i of dS~ for U, column j for V) is scaled by 2^-e so that its largest
+//   |element| lies in [0.5, 1), undone on the float32 result (sm.row_up).
+// Then a term's rounding error is relative to its output row's largest contribution, never another
+// row's: 2 float16 terms give 22 significant bits, 3 bfloat16 terms 24.
 template <typename T>
-__device__ float grad_tile(const LseParams& p, int64_t r0, int64_t c0, const float* lse, const float* w, Smem<T>& sm) {
+__device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const float* lse, const float* w, bool transpose,
+                          Smem<T>& sm) {
   const int tid = threadIdx.x, tx = tid % kTile, ty = tid / kTile;
   const int64_t j = c0 + tx;
   float g[kRowsPerThread];
@@ -334,30 +362,53 @@ __device__ float grad_tile(const LseParams& p, int64_t r0, int64_t c0, const flo
     g[q] = acc;
   }
   if constexpr (!kTensorCores<T>) {
+    (void)transpose;
 #pragma unroll
     for (int q = 0; q < kRowsPerThread; ++q) sm.z[ty * kRowsPerThread + q][tx] = g[q];
     __syncthreads();
-    return 1.f;
   } else {
-    float amax = 0.f;
-#pragma unroll
-    for (int q = 0; q < kRowsPerThread; ++q) amax = fmaxf(amax, fabsf(g[q]));
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    if (tid % 32 == 0) sm.red[tid / 32] = amax;
+    const int lane = tid % 32, warp = tid / 32;
+    // Operand row scales: U's operand rows are the columns j, V's the rows i of the tile.
+    if (tid < kTile) {
+      const int64_t x = (transpose ? r0 : c0) + tid;
+      const bool in = x < (transpose ? p.n : p.m);
+      sm.op_scale[tid] = in ? pow2_near(transpose ? p.inv_a[x] : p.inv_b[x]) : 1.f;
+    }
     __syncthreads();
-    amax = fmaxf(fmaxf(sm.red[0], sm.red[1]), fmaxf(sm.red[2], sm.red[3]));
-    float down = 1.f, up = 1.f;  // powers of two: exact
-    if (amax > 0.f && amax <= 3.4e38f) {
-      int e = 0;
-      frexpf(amax, &e);  // amax = f 2^e, f in [0.5, 1)
-      e = e < -125 ? -125 : (e > 125 ? 125 : e);
-      down = ldexpf(1.f, -e);
-      up = ldexpf(1.f, e);
+    float down[kRowsPerThread];  // per element: 2^-e of its output row
+    if (!transpose) {
+      // U: operand row = column tx; output row = tile row (8 ty + q), its 32 columns in this warp.
+      const float inv_c = 1.f / sm.op_scale[tx];
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) {
+        g[q] *= inv_c;
+        float m = fabsf(g[q]);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        const float up = pow2_near(m) * 2.f;  // m / up in [0.5, 1)
+        down[q] = 1.f / up;
+        if (lane == 0) sm.row_up[ty * kRowsPerThread + q] = m > 0.f ? up : 1.f;
+        if (!(m > 0.f)) down[q] = 1.f;
+      }
+    } else {
+      // V: operand row = tile row (8 ty + q); output row = column tx, spread over the 4 warps.
+      float m = 0.f;
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) {
+        g[q] *= 1.f / sm.op_scale[ty * kRowsPerThread + q];
+        m = fmaxf(m, fabsf(g[q]));
+      }
+      sm.red[warp][lane] = m;
+      __syncthreads();
+      m = fmaxf(fmaxf(sm.red[0][tx], sm.red[1][tx]), fmaxf(sm.red[2][tx], sm.red[3][tx]));
+      const float up = m > 0.f ? pow2_near(m) * 2.f : 1.f;
+      if (warp == 0) sm.row_up[tx] = up;
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) down[q] = 1.f / up;
     }
 #pragma unroll
     for (int q = 0; q < kRowsPerThread; ++q) {
-      float x = g[q] * down;
+      float x = g[q] * down[q];
 #pragma unroll
       for (int t = 0; t < kSplitTerms<T>; ++t) {
         const T h = from_float<T>(x);
@@ -366,30 +417,33 @@ __device__ float grad_tile(const LseParams& p, int64_t r0, int64_t c0, const flo
       }
     }
     __syncthreads();
-    return up;
   }
 }
 
-// out[o0 + o][d] (+)= up * sum_k P(o, k) x[x0 + k][d] for the 32 output rows o and every d, with
-// P = dS~ (rows kernel) or dS~^T (columns kernel, transpose) of the tile left by grad_tile; `first`
-// stores instead of adding. The 32 rows of x are staged slice by slice (double-buffered in sm.b).
-// Each output element has exactly one writer in the grid.
+// out[o0 + o][d] (+)= sum_k P(o, k) x[x0 + k][d] for the 32 output rows o and every d, with
+// P = dS~ (rows kernel) or dS~^T (columns kernel, transpose) of the tile left by grad_tile (16-bit
+// inputs: its rescaled terms, the staged x rows times sm.op_scale, the result times sm.row_up);
+// `first` stores instead of adding. The 32 rows of x are staged slice by slice (double-buffered in
+// sm.b). Each output element has exactly one writer in the grid.
 template <typename T>
 __device__ void grad_product(const LseParams& p, const T* x, int64_t x_rows, int64_t x_stride, int64_t x0,
-                             bool transpose, float up, float* out, int64_t out_rows, int64_t o0, bool first,
-                             Smem<T>& sm) {
+                             bool transpose, float* out, int64_t out_rows, int64_t o0, bool first, Smem<T>& sm) {
   namespace wmma = nvcuda::wmma;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;
   const int tx = tid % kTile, ty = tid / kTile;
   SliceRegs<T> rx;
   load_slice(rx, x, x_rows, p.d, x_stride, x0, 0);
+  if constexpr (kTensorCores<T>) scale_slice(rx, sm.op_scale);
   store_slice(rx, sm.b[0]);
   __syncthreads();
   int buf = 0;
   for (int64_t d0 = 0; d0 < p.d; d0 += kTile, buf ^= 1) {
     const bool next = d0 + kTile < p.d;
-    if (next) load_slice(rx, x, x_rows, p.d, x_stride, x0, d0 + kTile);
+    if (next) {
+      load_slice(rx, x, x_rows, p.d, x_stride, x0, d0 + kTile);
+      if constexpr (kTensorCores<T>) scale_slice(rx, sm.op_scale);
+    }
     if constexpr (kTensorCores<T>) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
       wmma::fill_fragment(facc, 0.f);
@@ -418,7 +472,7 @@ __device__ void grad_product(const LseParams& p, const T* x, int64_t x_rows, int
         const int e = lane + 32 * q, rr = fr + e / 16, cc = fc + e % 16;
         const int64_t o = o0 + rr, d = d0 + cc;
         if (o < out_rows && d < p.d) {
-          const float val = sm.stage[rr][cc] * up;
+          const float val = sm.stage[rr][cc] * sm.row_up[rr];
           float* dst = out + o * p.d + d;
           *dst = first ? val : *dst + val;
         }
@@ -460,8 +514,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t = tr.begin; t < tr.end; ++t) {
     const int64_t c0 = t * kTile;
     score_tile<T>(p, r0, c0, sm);
-    const float up = grad_tile<T>(p, r0, c0, lse, w, sm);
-    grad_product<T>(p, static_cast<const T*>(p.b), p.m, p.stride_b, c0, false, up, out, p.n, r0, t == tr.begin, sm);
+    grad_tile<T>(p, r0, c0, lse, w, false, sm);
+    grad_product<T>(p, static_cast<const T*>(p.b), p.m, p.stride_b, c0, false, out, p.n, r0, t == tr.begin, sm);
   }
 }
 
@@ -476,8 +530,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t = tr.begin; t < tr.end; ++t) {
     const int64_t r0 = t * kTile;
     score_tile<T>(p, r0, c0, sm);
-    const float up = grad_tile<T>(p, r0, c0, lse, w, sm);
-    grad_product<T>(p, static_cast<const T*>(p.a), p.n, p.stride_a, r0, true, up, out, p.m, c0, t == tr.begin, sm);
+    grad_tile<T>(p, r0, c0, lse, w, true, sm);
+    grad_product<T>(p, static_cast<const T*>(p.a), p.n, p.stride_a, r0, true, out, p.m, c0, t == tr.begin, sm);
   }
 }
 
