@@ -14,10 +14,11 @@
 // - float32: a SIMT product in float32 (8 outputs per thread), IEEE, as the contract requires.
 // Gradient products on tensor cores. dS~ is float32 (products of exponentials, inverse norms and
 // grad_lse): rounding it once to 16 bits would cost 3 (fp16) or 2 (bf16) decimal digits. Each dS~
-// tile is scaled by a power of two that brings its largest |element| into [0.5, 1) (exact; undone
-// on the float32 result) and split into 2 (float16: 11 + 11 bits) or 3 (bfloat16: 8 + 8 + 8 bits)
-// terms of the input dtype, each multiplied on the tensor cores against the exact 16-bit operand:
-// dS~ @ B is then as accurate as the float32 product (22 or 24 significant bits per element).
+// tile is rescaled by exact powers of two (each output row into [0.5, 1); the operand row's inverse
+// norm moved onto the staged operand, see grad_tile) and split into 2 (float16: 11 + 11 bits) or 3
+// (bfloat16: 8 + 8 + 8 bits) terms of the input dtype, each multiplied on the tensor cores against the
+// 16-bit operand: dS~ @ B is then as accurate as the float32 product (22 or 24 significant bits per
+// element). Static SASS per D slice: forward 4 HMMA.16816, gradient kernels 4 + 8 (fp16) / 4 + 12 (bf16).
 //
 // Filling the chip (contrastive_lse_plan). Rows alone give ceil(N / 32) CTAs (2 at N = 64); the
 // forward and the row-gradient kernel also split the column tiles into col_splits contiguous
@@ -375,7 +376,16 @@ __device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const floa
       sm.op_scale[tid] = in ? pow2_near(transpose ? p.inv_a[x] : p.inv_b[x]) : 1.f;
     }
     __syncthreads();
-    float down[kRowsPerThread];  // per element: 2^-e of its output row
+    // Writes the terms of g[q] * down into sm.split (exact splits: each term takes the residue).
+    auto split_store = [&](int q, float down) {
+      float x = g[q] * down;
+#pragma unroll
+      for (int t = 0; t < kSplitTerms<T>; ++t) {
+        const T h = from_float<T>(x);
+        sm.split[t][ty * kRowsPerThread + q][tx] = h;
+        x -= to_float(h);  // exact: the rounding error of h
+      }
+    };
     if (!transpose) {
       // U: operand row = column tx; output row = tile row (8 ty + q), its 32 columns in this warp.
       const float inv_c = 1.f / sm.op_scale[tx];
@@ -385,10 +395,9 @@ __device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const floa
         float m = fabsf(g[q]);
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-        const float up = pow2_near(m) * 2.f;  // m / up in [0.5, 1)
-        down[q] = 1.f / up;
-        if (lane == 0) sm.row_up[ty * kRowsPerThread + q] = m > 0.f ? up : 1.f;
-        if (!(m > 0.f)) down[q] = 1.f;
+        const float up = m > 0.f ? pow2_near(m) * 2.f : 1.f;  // m / up in [0.5, 1)
+        if (lane == 0) sm.row_up[ty * kRowsPerThread + q] = up;
+        split_store(q, 1.f / up);
       }
     } else {
       // V: operand row = tile row (8 ty + q); output row = column tx, spread over the 4 warps.
@@ -403,18 +412,9 @@ __device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const floa
       m = fmaxf(fmaxf(sm.red[0][tx], sm.red[1][tx]), fmaxf(sm.red[2][tx], sm.red[3][tx]));
       const float up = m > 0.f ? pow2_near(m) * 2.f : 1.f;
       if (warp == 0) sm.row_up[tx] = up;
+      const float down = 1.f / up;
 #pragma unroll
-      for (int q = 0; q < kRowsPerThread; ++q) down[q] = 1.f / up;
-    }
-#pragma unroll
-    for (int q = 0; q < kRowsPerThread; ++q) {
-      float x = g[q] * down[q];
-#pragma unroll
-      for (int t = 0; t < kSplitTerms<T>; ++t) {
-        const T h = from_float<T>(x);
-        sm.split[t][ty * kRowsPerThread + q][tx] = h;
-        x -= to_float(h);  // exact: the rounding error of h
-      }
+      for (int q = 0; q < kRowsPerThread; ++q) split_store(q, down);
     }
     __syncthreads();
   }
@@ -504,8 +504,10 @@ __device__ void grad_product(const LseParams& p, const T* x, int64_t x_rows, int
 }
 
 // Grid (row blocks, column splits): U's partial of split s over rows r0.. (U itself with one split).
+// Minimum 1 CTA per SM: with the default, ptxas capped the float16 columns kernel at 128 registers
+// on sm_90 and spilled 8 bytes; with it every backward kernel stays at 0 spills (about 150 registers).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     backward_rows_kernel(LseParams p, int64_t splits, const float* lse, const float* w, float* u, float* part) {
   __shared__ Smem<T> sm;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile, s = blockIdx.y;
@@ -521,7 +523,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Grid (column blocks, row splits): V's partial of split s over columns c0.. (V itself with one split).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     backward_cols_kernel(LseParams p, int64_t splits, const float* lse, const float* w, float* v, float* part) {
   __shared__ Smem<T> sm;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile, s = blockIdx.y;
