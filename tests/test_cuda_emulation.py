@@ -112,8 +112,9 @@ if INNER:
 
     P, I64, F, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     LIB = ctypes.CDLL(os.environ["FASTGAN_EMU_LIB"])
-    LIB.emu_contrastive_lse_forward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, P, P]
-    LIB.emu_contrastive_lse_backward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, P, P, P, P]
+    LIB.emu_contrastive_lse_forward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, I, I, P, P]
+    LIB.emu_contrastive_lse_backward.argtypes = [P] * 7 + [I64] * 5 + [F, F, I, I, I64, I, P, I, I, I, P, P, P, P]
+    LIB.emu_contrastive_lse_plan.argtypes = [I64, I64, I64, I, I, P]
     LIB.emu_cosine_similarity_matrix_forward.argtypes = [P] * 4 + [I64] * 5 + [F, I, P]
     LIB.emu_launch_count.restype = I64
     LIB.emu_launch_record.argtypes = [I64, ctypes.c_char_p, I, P]
@@ -254,15 +255,25 @@ if INNER:
                         labels=("random", "equal", "distinct")[(k // 2) % 3],
                         extra=bool(k % 2), relu=bool((k // 3) % 2), exclude_self=bool((k // 5) % 2 == 0),
                         normalize=bool((k // 7) % 2 == 0), zeros=bool((k // 4) % 2),
-                        order="reverse" if k % 5 == 4 else "forward", seed=k))
+                        order="reverse" if k % 5 == 4 else "forward", seed=k,
+                        # The plan of a 132-SM GPU (2 or 3 splits wherever N or M spans 2 or 3 tiles),
+                        # one split over several tiles, or 2 splits of 3 tiles (an uneven cut).
+                        splits=(0, 1, 2)[k % 3]))
                     k += 1
+        # float16 with normalize and a zero vector whose gradient terms are live: its inverse norm
+        # (1 / eps) makes its dS~ column 1e8 times the others, which a per-tile 16-bit scaling
+        # flushes to zero; the kernel scales per output row and moves inv_b onto the operand.
+        cases.append(dict(dtype=torch.float16, shape=(33, 33, 17), preds=(0, 1), labels="random", extra=False,
+                          relu=False, exclude_self=True, normalize=True, zeros=True, order="forward", seed=k,
+                          splits=0))
         return cases
 
     def case_id(c):
         n, m, d = c["shape"]
         return (f"{str(c['dtype'])[6:]}-{n}x{m}x{d}-p{''.join(map(str, c['preds']))}-{c['labels']}"
                 f"{'-extra' if c['extra'] else ''}{'-relu' if c['relu'] else ''}{'-excl' if c['exclude_self'] else ''}"
-                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-{c['order']}")
+                f"{'-norm' if c['normalize'] else ''}{'-zeros' if c['zeros'] else ''}-{c['order']}"
+                f"-s{c['splits'] or 'auto'}")
 
     def make_inputs(c):
         n, m, d = c["shape"]
@@ -283,6 +294,39 @@ if INNER:
         return a, b, la, lb, extra
 
     SCALE, BIAS, EPS = 3.0, 0.25, 1e-8
+    NUM_SMS = 132  # H100's SM count: the plan the tests see unless a case forces the split count
+
+    def lse_plan(n, m, d, force_splits=0, num_sms=NUM_SMS):
+        """(column splits, row splits) of contrastive_lse_plan (csrc/cuda/contrastive_lse.cu)."""
+        out = (ctypes.c_int64 * 2)()
+        LIB.emu_contrastive_lse_plan(n, m, d, num_sms, force_splits, out)
+        return out[0], out[1]
+
+    def expected_splits(n, m, force_splits=0, num_sms=NUM_SMS):
+        """The plan written out independently: splits of the 32-wide tiles that bring the grid to
+        2 CTAs per SM, at most one tile per split and 64 splits, cut evenly."""
+        cdiv = lambda a, b: (a + b - 1) // b  # noqa: E731
+
+        def splits(blocks, tiles):
+            if tiles <= 1 or blocks == 0:
+                return 1
+            want = min(force_splits or cdiv(2 * num_sms, blocks), tiles, 64)
+            return cdiv(tiles, cdiv(tiles, want))
+        return splits(cdiv(n, 32), cdiv(m, 32)), splits(cdiv(m, 32), cdiv(n, 32))
+
+    def contrastive_launches(n, m, d, force_splits=0):
+        """The 2 forward and 3 backward launches of contrastive_lse at any size."""
+        cs, rs = expected_splits(n, m, force_splits)
+        assert lse_plan(n, m, d, force_splits) == (cs, rs)
+        rb, cb = (n + 31) // 32, (m + 31) // 32
+        work = (n * d if cs > 1 else 0) + (m * d if rs > 1 else 0)
+        forward = [("contrastive_lse.cu:forward_kernel", (rb, cs, 1), (128, 1, 1)),
+                   ("contrastive_lse.cu:forward_merge_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))]
+        backward = [("contrastive_lse.cu:backward_rows_kernel", (rb, cs, 1), (128, 1, 1)),
+                    ("contrastive_lse.cu:backward_cols_kernel", (cb, rs, 1), (128, 1, 1)),
+                    ("contrastive_lse.cu:backward_finish_kernel", (max(1, min((work + 255) // 256, 65535 * 16)), 1, 1),
+                     (256, 1, 1))]
+        return forward, backward
 
     def run_forward(c, a, b, la, lb, extra):
         n, m, d = c["shape"]
@@ -293,7 +337,7 @@ if INNER:
         rowmax = torch.full((n,), float("nan"))
         args = (ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), ptr(la) if labels else None, ptr(lb) if labels else None,
                 ptr(extra), n, m, d, d, d, SCALE, BIAS, int(c["relu"]), int(c["exclude_self"]), 0,
-                len(c["preds"]), preds, DTYPE_CODE[c["dtype"]])
+                len(c["preds"]), preds, DTYPE_CODE[c["dtype"]], NUM_SMS, c["splits"])
         check(LIB.emu_contrastive_lse_forward(*args, ptr(lse), ptr(rowmax)), "contrastive_lse_forward")
         return args, inv_a, inv_b, lse, rowmax
 
@@ -336,21 +380,24 @@ if INNER:
             exclude_self=c["exclude_self"], self_offset=0, predicates=c["preds"])
         torch.testing.assert_close(lse.double(), ref_lse, **tol(c["dtype"]))
         torch.testing.assert_close(rowmax.double(), ref_rowmax, **tol(c["dtype"]))
-        assert launches() == [("contrastive_lse.cu:forward_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1))]
+        expect_fwd, expect_bwd = contrastive_launches(n, m, d, c["splits"])
+        assert launches() == expect_fwd
 
         # Backward: U = dS~ B, V = dS~^T A (zero-initialized float32, as the glue allocates them).
         g = torch.Generator().manual_seed(1000 + c["seed"])
         w = torch.randn(n, len(c["preds"]), generator=g)
-        u, v = torch.zeros(n, d), torch.zeros(m, d)
+        u, v = torch.full((n, d), float("nan")), torch.full((m, d), float("nan"))  # every element is written
         LIB.emu_clear_launches()
         check(LIB.emu_contrastive_lse_backward(*args, ptr(lse), ptr(w), ptr(u), ptr(v)), "contrastive_lse_backward")
-        assert launches() == [("contrastive_lse.cu:backward_rows_kernel", ((n + 31) // 32, 1, 1), (32, 8, 1)),
-                              ("contrastive_lse.cu:backward_cols_kernel", ((m + 31) // 32, 1, 1), (32, 8, 1))]
+        assert launches() == expect_bwd
         ds = reference_dz(c, a64, b64, la, lb, extra, lse, w)
         scale_u = 1 + ds.abs().sum(1, keepdim=True) * b64.abs().max()
         scale_v = 1 + ds.abs().sum(0).view(-1, 1) * a64.abs().max()
-        torch.testing.assert_close(u.double() / scale_u, (ds @ b64) / scale_u, **tol(c["dtype"]))
-        torch.testing.assert_close(v.double() / scale_v, (ds.T @ a64) / scale_v, **tol(c["dtype"]))
+        # Per element, relative to the sum of |terms| it adds (never above the row-wide scale_u,
+        # which a zero vector's 1 / eps inverse norm inflates): a 16-bit rounding of dS~ fails this.
+        elem_u, elem_v = 1 + ds.abs() @ b64.abs(), 1 + ds.abs().T @ a64.abs()
+        torch.testing.assert_close(u.double() / elem_u, (ds @ b64) / elem_u, **tol(c["dtype"]))
+        torch.testing.assert_close(v.double() / elem_v, (ds.T @ a64) / elem_v, **tol(c["dtype"]))
 
         # Where every lse is finite, the glue's gradients equal autograd of the reference.
         if torch.isfinite(lse).all():
@@ -379,7 +426,7 @@ if INNER:
         LIB.emu_clear_launches()
         check(LIB.emu_cosine_similarity_matrix_forward(ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), n, m, d, d, d, 2.5,
                                                        DTYPE_CODE[dtype], ptr(out)), "cosine_similarity_matrix")
-        assert launches() == [("contrastive_lse.cu:cosine_kernel", ((m + 31) // 32, (n + 31) // 32, 1), (32, 8, 1))]
+        assert launches() == [("contrastive_lse.cu:cosine_kernel", ((m + 31) // 32, (n + 31) // 32, 1), (128, 1, 1))]
         ref = RC.cosine_similarity_matrix(a.double(), b.double(), scale=2.5, eps=EPS)
         if dtype == torch.float32:
             torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
@@ -661,21 +708,38 @@ if INNER:
         preds = (ctypes.c_int * 3)(0, 1, 0)
         lse, rowmax, u, v = torch.empty(n, 2), torch.empty(n), torch.empty(n, d), torch.empty(n, d)
         args = (ptr(a), ptr(b), ptr(inv), ptr(inv), ptr(la), ptr(la), None, n, n, d, d, d, 1.0, 0.0, 0, 1, 0, 2,
-                preds, 2)
+                preds, 2, NUM_SMS, 0)
 
         def loss():  # the 2C loss: one forward and one backward of contrastive_lse
             check(LIB.emu_contrastive_lse_forward(*args, ptr(lse), ptr(rowmax)), "forward")
             check(LIB.emu_contrastive_lse_backward(*args, ptr(lse), ptr(lse), ptr(u), ptr(v)), "backward")
 
         rec = dry_launches(loss)
-        # 3 launches at every N, one CTA per 32 rows (columns): 2 CTAs at N = 64 on a 132-SM GPU.
-        assert rec == [("contrastive_lse.cu:forward_kernel", (n // 32, 1, 1), (32, 8, 1)),
-                       ("contrastive_lse.cu:backward_rows_kernel", (n // 32, 1, 1), (32, 8, 1)),
-                       ("contrastive_lse.cu:backward_cols_kernel", (n // 32, 1, 1), (32, 8, 1))]
+        fwd, bwd = contrastive_launches(n, n, d)
+        assert rec == fwd + bwd
+        # 5 launches at every N (2 forward, 3 backward). The column (row) splits fill 2 CTAs per SM
+        # of a 132-SM GPU where the 32 x 32 tiles allow it: every tile its own CTA at N = 64 (4) and
+        # N = 256 (64), 3 splits x 128 row blocks = 384 CTAs at N = 4096.
+        assert len(rec) == 5
+        assert lse_plan(n, n, d) == {64: (2, 2), 256: (8, 8), 4096: (3, 3)}[n]
+        ctas = [g[0] * g[1] * g[2] for _, g, _ in rec[:1] + rec[2:4]]
+        tiles = ((n + 31) // 32) ** 2
+        assert all(x == min(tiles, 384) for x in ctas), ctas
+        assert n < 4096 or min(ctas) >= 132
         out = torch.empty(n, n)
         rec = dry_launches(lambda: check(LIB.emu_cosine_similarity_matrix_forward(
             ptr(a), ptr(b), ptr(inv), ptr(inv), n, n, d, d, d, 1.0, 0, ptr(out)), "cosine"))
-        assert rec == [("contrastive_lse.cu:cosine_kernel", (n // 32, n // 32, 1), (32, 8, 1))]
+        assert rec == [("contrastive_lse.cu:cosine_kernel", (n // 32, n // 32, 1), (128, 1, 1))]
+
+    def test_inner_launches_contrastive_plan_follows_the_sm_count():
+        # The split count is a function of N, M and the SM count only: a 16-SM device gets fewer
+        # splits, a forced count is capped by the tile count, N != M splits each side on its own.
+        assert lse_plan(4096, 4096, 64, num_sms=16) == (1, 1)
+        assert lse_plan(256, 256, 64, num_sms=16) == (4, 4)
+        assert lse_plan(65, 65, 1, force_splits=5) == (3, 3)
+        assert lse_plan(64, 2048, 64) == (64, 2)
+        for n, m, f, sms in [(1, 1, 0, 132), (33, 97, 2, 132), (1000, 300, 0, 132), (300, 1000, 0, 8), (65, 2, 0, 132)]:
+            assert lse_plan(n, m, 16, f, sms) == expected_splits(n, m, f, sms)
 
     @pytest.mark.parametrize("n,hw", [(64, 64), (256, 64), (4096, 64), (64, 256)])
     def test_inner_launches_infonce_at_gan_batch_sizes(n, hw):

@@ -1,16 +1,36 @@
 // CUDA kernels of contrastive_lse and cosine_similarity_matrix (contract:
 // fastgan/reference/contrastive.py).
 //
-// Tiling: 32 x 32 tiles of z, one thread block (32 x 8 threads, 4 outputs each) per 32 rows in the
-// forward and the row-gradient kernel, per 32 columns in the column-gradient kernel. Operands are
-// staged through shared memory in 32-wide slices of D and converted to float32 (fp16 and bf16
-// inputs accumulate in float32). The online log-sum-exp keeps, per row and predicate, a running
-// max and sum in float32 registers of one thread per row. Backward recomputes the z tiles and never
-// uses atomics: each (row, feature) of u and each (column, feature) of v has one writer, so results
-// are deterministic.
-// Tensor cores: for float16 and bfloat16 inputs the z tiles (the 2NMD-flop part of every kernel)
-// come from WMMA 16x16x16 fragments with float32 accumulation (tile_logits_tc); float32 inputs and
-// the gradient products dS @ B, dS^T @ A stay SIMT in float32.
+// Tiles and CTAs. z is cut into 32 x 32 tiles; one CTA of 128 threads (4 warps) computes a tile in
+// 32-wide slices of D. Operand slices are double-buffered in shared memory in the input dtype: the
+// next slice is read from global memory into registers while the tensor cores work on the current
+// one, so a slice costs one __syncthreads instead of two.
+// - float16 / bfloat16: every one of the 4 warps owns a 16 x 16 quarter of the tile and runs WMMA
+//   16x16x16 (HMMA on sm_80/sm_90) with float32 accumulation, for the z tile AND for both gradient
+//   products. Why WMMA and not mma.sync/ldmatrix PTX: it compiles to the same HMMA.16816 (+ LDSM)
+//   instructions at this tile size, keeps one source for nvcc and the CPU emulator (csrc/emu models
+//   WMMA tile by tile; an mma.sync fragment layout would need a new, unverified emulation), and a
+//   32 x 32 tile per 4-warp CTA is what gives GAN batch sizes (N = 64..2048) enough CTAs.
+// - float32: a SIMT product in float32 (8 outputs per thread), IEEE, as the contract requires.
+// Gradient products on tensor cores. dS~ is float32 (products of exponentials, inverse norms and
+// grad_lse): rounding it once to 16 bits would cost 3 (fp16) or 2 (bf16) decimal digits. Each dS~
+// tile is rescaled by exact powers of two (each output row into [0.5, 1); the operand row's inverse
+// norm moved onto the staged operand, see grad_tile) and split into 2 (float16: 11 + 11 bits) or 3
+// (bfloat16: 8 + 8 + 8 bits) terms of the input dtype, each multiplied on the tensor cores against the
+// 16-bit operand: dS~ @ B is then as accurate as the float32 product (22 or 24 significant bits per
+// element). Static SASS per D slice: forward 4 HMMA.16816, gradient kernels 4 + 8 (fp16) / 4 + 12 (bf16).
+//
+// Filling the chip (contrastive_lse_plan). Rows alone give ceil(N / 32) CTAs (2 at N = 64); the
+// forward and the row-gradient kernel also split the column tiles into col_splits contiguous
+// ranges (the column-gradient kernel splits the row tiles), as many as bring the grid to about 2 CTAs
+// per SM, capped by the tile count. The split count is a function of N, M and the SM count only.
+// Forward: each CTA keeps an online log-sum-exp (running max and sum, float32) per row and predicate,
+// 4 threads per row (all 128 threads), merged by warp shuffles in a fixed order into a workspace
+// slot per (split, row); a merge kernel folds the splits in split order and adds the extra logit.
+// Backward: each CTA recomputes its z tiles, turns them into dS~ and accumulates its split's partial
+// of U = dS~ B (V = dS~^T A) in float32, one writer per element (first tile stores, later tiles
+// add: no atomics, no zeroing); with one split the partial is U itself, otherwise a finish kernel
+// sums the splits in order. Launches: 2 forward + 3 backward for every N.
 // Floor: forward 2NMD flops, backward 2 x 4NMD (each gradient kernel recomputes z); (N + M) D
 // inputs read per pass.
 #include <cuda_bf16.h>
@@ -18,6 +38,7 @@
 #include <mma.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "contrastive_lse.h"
 #include "launch.h"
@@ -26,16 +47,39 @@ namespace fastgan {
 namespace cuda {
 namespace {
 
-constexpr int kTile = 32;     // rows and columns of a z tile, and the D slice
-constexpr int kThreadsY = 8;  // 32 x 8 threads; each computes 4 rows (or columns) of a tile column
-constexpr int kPer = kTile / kThreadsY;
+constexpr int kTile = 32;                          // rows and columns of a z tile, and the D slice
+constexpr int kThreads = 128;                      // 4 warps, each a 16 x 16 quarter of a tile
+constexpr int kPer = kTile * kTile / kThreads;     // 8 tile elements per thread
+constexpr int kRowsPerThread = kTile / (kThreads / kTile);  // SIMT layout: column tx, rows 8 ty .. 8 ty + 7
+constexpr int kLanesPerRow = kThreads / kTile;     // online LSE: 4 threads per row
+constexpr int kWorkspaceSlot = 7;                  // forward partial per (split, row): 3 x (max, sum), rowmax
+constexpr int kFinishThreads = 256;
+constexpr int64_t kMaxSplits = 64;
+static_assert(kPer == 8 && kRowsPerThread == 8 && kLanesPerRow == 4, "the thread layouts assume 128 threads");
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void from_float(float x, float* o) { *o = x; }
-__device__ __forceinline__ void from_float(float x, __half* o) { *o = __float2half(x); }
-__device__ __forceinline__ void from_float(float x, __nv_bfloat16* o) { *o = __float2bfloat16(x); }
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+
+template <typename T>
+constexpr bool kTensorCores = !std::is_same<T, float>::value;
+// Terms of the 16-bit split of a dS~ tile: 2 x 11 bits (float16), 3 x 8 bits (bfloat16).
+template <typename T>
+constexpr int kSplitTerms = std::is_same<T, __half>::value ? 2 : 3;
 
 __device__ __forceinline__ bool passes(const LseParams& p, int pred, int64_t i, int64_t j) {
   if (pred == 0) return true;
@@ -47,289 +91,550 @@ __device__ __forceinline__ bool admissible(const LseParams& p, int64_t i, int64_
   return i < p.n && j < p.m && !(p.exclude_self && j == i + p.self_offset);
 }
 
+// Shared memory of every kernel. 16-bit rows hold 40 elements (80 bytes): WMMA needs ldm a multiple
+// of 8 and 32-byte aligned fragment starts (rows 0 and 16, columns 0 and 16 are); float rows are
+// padded by 1 against bank conflicts of the SIMT product. Float tiles use 36 (a multiple of 4, as
+// WMMA's float store requires).
 template <typename T>
-struct IsHalfLike {
-  static constexpr bool value = false;
-};
-template <>
-struct IsHalfLike<__half> {
-  static constexpr bool value = true;
-};
-template <>
-struct IsHalfLike<__nv_bfloat16> {
-  static constexpr bool value = true;
+struct Smem {
+  static constexpr int kLd = kTensorCores<T> ? kTile + 8 : kTile + 1;
+  static constexpr int kLdz = kTile + 4;
+  alignas(32) T a[2][kTile][kLd];  // A slice: a[buf][row][k]
+  alignas(32) T b[2][kTile][kLd];  // B slice: b[buf][col][k]; also the gradient products' operand
+  alignas(32) float z[kTile][kLdz];  // z, then dS~
+  alignas(32) T split[kTensorCores<T> ? kSplitTerms<T> : 1][kTile][kLd];  // 16-bit terms of the scaled dS~ tile
+  alignas(32) float stage[kTile][kLdz];  // each warp's 16 x 16 result, on its way to global memory
+  float red[kThreads / 32][kTile];  // per-warp column maxima (columns kernel)
+  float row_up[kTile];              // 2^e undoing each output row's scaling (16-bit gradient products)
+  float op_scale[kTile];            // power of two near inv_a / inv_b of each staged operand row
 };
 
-// Staged half rows: 40 elements (80 bytes), a multiple of 8 as WMMA's ldm requires; the fragments
-// start at rows 0 and 16 and columns 0 and 16, all 32-byte aligned as load_matrix_sync requires.
-constexpr int kLdh = kTile + 8;
-constexpr int kLdc = kTile + 4;  // float accumulator staging: ldm a multiple of 4
-
-// The tensor-core version of tile_logits for float16 / bfloat16: the block's 8 warps load the
-// 32 x 32 slices of A and B (raw, no conversion), warps 0-3 each own one 16 x 16 quarter of z and
-// accumulate it in float32 over D; the epilogue applies the inverse norms, scale and bias.
-// z = A_tile B_tile^T: B's slice stored as bh[c][k] is B^T in column-major order (ldm kLdh).
+// Registers of one thread's share (8 elements) of a 32 x 32 slice of a row-major matrix x (rows
+// x0.., columns d0..; zeros outside): element e = tid + 128 q is (row e / 32, column e % 32), so a
+// warp reads one row's 32 consecutive elements (coalesced).
 template <typename T>
-__device__ void tile_logits_tc(const LseParams& p, int64_t r0, int64_t c0, float (*zs)[kTile + 1]) {
+struct SliceRegs {
+  T v[kPer];
+};
+
+template <typename T>
+__device__ __forceinline__ void load_slice(SliceRegs<T>& r, const T* x, int64_t rows, int64_t cols, int64_t stride,
+                                           int64_t x0, int64_t d0) {
+  const T zero = from_float<T>(0.f);
+#pragma unroll
+  for (int q = 0; q < kPer; ++q) {
+    const int e = threadIdx.x + kThreads * q;
+    const int64_t i = x0 + e / kTile, d = d0 + e % kTile;
+    r.v[q] = (i < rows && d < cols) ? x[i * stride + d] : zero;
+  }
+}
+
+template <typename T, int Ld>
+__device__ __forceinline__ void store_slice(const SliceRegs<T>& r, T (*dst)[Ld]) {
+#pragma unroll
+  for (int q = 0; q < kPer; ++q) {
+    const int e = threadIdx.x + kThreads * q;
+    dst[e / kTile][e % kTile] = r.v[q];
+  }
+}
+
+// Multiplies each element of a staged slice by the power of two of its row (exact in T unless it
+// under- or overflows; the scale brings the row near unit norm, so neither matters).
+template <typename T>
+__device__ __forceinline__ void scale_slice(SliceRegs<T>& r, const float* row_scale) {
+#pragma unroll
+  for (int q = 0; q < kPer; ++q) r.v[q] = from_float<T>(to_float(r.v[q]) * row_scale[(threadIdx.x + kThreads * q) / kTile]);
+}
+
+// sm.z[r][c] = z of rows r0.., columns c0.. (z = scale inv_a_i inv_b_j <a_i, b_j> + bias; 0 outside
+// the matrix). Expects every thread done with sm.a, sm.b and sm.z (the caller's last barrier);
+// returns with sm.z visible to every thread.
+template <typename T>
+__device__ void score_tile(const LseParams& p, int64_t r0, int64_t c0, Smem<T>& sm) {
   namespace wmma = nvcuda::wmma;
-  __shared__ __align__(32) T ah[kTile][kLdh];
-  __shared__ __align__(32) T bh[kTile][kLdh];
-  __shared__ __align__(32) float cs[kTile][kLdc];
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int warp = ty;  // blockDim.x == 32: row ty of the block is warp ty
-  const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;
-  T zero;
-  from_float(0.f, &zero);
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-  wmma::fill_fragment(acc, 0.f);
-  for (int64_t d0 = 0; d0 < p.d; d0 += kTile) {
-    for (int q = 0; q < kPer; ++q) {
-      const int r = ty * kPer + q;
-      const int64_t dd = d0 + tx;
-      const int64_t ia = r0 + r, jb = c0 + r;
-      ah[r][tx] = (ia < p.n && dd < p.d) ? a[ia * p.stride_a + dd] : zero;
-      bh[r][tx] = (jb < p.m && dd < p.d) ? b[jb * p.stride_b + dd] : zero;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;  // tensor cores: this warp's quarter
+  const int tx = tid % kTile, ty = tid / kTile;           // SIMT: column tx, rows 8 ty ..
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
+  float acc[kRowsPerThread] = {};
+  if constexpr (kTensorCores<T>) wmma::fill_fragment(facc, 0.f);
+  SliceRegs<T> ra, rb;
+  load_slice(ra, a, p.n, p.d, p.stride_a, r0, 0);
+  load_slice(rb, b, p.m, p.d, p.stride_b, c0, 0);
+  store_slice(ra, sm.a[0]);
+  store_slice(rb, sm.b[0]);
+  __syncthreads();
+  int buf = 0;
+  for (int64_t d0 = 0; d0 < p.d; d0 += kTile, buf ^= 1) {
+    const bool next = d0 + kTile < p.d;
+    if (next) {  // in flight while this slice is multiplied
+      load_slice(ra, a, p.n, p.d, p.stride_a, r0, d0 + kTile);
+      load_slice(rb, b, p.m, p.d, p.stride_b, c0, d0 + kTile);
     }
-    __syncthreads();
-    if (warp < 4) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+    if constexpr (kTensorCores<T>) {
 #pragma unroll
       for (int kk = 0; kk < kTile; kk += 16) {
-        wmma::load_matrix_sync(fa, &ah[fr][kk], kLdh);
-        wmma::load_matrix_sync(fb, &bh[fc][kk], kLdh);
-        wmma::mma_sync(acc, fa, fb, acc);
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;  // b[col][k] is B^T column-major
+        wmma::load_matrix_sync(fa, &sm.a[buf][fr][kk], Smem<T>::kLd);
+        wmma::load_matrix_sync(fb, &sm.b[buf][fc][kk], Smem<T>::kLd);
+        wmma::mma_sync(facc, fa, fb, facc);
+      }
+    } else {
+#pragma unroll 8
+      for (int k = 0; k < kTile; ++k) {
+        const float bv = to_float(sm.b[buf][tx][k]);
+#pragma unroll
+        for (int q = 0; q < kRowsPerThread; ++q) acc[q] += to_float(sm.a[buf][ty * kRowsPerThread + q][k]) * bv;
       }
     }
-    __syncthreads();  // ah, bh are rewritten by the next slice
+    if (next) {  // the other buffer was last read before the previous barrier
+      store_slice(ra, sm.a[buf ^ 1]);
+      store_slice(rb, sm.b[buf ^ 1]);
+    }
+    __syncthreads();
   }
-  if (warp < 4) wmma::store_matrix_sync(&cs[fr][fc], acc, kLdc, wmma::mem_row_major);
-  __syncthreads();
+  if constexpr (kTensorCores<T>) {
+    wmma::store_matrix_sync(&sm.z[fr][fc], facc, Smem<T>::kLdz, wmma::mem_row_major);
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < kRowsPerThread; ++q) acc[q] = sm.z[ty * kRowsPerThread + q][tx];
+    __syncthreads();  // every raw value read before the scaled ones overwrite them
+  }
   const int64_t j = c0 + tx;
   const float ib = j < p.m ? p.inv_b[j] : 0.f;
-  for (int q = 0; q < kPer; ++q) {
-    const int r = ty * kPer + q;
+#pragma unroll
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int r = ty * kRowsPerThread + q;
     const int64_t i = r0 + r;
     const float ia = i < p.n ? p.inv_a[i] : 0.f;
-    zs[r][tx] = cs[r][tx] * ia * p.scale * ib + p.bias;
+    sm.z[r][tx] = acc[q] * ia * p.scale * ib + p.bias;
   }
   __syncthreads();
 }
 
-// z[r][c] for rows r0.. and columns c0.. of the tile into zs (kTile x kTile + 1), all threads.
-template <typename T>
-__device__ void tile_logits(const LseParams& p, int64_t r0, int64_t c0, float (*as)[kTile + 1],
-                            float (*bs)[kTile + 1], float (*zs)[kTile + 1]) {
-  if constexpr (IsHalfLike<T>::value) {
-    tile_logits_tc<T>(p, r0, c0, zs);
-    return;
+// Online log-sum-exp state (max, sum of exp(x - max)). +inf == +inf adds 1 instead of exp(inf - inf);
+// a NaN element makes the sum NaN (x > mx and x == mx are false, exp(NaN) is NaN).
+__device__ __forceinline__ void lse_add(float& mx, float& sm, float x) {
+  if (x > mx) {
+    sm = sm * expf(mx - x) + 1.f;  // exp(-inf) = 0 on the first element
+    mx = x;
+  } else {
+    sm += (x == mx) ? 1.f : expf(x - mx);
   }
-  const T* a = static_cast<const T*>(p.a);
-  const T* b = static_cast<const T*>(p.b);
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  float acc[kPer] = {0.f, 0.f, 0.f, 0.f};
-  for (int64_t d0 = 0; d0 < p.d; d0 += kTile) {
-    for (int q = 0; q < kPer; ++q) {
-      const int r = ty * kPer + q;  // tile row for A, tile column for B
-      const int64_t dd = d0 + tx;
-      const int64_t ia = r0 + r, jb = c0 + r;
-      as[r][tx] = (ia < p.n && dd < p.d) ? to_float(a[ia * p.stride_a + dd]) : 0.f;
-      bs[r][tx] = (jb < p.m && dd < p.d) ? to_float(b[jb * p.stride_b + dd]) : 0.f;
-    }
-    __syncthreads();
-#pragma unroll 8
-    for (int k = 0; k < kTile; ++k) {
-      const float bv = bs[tx][k];
-      for (int q = 0; q < kPer; ++q) acc[q] += as[ty * kPer + q][k] * bv;
-    }
-    __syncthreads();
-  }
-  const int64_t j = c0 + tx;
-  const float ib = j < p.m ? p.inv_b[j] : 0.f;
-  for (int q = 0; q < kPer; ++q) {
-    const int r = ty * kPer + q;
-    const int64_t i = r0 + r;
-    const float ia = i < p.n ? p.inv_a[i] : 0.f;
-    zs[r][tx] = acc[q] * ia * p.scale * ib + p.bias;
-  }
-  __syncthreads();
 }
 
+// (mx, sm) <- the state of both element sets. Maxima are never NaN (see lse_add); a side whose max
+// is the common max keeps its sum as is (no exp(inf - inf)).
+__device__ __forceinline__ void lse_merge(float& mx, float& sm, float mx2, float sm2) {
+  const float m = fmaxf(mx, mx2);
+  const float s1 = (mx == m) ? sm : sm * expf(mx - m);
+  const float s2 = (mx2 == m) ? sm2 : sm2 * expf(mx2 - m);
+  mx = m;
+  sm = s1 + s2;
+}
+
+__device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The column (row) tiles of split s of `tiles` tiles cut into `splits` contiguous ranges.
+struct TileRange {
+  int64_t begin, end;
+};
+__device__ __forceinline__ TileRange split_range(int64_t tiles, int64_t splits, int64_t s) {
+  const int64_t per = ceil_div(tiles, splits);
+  const int64_t b = s * per, e = b + per < tiles ? b + per : tiles;
+  return TileRange{b, e};
+}
+
+// Grid (row blocks, column splits). Workspace slot (split, row): K x (max, sum), then rowmax.
 template <typename T>
-__global__ void __launch_bounds__(kTile* kThreadsY) forward_kernel(LseParams p, float* lse, float* rowmax) {
-  __shared__ float as[kTile][kTile + 1], bs[kTile][kTile + 1], zs[kTile][kTile + 1];
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int tid = threadIdx.y * kTile + threadIdx.x;
-  const int64_t i = r0 + tid;  // the row this thread reduces (tid < kTile)
-  float mx[3] = {-INFINITY, -INFINITY, -INFINITY}, sm[3] = {0.f, 0.f, 0.f}, rmax = -INFINITY;
-  for (int64_t c0 = 0; c0 < p.m; c0 += kTile) {
-    tile_logits<T>(p, r0, c0, as, bs, zs);
-    if (tid < kTile && i < p.n) {
-      for (int c = 0; c < kTile; ++c) {
+__global__ void __launch_bounds__(kThreads) forward_kernel(LseParams p, int64_t splits, float* ws) {
+  __shared__ Smem<T> sm;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile, s = blockIdx.y;
+  const int tid = threadIdx.x, row = tid / kLanesPerRow, sub = tid % kLanesPerRow;
+  const int64_t i = r0 + row;
+  float mx[3] = {-INFINITY, -INFINITY, -INFINITY}, sum[3] = {0.f, 0.f, 0.f}, rmax = -INFINITY;
+  const TileRange tr = split_range(ceil_div(p.m, kTile), splits, s);
+  for (int64_t t = tr.begin; t < tr.end; ++t) {
+    const int64_t c0 = t * kTile;
+    score_tile<T>(p, r0, c0, sm);
+    if (i < p.n) {
+#pragma unroll
+      for (int q = 0; q < kTile / kLanesPerRow; ++q) {
+        const int c = sub + kLanesPerRow * q;  // 4 lanes of a row interleave: conflict-free reads
         const int64_t j = c0 + c;
         if (!admissible(p, i, j)) continue;
-        const float z = zs[tid][c];
+        const float z = sm.z[row][c];
         rmax = fmaxf(rmax, z);
         const float f = (p.relu && z < 0.f) ? 0.f : z;
-        for (int k = 0; k < p.num_predicates; ++k) {
-          if (!passes(p, p.predicates[k], i, j)) continue;
-          if (f > mx[k]) {
-            sm[k] = sm[k] * expf(mx[k] - f) + 1.f;  // exp(-inf) = 0 on the first element
-            mx[k] = f;
-          } else {
-            sm[k] += (f == mx[k]) ? 1.f : expf(f - mx[k]);  // +inf == +inf must not give inf - inf
-          }
-        }
+        // Unrolled over all 3 predicate slots: a runtime bound would put mx[] and sum[] in local memory.
+#pragma unroll
+        for (int k = 0; k < 3; ++k)
+          if (k < p.num_predicates && passes(p, p.predicates[k], i, j)) lse_add(mx[k], sum[k], f);
       }
     }
-    __syncthreads();  // zs is rewritten by the next tile
+    __syncthreads();  // sm.z is rewritten by the next tile
   }
-  if (tid < kTile && i < p.n) {
-    rowmax[i] = rmax;
-    for (int k = 0; k < p.num_predicates; ++k) {
-      float m = mx[k], s = sm[k];
-      if (p.extra) {
-        const float e = p.extra[i];
-        if (e > m) {
-          s = s * expf(m - e) + 1.f;
-          m = e;
-        } else {
-          s += (e == m) ? 1.f : expf(e - m);
-        }
-      }
-      lse[i * p.num_predicates + k] = (m == -INFINITY && !isnan(s)) ? -INFINITY : m + logf(s);
+  // The 4 lanes of a row (consecutive lanes of one warp) merge: xor 1, then xor 2, a fixed order.
+#pragma unroll
+  for (int off = 1; off < kLanesPerRow; off <<= 1) {
+    rmax = fmaxf(rmax, __shfl_xor_sync(0xffffffffu, rmax, off));
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, mx[k], off);
+      const float s2 = __shfl_xor_sync(0xffffffffu, sum[k], off);
+      lse_merge(mx[k], sum[k], m2, s2);
     }
+  }
+  if (sub == 0 && i < p.n) {
+    float* slot = ws + (s * p.n + i) * kWorkspaceSlot;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      if (k >= p.num_predicates) break;
+      slot[2 * k] = mx[k];
+      slot[2 * k + 1] = sum[k];
+    }
+    slot[6] = rmax;
   }
 }
 
-// dS~ of the tile (rows r0.., columns c0..) into zs, from z already in zs.
-__device__ void tile_grad(const LseParams& p, int64_t r0, int64_t c0, const float* lse, const float* w,
-                          float (*zs)[kTile + 1]) {
-  const int tx = threadIdx.x, ty = threadIdx.y;
+// One thread per row: folds the splits in split order, adds the extra logit, writes lse and rowmax.
+__global__ void __launch_bounds__(kThreads)
+    forward_merge_kernel(LseParams p, int64_t splits, const float* ws, float* lse, float* rowmax) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= p.n) return;
+  float rmax = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) rmax = fmaxf(rmax, ws[(s * p.n + i) * kWorkspaceSlot + 6]);
+  rowmax[i] = rmax;
+  for (int k = 0; k < p.num_predicates; ++k) {
+    float m = -INFINITY, sum = 0.f;
+    for (int64_t s = 0; s < splits; ++s) {
+      const float* slot = ws + (s * p.n + i) * kWorkspaceSlot;
+      lse_merge(m, sum, slot[2 * k], slot[2 * k + 1]);
+    }
+    if (p.extra) lse_add(m, sum, p.extra[i]);
+    lse[i * p.num_predicates + k] = (m == -INFINITY && !isnan(sum)) ? -INFINITY : m + logf(sum);
+  }
+}
+
+// A power of two within a factor 2 of x > 0 (1 for 0 and non-finite x): x / pow2_near(x) in [1, 2).
+__device__ __forceinline__ float pow2_near(float x) {
+  if (!(x > 0.f) || !(x <= 3.4e38f)) return 1.f;
+  int e = 0;
+  frexpf(x, &e);  // x = f 2^e, f in [0.5, 1)
+  e = e < -125 ? -125 : (e > 126 ? 126 : e);
+  return ldexpf(1.f, e - 1);
+}
+
+// dS~ of the tile (rows r0.., columns c0..) from z in sm.z. float32: into sm.z.
+// 16-bit inputs, as 16-bit terms in sm.split that the tensor cores multiply with the staged operand
+// X (B for U = dS~ B, A for V = dS~^T A; `transpose` selects V). Two exact power-of-two rescalings
+// keep every term in range whatever the inverse norms (a zero vector has inv = 1 / eps):
+// - dS~ carries inv of the operand's row (inv_b_j for U); dividing it by c_j = pow2_near(inv_b_j)
+//   and multiplying the staged X row by c_j (grad_product) moves that factor onto X (X c_j is about
+//   the unit vector x_j / ||x_j||, exact in T barring underflow of relatively negligible elements);
+// - each output row (row i of dS~ for U, column j for V) is scaled by 2^-e so that its largest
+//   |element| lies in [0.5, 1), undone on the float32 result (sm.row_up).
+// Then a term's rounding error is relative to its output row's largest contribution, never another
+// row's: 2 float16 terms give 22 significant bits, 3 bfloat16 terms 24.
+template <typename T>
+__device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const float* lse, const float* w, bool transpose,
+                          Smem<T>& sm) {
+  const int tid = threadIdx.x, tx = tid % kTile, ty = tid / kTile;
   const int64_t j = c0 + tx;
-  for (int q = 0; q < kPer; ++q) {
-    const int r = ty * kPer + q;
+  float g[kRowsPerThread];
+#pragma unroll
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int r = ty * kRowsPerThread + q;
     const int64_t i = r0 + r;
-    float g = 0.f;
-    const float z = zs[r][tx];
+    float acc = 0.f;
+    const float z = sm.z[r][tx];
     if (admissible(p, i, j) && (!p.relu || z > 0.f)) {
       const float f = p.relu ? fmaxf(z, 0.f) : z;
       for (int k = 0; k < p.num_predicates; ++k) {
         const float l = lse[i * p.num_predicates + k];
         if (l == -INFINITY || !passes(p, p.predicates[k], i, j)) continue;
-        g += w[i * p.num_predicates + k] * expf(f - l);
+        acc += w[i * p.num_predicates + k] * expf(f - l);
       }
-      g *= p.scale * p.inv_a[i] * p.inv_b[j];
+      acc *= p.scale * p.inv_a[i] * p.inv_b[j];
     }
-    zs[r][tx] = g;
+    g[q] = acc;
   }
+  if constexpr (!kTensorCores<T>) {
+    (void)transpose;
+#pragma unroll
+    for (int q = 0; q < kRowsPerThread; ++q) sm.z[ty * kRowsPerThread + q][tx] = g[q];
+    __syncthreads();
+  } else {
+    const int lane = tid % 32, warp = tid / 32;
+    // Operand row scales: U's operand rows are the columns j, V's the rows i of the tile.
+    if (tid < kTile) {
+      const int64_t x = (transpose ? r0 : c0) + tid;
+      const bool in = x < (transpose ? p.n : p.m);
+      sm.op_scale[tid] = in ? pow2_near(transpose ? p.inv_a[x] : p.inv_b[x]) : 1.f;
+    }
+    __syncthreads();
+    // Writes the terms of g[q] * down into sm.split (exact splits: each term takes the residue).
+    auto split_store = [&](int q, float down) {
+      float x = g[q] * down;
+#pragma unroll
+      for (int t = 0; t < kSplitTerms<T>; ++t) {
+        const T h = from_float<T>(x);
+        sm.split[t][ty * kRowsPerThread + q][tx] = h;
+        x -= to_float(h);  // exact: the rounding error of h
+      }
+    };
+    if (!transpose) {
+      // U: operand row = column tx; output row = tile row (8 ty + q), its 32 columns in this warp.
+      const float inv_c = 1.f / sm.op_scale[tx];
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) {
+        g[q] *= inv_c;
+        float m = fabsf(g[q]);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        const float up = m > 0.f ? pow2_near(m) * 2.f : 1.f;  // m / up in [0.5, 1)
+        if (lane == 0) sm.row_up[ty * kRowsPerThread + q] = up;
+        split_store(q, 1.f / up);
+      }
+    } else {
+      // V: operand row = tile row (8 ty + q); output row = column tx, spread over the 4 warps.
+      float m = 0.f;
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) {
+        g[q] *= 1.f / sm.op_scale[ty * kRowsPerThread + q];
+        m = fmaxf(m, fabsf(g[q]));
+      }
+      sm.red[warp][lane] = m;
+      __syncthreads();
+      m = fmaxf(fmaxf(sm.red[0][tx], sm.red[1][tx]), fmaxf(sm.red[2][tx], sm.red[3][tx]));
+      const float up = m > 0.f ? pow2_near(m) * 2.f : 1.f;
+      if (warp == 0) sm.row_up[tx] = up;
+      const float down = 1.f / up;
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) split_store(q, down);
+    }
+    __syncthreads();
+  }
+}
+
+// out[o0 + o][d] (+)= sum_k P(o, k) x[x0 + k][d] for the 32 output rows o and every d, with
+// P = dS~ (rows kernel) or dS~^T (columns kernel, transpose) of the tile left by grad_tile (16-bit
+// inputs: its rescaled terms, the staged x rows times sm.op_scale, the result times sm.row_up);
+// `first` stores instead of adding. The 32 rows of x are staged slice by slice (double-buffered in
+// sm.b). Each output element has exactly one writer in the grid.
+template <typename T>
+__device__ void grad_product(const LseParams& p, const T* x, int64_t x_rows, int64_t x_stride, int64_t x0,
+                             bool transpose, float* out, int64_t out_rows, int64_t o0, bool first, Smem<T>& sm) {
+  namespace wmma = nvcuda::wmma;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;
+  const int tx = tid % kTile, ty = tid / kTile;
+  SliceRegs<T> rx;
+  load_slice(rx, x, x_rows, p.d, x_stride, x0, 0);
+  if constexpr (kTensorCores<T>) scale_slice(rx, sm.op_scale);
+  store_slice(rx, sm.b[0]);
   __syncthreads();
-}
-
-// u[rows of this block] += dS~ @ B, over every column tile.
-template <typename T>
-__global__ void __launch_bounds__(kTile* kThreadsY)
-    backward_rows_kernel(LseParams p, const float* lse, const float* w, float* u) {
-  __shared__ float as[kTile][kTile + 1], bs[kTile][kTile + 1], zs[kTile][kTile + 1];
-  const T* b = static_cast<const T*>(p.b);
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  for (int64_t c0 = 0; c0 < p.m; c0 += kTile) {
-    tile_logits<T>(p, r0, c0, as, bs, zs);
-    tile_grad(p, r0, c0, lse, w, zs);
-    for (int64_t d0 = 0; d0 < p.d; d0 += kTile) {
-      for (int q = 0; q < kPer; ++q) {  // bs[c][x] = B[c0 + c, d0 + x]
-        const int c = ty * kPer + q;
-        const int64_t jb = c0 + c, dd = d0 + tx;
-        bs[c][tx] = (jb < p.m && dd < p.d) ? to_float(b[jb * p.stride_b + dd]) : 0.f;
-      }
-      __syncthreads();
-      const int64_t dd = d0 + tx;
-      for (int q = 0; q < kPer; ++q) {
-        const int r = ty * kPer + q;
-        const int64_t i = r0 + r;
-        float acc = 0.f;
-#pragma unroll 8
-        for (int c = 0; c < kTile; ++c) acc += zs[r][c] * bs[c][tx];
-        if (i < p.n && dd < p.d) u[i * p.d + dd] += acc;  // this thread is the only writer
-      }
-      __syncthreads();
+  int buf = 0;
+  for (int64_t d0 = 0; d0 < p.d; d0 += kTile, buf ^= 1) {
+    const bool next = d0 + kTile < p.d;
+    if (next) {
+      load_slice(rx, x, x_rows, p.d, x_stride, x0, d0 + kTile);
+      if constexpr (kTensorCores<T>) scale_slice(rx, sm.op_scale);
     }
+    if constexpr (kTensorCores<T>) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
+      wmma::fill_fragment(facc, 0.f);
+#pragma unroll
+      for (int kk = 0; kk < kTile; kk += 16) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;  // b[k][d]
+        wmma::load_matrix_sync(fb, &sm.b[buf][kk][fc], Smem<T>::kLd);
+#pragma unroll
+        for (int t = 0; t < kSplitTerms<T>; ++t) {
+          if (transpose) {  // P^T(o, k) = split[k][o]: column-major
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa;
+            wmma::load_matrix_sync(fa, &sm.split[t][kk][fr], Smem<T>::kLd);
+            wmma::mma_sync(facc, fa, fb, facc);
+          } else {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+            wmma::load_matrix_sync(fa, &sm.split[t][fr][kk], Smem<T>::kLd);
+            wmma::mma_sync(facc, fa, fb, facc);
+          }
+        }
+      }
+      // The warp's own 16 x 16 staging area: a warp barrier suffices before its lanes read it.
+      wmma::store_matrix_sync(&sm.stage[fr][fc], facc, Smem<T>::kLdz, wmma::mem_row_major);
+      __syncwarp();
+#pragma unroll
+      for (int q = 0; q < 16 * 16 / 32; ++q) {
+        const int e = lane + 32 * q, rr = fr + e / 16, cc = fc + e % 16;
+        const int64_t o = o0 + rr, d = d0 + cc;
+        if (o < out_rows && d < p.d) {
+          const float val = sm.stage[rr][cc] * sm.row_up[rr];
+          float* dst = out + o * p.d + d;
+          *dst = first ? val : *dst + val;
+        }
+      }
+    } else {
+      float acc[kRowsPerThread] = {};
+#pragma unroll 8
+      for (int k = 0; k < kTile; ++k) {
+        const float xv = to_float(sm.b[buf][k][tx]);
+#pragma unroll
+        for (int q = 0; q < kRowsPerThread; ++q) {
+          const int o = ty * kRowsPerThread + q;
+          acc[q] += (transpose ? sm.z[k][o] : sm.z[o][k]) * xv;
+        }
+      }
+      const int64_t d = d0 + tx;
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread; ++q) {
+        const int64_t o = o0 + ty * kRowsPerThread + q;
+        if (o < out_rows && d < p.d) {
+          float* dst = out + o * p.d + d;
+          *dst = first ? acc[q] : *dst + acc[q];
+        }
+      }
+    }
+    if (next) store_slice(rx, sm.b[buf ^ 1]);
+    __syncthreads();
   }
 }
 
-// v[columns of this block] += dS~^T @ A, over every row tile.
+// Grid (row blocks, column splits): U's partial of split s over rows r0.. (U itself with one split).
+// Minimum 1 CTA per SM: with the default, ptxas capped the float16 columns kernel at 128 registers
+// on sm_90 and spilled 8 bytes; with it every backward kernel stays at 0 spills (about 150 registers).
 template <typename T>
-__global__ void __launch_bounds__(kTile* kThreadsY)
-    backward_cols_kernel(LseParams p, const float* lse, const float* w, float* v) {
-  __shared__ float as[kTile][kTile + 1], bs[kTile][kTile + 1], zs[kTile][kTile + 1];
-  const T* a = static_cast<const T*>(p.a);
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  for (int64_t r0 = 0; r0 < p.n; r0 += kTile) {
-    tile_logits<T>(p, r0, c0, as, bs, zs);
-    tile_grad(p, r0, c0, lse, w, zs);
-    for (int64_t d0 = 0; d0 < p.d; d0 += kTile) {
-      for (int q = 0; q < kPer; ++q) {  // as[r][x] = A[r0 + r, d0 + x]
-        const int r = ty * kPer + q;
-        const int64_t ia = r0 + r, dd = d0 + tx;
-        as[r][tx] = (ia < p.n && dd < p.d) ? to_float(a[ia * p.stride_a + dd]) : 0.f;
-      }
-      __syncthreads();
-      const int64_t dd = d0 + tx;
-      for (int q = 0; q < kPer; ++q) {
-        const int c = ty * kPer + q;
-        const int64_t j = c0 + c;
-        float acc = 0.f;
-#pragma unroll 8
-        for (int r = 0; r < kTile; ++r) acc += zs[r][c] * as[r][tx];
-        if (j < p.m && dd < p.d) v[j * p.d + dd] += acc;
-      }
-      __syncthreads();
-    }
+__global__ void __launch_bounds__(kThreads, 1)
+    backward_rows_kernel(LseParams p, int64_t splits, const float* lse, const float* w, float* u, float* part) {
+  __shared__ Smem<T> sm;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile, s = blockIdx.y;
+  float* out = splits == 1 ? u : part + s * p.n * p.d;
+  const TileRange tr = split_range(ceil_div(p.m, kTile), splits, s);
+  for (int64_t t = tr.begin; t < tr.end; ++t) {
+    const int64_t c0 = t * kTile;
+    score_tile<T>(p, r0, c0, sm);
+    grad_tile<T>(p, r0, c0, lse, w, false, sm);
+    grad_product<T>(p, static_cast<const T*>(p.b), p.m, p.stride_b, c0, false, out, p.n, r0, t == tr.begin, sm);
   }
 }
 
-// out = scale * inv_a_i * inv_b_j * <a_i, b_j>, written in T.
+// Grid (column blocks, row splits): V's partial of split s over columns c0.. (V itself with one split).
 template <typename T>
-__global__ void __launch_bounds__(kTile* kThreadsY) cosine_kernel(LseParams p, T* out) {
-  __shared__ float as[kTile][kTile + 1], bs[kTile][kTile + 1], zs[kTile][kTile + 1];
+__global__ void __launch_bounds__(kThreads, 1)
+    backward_cols_kernel(LseParams p, int64_t splits, const float* lse, const float* w, float* v, float* part) {
+  __shared__ Smem<T> sm;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile, s = blockIdx.y;
+  float* out = splits == 1 ? v : part + s * p.m * p.d;
+  const TileRange tr = split_range(ceil_div(p.n, kTile), splits, s);
+  for (int64_t t = tr.begin; t < tr.end; ++t) {
+    const int64_t r0 = t * kTile;
+    score_tile<T>(p, r0, c0, sm);
+    grad_tile<T>(p, r0, c0, lse, w, true, sm);
+    grad_product<T>(p, static_cast<const T*>(p.a), p.n, p.stride_a, r0, true, out, p.m, c0, t == tr.begin, sm);
+  }
+}
+
+// U = sum of its splits' partials in split order (when split), then V likewise; grid-stride.
+__global__ void __launch_bounds__(kFinishThreads)
+    backward_finish_kernel(int64_t nd, int64_t splits_u, const float* part_u, float* u, int64_t md,
+                           int64_t splits_v, const float* part_v, float* v) {
+  const int64_t nu = splits_u > 1 ? nd : 0, nv = splits_v > 1 ? md : 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kFinishThreads;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kFinishThreads + threadIdx.x; e < nu + nv; e += stride) {
+    const bool is_u = e < nu;
+    const int64_t idx = is_u ? e : e - nu, count = is_u ? nd : md, splits = is_u ? splits_u : splits_v;
+    const float* part = is_u ? part_u : part_v;
+    float acc = part[idx];
+    for (int64_t s = 1; s < splits; ++s) acc += part[s * count + idx];
+    (is_u ? u : v)[idx] = acc;
+  }
+}
+
+// out = scale * inv_a_i * inv_b_j * <a_i, b_j>, written in T. Grid (column tiles, row tiles).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) cosine_kernel(LseParams p, T* out) {
+  __shared__ Smem<T> sm;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile, c0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  tile_logits<T>(p, r0, c0, as, bs, zs);
-  const int64_t j = c0 + threadIdx.x;
-  for (int q = 0; q < kPer; ++q) {
-    const int r = threadIdx.y * kPer + q;
+  score_tile<T>(p, r0, c0, sm);
+  const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
+  const int64_t j = c0 + tx;
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int r = ty * kRowsPerThread + q;
     const int64_t i = r0 + r;
-    if (i < p.n && j < p.m) from_float(zs[r][threadIdx.x], out + i * p.m + j);
+    if (i < p.n && j < p.m) out[i * p.m + j] = from_float<T>(sm.z[r][tx]);
   }
 }
 
-unsigned blocks(int64_t count) { return static_cast<unsigned>((count + kTile - 1) / kTile); }
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+unsigned grid_1d(int64_t count) {
+  const int64_t b = cdiv(count, kFinishThreads);
+  return static_cast<unsigned>(b < 1 ? 1 : (b < 65535 * 16 ? b : 65535 * 16));  // grid-stride covers the rest
+}
 
 }  // namespace
 
-cudaError_t contrastive_lse_forward(const LseParams& p, float* lse, float* rowmax, cudaStream_t stream) {
+LsePlan contrastive_lse_plan(const LseParams& p) {
+  LsePlan q{};
+  q.row_blocks = cdiv(p.n, kTile);
+  q.col_blocks = cdiv(p.m, kTile);
+  const int64_t target = 2 * static_cast<int64_t>(p.num_sms > 0 ? p.num_sms : 1);  // 2 CTAs per SM
+  // Splits of `tiles` tiles for a grid of `blocks` blocks: enough for the target, at most one tile
+  // per split; then as many as an even cut of the tiles needs (no empty split).
+  auto splits_for = [&](int64_t blocks, int64_t tiles) -> int64_t {
+    if (tiles <= 1 || blocks == 0) return 1;
+    int64_t want = p.force_splits > 0 ? p.force_splits : cdiv(target, blocks);
+    want = want < tiles ? want : tiles;
+    want = want < kMaxSplits ? want : kMaxSplits;
+    return cdiv(tiles, cdiv(tiles, want));
+  };
+  q.col_splits = splits_for(q.row_blocks, q.col_blocks);
+  q.row_splits = splits_for(q.col_blocks, q.row_blocks);
+  q.forward_workspace = q.col_splits * p.n * kWorkspaceSlot;
+  q.backward_workspace = (q.col_splits > 1 ? q.col_splits * p.n * p.d : 0) + (q.row_splits > 1 ? q.row_splits * p.m * p.d : 0);
+  return q;
+}
+
+cudaError_t contrastive_lse_forward(const LseParams& p, float* lse, float* rowmax, float* workspace,
+                                    cudaStream_t stream) {
   if (p.n == 0) return cudaSuccess;
   if (p.num_predicates < 1 || p.num_predicates > 3) return cudaErrorInvalidValue;
-  const dim3 threads(kTile, kThreadsY);
+  const LsePlan q = contrastive_lse_plan(p);
+  if (q.row_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
   return dispatch(p.dtype, [&](auto tag) {
-    FASTGAN_LAUNCH(forward_kernel<decltype(tag)>, blocks(p.n), threads, 0, stream)(p, lse, rowmax);
+    FASTGAN_LAUNCH(forward_kernel<decltype(tag)>, grid, kThreads, 0, stream)(p, q.col_splits, workspace);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    FASTGAN_LAUNCH(forward_merge_kernel, static_cast<unsigned>(cdiv(p.n, kThreads)), kThreads, 0, stream)(
+        p, q.col_splits, workspace, lse, rowmax);
     return cudaGetLastError();
   });
 }
 
 cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const float* grad_lse, float* u, float* v,
-                                     cudaStream_t stream) {
+                                     float* workspace, cudaStream_t stream) {
   if (p.n == 0 || p.m == 0 || p.d == 0) return cudaSuccess;
-  const dim3 threads(kTile, kThreadsY);
+  const LsePlan q = contrastive_lse_plan(p);
+  if (q.row_blocks > 0x7fffffff || q.col_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  float* part_u = workspace;
+  float* part_v = workspace + (q.col_splits > 1 ? q.col_splits * p.n * p.d : 0);
   return dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    FASTGAN_LAUNCH(backward_rows_kernel<T>, blocks(p.n), threads, 0, stream)(p, lse, grad_lse, u);
+    const dim3 rows(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
+    const dim3 cols(static_cast<unsigned>(q.col_blocks), static_cast<unsigned>(q.row_splits));
+    FASTGAN_LAUNCH(backward_rows_kernel<T>, rows, kThreads, 0, stream)(p, q.col_splits, lse, grad_lse, u, part_u);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    FASTGAN_LAUNCH(backward_cols_kernel<T>, blocks(p.m), threads, 0, stream)(p, lse, grad_lse, v);
+    FASTGAN_LAUNCH(backward_cols_kernel<T>, cols, kThreads, 0, stream)(p, q.row_splits, lse, grad_lse, v, part_v);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    const int64_t work = (q.col_splits > 1 ? p.n * p.d : 0) + (q.row_splits > 1 ? p.m * p.d : 0);
+    FASTGAN_LAUNCH(backward_finish_kernel, grid_1d(work), kFinishThreads, 0, stream)(
+        p.n * p.d, q.col_splits, part_u, u, p.m * p.d, q.row_splits, part_v, v);
     return cudaGetLastError();
   });
 }
@@ -338,7 +643,7 @@ cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const
                                              int64_t n, int64_t m, int64_t d, int64_t stride_a, int64_t stride_b,
                                              float scale, DType dtype, void* out, cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
-  if (blocks(n) > 65535u) return cudaErrorInvalidConfiguration;  // grid.y limit
+  if (cdiv(n, kTile) > 65535 || cdiv(m, kTile) > 0x7fffffff) return cudaErrorInvalidConfiguration;  // grid.y limit
   LseParams p{};
   p.a = a;
   p.b = b;
@@ -352,10 +657,10 @@ cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const
   p.scale = scale;
   p.bias = 0.f;
   p.dtype = dtype;
-  const dim3 threads(kTile, kThreadsY), grid(blocks(m), blocks(n));
+  const dim3 grid(static_cast<unsigned>(cdiv(m, kTile)), static_cast<unsigned>(cdiv(n, kTile)));
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    FASTGAN_LAUNCH(cosine_kernel<T>, grid, threads, 0, stream)(p, static_cast<T*>(out));
+    FASTGAN_LAUNCH(cosine_kernel<T>, grid, kThreads, 0, stream)(p, static_cast<T*>(out));
     return cudaGetLastError();
   });
 }

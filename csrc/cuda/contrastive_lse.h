@@ -25,15 +25,32 @@ struct LseParams {
   int num_predicates;    // 1..3
   int predicates[3];     // 0 all, 1 same label, 2 different label
   DType dtype;
+  // The grid plan (contrastive_lse_plan) is a pure function of N, M and these two, never of data:
+  int num_sms;       // SMs of the device (the glue asks cudaDeviceGetAttribute); the plan aims at 2 CTAs per SM
+  int force_splits;  // > 0: use this many column (row) splits, capped by the tile count; tests set it
 };
 
-// lse: N x K float32, rowmax: N float32.
-cudaError_t contrastive_lse_forward(const LseParams& p, float* lse, float* rowmax, cudaStream_t stream);
+// How the launchers cut the work. Rows and columns come in 32-wide tiles. The forward and the
+// row-gradient kernel run row_blocks x col_splits CTAs, each over a contiguous range of column tiles;
+// the column-gradient kernel col_blocks x row_splits. Partial results per split go to the caller's
+// float32 workspace (no zeroing needed) and are merged in split order: deterministic bits.
+struct LsePlan {
+  int64_t row_blocks, col_blocks;  // ceil(N / 32), ceil(M / 32)
+  int64_t col_splits, row_splits;  // >= 1 each
+  int64_t forward_workspace;       // floats: col_splits * N * 7
+  int64_t backward_workspace;      // floats: (col_splits > 1) * col_splits * N * D + (row_splits > 1) * row_splits * M * D
+};
+LsePlan contrastive_lse_plan(const LseParams& p);
 
-// u (N x D) and v (M x D), float32 and zero-initialized by the caller, receive
+// lse: N x K float32, rowmax: N float32. workspace: plan.forward_workspace floats.
+cudaError_t contrastive_lse_forward(const LseParams& p, float* lse, float* rowmax, float* workspace,
+                                    cudaStream_t stream);
+
+// u (N x D) and v (M x D), float32, receive (every element written, no zeroing needed)
 // u = dS~ B and v = dS~^T A with dS~_ij = scale inv_a_i inv_b_j f'(z_ij) sum_k w_ik mask_k exp(f(z_ij) - lse_ik).
+// workspace: plan.backward_workspace floats (may be null when that is 0).
 cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const float* grad_lse, float* u, float* v,
-                                     cudaStream_t stream);
+                                     float* workspace, cudaStream_t stream);
 
 // out (N x M, dtype) = scale * inv_a_i * inv_b_j * <a_i, b_j>.
 cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,

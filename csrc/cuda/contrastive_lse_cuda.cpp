@@ -6,6 +6,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
+
 #include "cpu/common.h"
 #include "cuda/contrastive_lse.h"
 #include "cuda/kernel_dtype.h"
@@ -18,6 +22,21 @@ void check_cuda(const at::Tensor& a, const at::Tensor& b) {
   TORCH_CHECK(a.size(1) == b.size(1), "a and b must have the same feature size");
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype");
   TORCH_CHECK(a.is_cuda() && b.is_cuda() && a.device() == b.device(), "a and b must be on one CUDA device");
+}
+
+// The SM count of a device, asked once (cudaDeviceGetAttribute is no stream operation: no sync, and
+// allowed while a CUDA graph is captured). The launchers' split plan is a function of it and the sizes.
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  if (device < 0 || device >= static_cast<int>(cache.size())) device = 0;
+  int n = cache[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    const cudaError_t err = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+    TORCH_CHECK(err == cudaSuccess && n > 0, "contrastive_lse: cannot query the SM count of CUDA device ", device, ": ",
+                cudaGetErrorString(err));
+    cache[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
 }
 
 struct Prepared {
@@ -63,6 +82,8 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   p.num_predicates = static_cast<int>(predicates.size());
   for (size_t k = 0; k < 3; ++k) p.predicates[k] = k < predicates.size() ? static_cast<int>(predicates[k]) : 0;
   p.dtype = cuda::kernel_dtype(r.a, "contrastive_lse", "a");
+  p.num_sms = sm_count(r.a.get_device());
+  p.force_splits = 0;
   return r;
 }
 
@@ -80,7 +101,9 @@ std::tuple<at::Tensor, at::Tensor> contrastive_lse_cuda(const at::Tensor& a, con
   auto opts = a.options().dtype(at::kFloat);
   auto lse = at::empty({a.size(0), static_cast<int64_t>(predicates.size())}, opts);
   auto rowmax = at::empty({a.size(0)}, opts);
-  auto err = cuda::contrastive_lse_forward(r.p, lse.data_ptr<float>(), rowmax.data_ptr<float>(),
+  // Sized by the plan (N, M, D and the SM count), never by data: no host sync, graph-capturable.
+  auto ws = at::empty({std::max<int64_t>(cuda::contrastive_lse_plan(r.p).forward_workspace, 1)}, opts);
+  auto err = cuda::contrastive_lse_forward(r.p, lse.data_ptr<float>(), rowmax.data_ptr<float>(), ws.data_ptr<float>(),
                                            c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "contrastive_lse CUDA kernel failed: ", cudaGetErrorString(err));
   return {lse, rowmax};
@@ -100,10 +123,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cuda(
   TORCH_CHECK(w.sizes() == l.sizes() && l.dim() == 2 && l.size(0) == a.size(0) &&
                   l.size(1) == static_cast<int64_t>(predicates.size()),
               "contrastive_lse_backward: grad_lse and lse must have shape (N, K)");
-  auto U = at::zeros({r.p.n, r.p.d}, a.options().dtype(at::kFloat));
-  auto V = at::zeros({r.p.m, r.p.d}, a.options().dtype(at::kFloat));
+  // The kernels write every element of U and V, except when N or M is 0 (no launch; the sums are 0).
+  auto fopts = a.options().dtype(at::kFloat);
+  const bool empty_sum = r.p.n == 0 || r.p.m == 0;
+  auto U = empty_sum ? at::zeros({r.p.n, r.p.d}, fopts) : at::empty({r.p.n, r.p.d}, fopts);
+  auto V = empty_sum ? at::zeros({r.p.m, r.p.d}, fopts) : at::empty({r.p.m, r.p.d}, fopts);
+  auto ws = at::empty({std::max<int64_t>(cuda::contrastive_lse_plan(r.p).backward_workspace, 1)}, fopts);
   auto err = cuda::contrastive_lse_backward(r.p, l.data_ptr<float>(), w.data_ptr<float>(), U.data_ptr<float>(),
-                                            V.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+                                            V.data_ptr<float>(), ws.data_ptr<float>(),
+                                            c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward CUDA kernel failed: ", cudaGetErrorString(err));
   auto grad_a = normalization_backward(r.a.to(at::kFloat), r.inv_a, U, normalize, eps).to(a.scalar_type());
   auto grad_b = normalization_backward(r.b.to(at::kFloat), r.inv_b, V, normalize, eps).to(b.scalar_type());

@@ -18,7 +18,7 @@ namespace {
 LseParams lse_params(const void* a, const void* b, const float* inv_a, const float* inv_b, const int64_t* la,
                      const int64_t* lb, const float* extra, int64_t n, int64_t m, int64_t d, int64_t stride_a,
                      int64_t stride_b, float scale, float bias, int relu, int exclude_self, int64_t self_offset,
-                     int num_predicates, const int* predicates, int dtype) {
+                     int num_predicates, const int* predicates, int dtype, int num_sms, int force_splits) {
   LseParams p{};
   p.a = a;
   p.b = b;
@@ -40,6 +40,8 @@ LseParams lse_params(const void* a, const void* b, const float* inv_a, const flo
   p.num_predicates = num_predicates;
   for (int k = 0; k < 3; ++k) p.predicates[k] = k < num_predicates ? predicates[k] : 0;
   p.dtype = static_cast<DType>(dtype);
+  p.num_sms = num_sms;
+  p.force_splits = force_splits;
   return p;
 }
 
@@ -55,20 +57,36 @@ int emu_contrastive_lse_forward(const void* a, const void* b, const float* inv_a
                                 const int64_t* la, const int64_t* lb, const float* extra, int64_t n, int64_t m,
                                 int64_t d, int64_t stride_a, int64_t stride_b, float scale, float bias, int relu,
                                 int exclude_self, int64_t self_offset, int num_predicates, const int* predicates,
-                                int dtype, float* lse, float* rowmax) {
+                                int dtype, int num_sms, int force_splits, float* lse, float* rowmax) {
   const LseParams p = lse_params(a, b, inv_a, inv_b, la, lb, extra, n, m, d, stride_a, stride_b, scale, bias, relu,
-                                 exclude_self, self_offset, num_predicates, predicates, dtype);
-  return contrastive_lse_forward(p, lse, rowmax, nullptr);
+                                 exclude_self, self_offset, num_predicates, predicates, dtype, num_sms, force_splits);
+  std::vector<float> ws = nan_workspace(contrastive_lse_plan(p).forward_workspace);
+  return contrastive_lse_forward(p, lse, rowmax, ws.data(), nullptr);
 }
 
 int emu_contrastive_lse_backward(const void* a, const void* b, const float* inv_a, const float* inv_b,
                                  const int64_t* la, const int64_t* lb, const float* extra, int64_t n, int64_t m,
                                  int64_t d, int64_t stride_a, int64_t stride_b, float scale, float bias, int relu,
                                  int exclude_self, int64_t self_offset, int num_predicates, const int* predicates,
-                                 int dtype, const float* lse, const float* grad_lse, float* u, float* v) {
+                                 int dtype, int num_sms, int force_splits, const float* lse, const float* grad_lse,
+                                 float* u, float* v) {
   const LseParams p = lse_params(a, b, inv_a, inv_b, la, lb, extra, n, m, d, stride_a, stride_b, scale, bias, relu,
-                                 exclude_self, self_offset, num_predicates, predicates, dtype);
-  return contrastive_lse_backward(p, lse, grad_lse, u, v, nullptr);
+                                 exclude_self, self_offset, num_predicates, predicates, dtype, num_sms, force_splits);
+  std::vector<float> ws = nan_workspace(contrastive_lse_plan(p).backward_workspace);
+  return contrastive_lse_backward(p, lse, grad_lse, u, v, ws.data(), nullptr);
+}
+
+// The plan's split counts: out[0] = column splits (forward, row gradient), out[1] = row splits.
+void emu_contrastive_lse_plan(int64_t n, int64_t m, int64_t d, int num_sms, int force_splits, int64_t* out) {
+  LseParams p{};
+  p.n = n;
+  p.m = m;
+  p.d = d;
+  p.num_sms = num_sms;
+  p.force_splits = force_splits;
+  const LsePlan q = contrastive_lse_plan(p);
+  out[0] = q.col_splits;
+  out[1] = q.row_splits;
 }
 
 int emu_cosine_similarity_matrix_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,
