@@ -120,8 +120,8 @@ def test_group_step_rejects_bad_arguments():
         sn_ops.group_step(ws[:2], us[:2], vs[:2], [0, 4], 1, 1e-12, "hook")
     with pytest.raises(RuntimeError, match="same length"):
         sn_ops.group_step(ws[:2], us[:1], vs[:2], dims[:2], 1, 1e-12, "hook")
-    with pytest.raises(RuntimeError, match="us\\[0\\]"):
-        sn_ops.group_step(ws[:1], vs[:1], vs[:1], dims[:1], 1, 1e-12, "hook")
+    with pytest.raises(RuntimeError, match="us\\[1\\] must have 5 entries"):
+        sn_ops.group_step(ws[:2], [us[0], vs[1]], vs[:2], dims[:2], 1, 1e-12, "hook")
 
 
 class _Small(torch.nn.Module):

@@ -124,7 +124,7 @@ std::vector<at::Tensor> group_step(at::TensorList weights, at::TensorList us, at
   u2.reserve(k);
   v2.reserve(k);
   out.reserve(4 * k);
-  std::vector<at::Tensor> sigmas;
+  std::vector<at::Tensor> sigmas(k);
   {
     at::AutoDispatchBelowADInplaceOrView below;
     at::NoGradGuard no_grad;
@@ -134,19 +134,36 @@ std::vector<at::Tensor> group_step(at::TensorList weights, at::TensorList us, at
       TORCH_CHECK(dims[i] >= 0 && dims[i] < w.dim(), op, ": dims[", i, "] must lie in [0, ", w.dim(), "), got ",
                   dims[i]);
       mats.push_back(to_matrix(w.detach(), dims[i]));
+      // Sizes here, naming the layer (the per-layer power iteration below would say "[0]").
+      TORCH_CHECK(us[i].dim() == 1 && us[i].size(0) == mats[i].size(0), op, ": us[", i, "] must have ",
+                  mats[i].size(0), " entries, got shape ", us[i].sizes());
+      TORCH_CHECK(vs[i].dim() == 1 && vs[i].size(0) == mats[i].size(1), op, ": vs[", i, "] must have ",
+                  mats[i].size(1), " entries, got shape ", vs[i].sizes());
       u2.push_back(us[i].clone(at::MemoryFormat::Contiguous));
       v2.push_back(vs[i].clone(at::MemoryFormat::Contiguous));
     }
-    sigmas = call_power_iteration(mats, u2, v2, n, eps, hook_order);
-    if (!with_autograd) {
-      for (size_t i = 0; i < k; ++i) {
-        out.push_back(from_matrix(call_apply(mats[i], u2[i], v2[i], sigmas[i]), weights[i].sizes(), dims[i]));
-      }
-    }
   }
-  if (with_autograd) {
-    for (size_t i = 0; i < k; ++i) {
+  // On a GPU one multi-tensor call steps every layer (a constant number of launches). On the CPU
+  // each layer is stepped and divided right away, while its W is still in cache: its three passes
+  // over W (W^T u, W v, W / sigma) run back to back instead of a whole model apart (measured on
+  // SN-GAN-32's D, 12 layers, 4.8 MB of weights: the division pass costs about half as much).
+  const bool per_layer = !weights.empty() && weights[0].is_cpu();
+  if (!per_layer) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    at::NoGradGuard no_grad;
+    sigmas = call_power_iteration(mats, u2, v2, n, eps, hook_order);
+  }
+  for (size_t i = 0; i < k; ++i) {
+    if (per_layer) {
+      at::AutoDispatchBelowADInplaceOrView below;
+      at::NoGradGuard no_grad;
+      sigmas[i] = call_power_iteration({mats[i]}, {u2[i]}, {v2[i]}, n, eps, hook_order)[0];
+    }
+    if (with_autograd) {
       out.push_back(SpectralNormApplyWeight::apply(weights[i], u2[i], v2[i], sigmas[i], dims[i]));
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below;
+      out.push_back(from_matrix(call_apply(mats[i], u2[i], v2[i], sigmas[i]), weights[i].sizes(), dims[i]));
     }
   }
   out.insert(out.end(), u2.begin(), u2.end());
