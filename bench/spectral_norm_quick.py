@@ -98,8 +98,8 @@ def main():
     group = GN.SpectralNormGroup(grouped)
 
     def group_step():
-        group.update_()
-        return [layer.weight for layer in grouped]
+        group.update_()  # the model's pre-hook: every layer stepped in one call, as pending steps
+        return step(grouped)  # each layer's own hook commits its step (u, v and W / sigma), as in a forward
 
     total = sum(layer.weight_orig.numel() for layer in theirs)
     print(f"{len(SHAPES)} SN layers, {total} weight elements (float32), torch {torch.__version__}, "

@@ -92,6 +92,11 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "spectral_norm_power_iteration_(Tensor[] weight_mats, Tensor(a!)[] us, Tensor(b!)[] vs,"
       " int n_power_iterations, float eps, bool hook_order) -> Tensor[]");
+  // A SpectralNormGroup's training step: copies of us, vs stepped n >= 1 times, then W_i / sigma_i
+  // in each weight's own shape (W_mat: dims[i] first). Returns outs + us' + vs' + sigmas.
+  m.def(
+      "spectral_norm_group_step(Tensor[] weights, Tensor[] us, Tensor[] vs, int[] dims,"
+      " int n_power_iterations, float eps, bool hook_order) -> Tensor[]");
   // weight_mat / sigma (contiguous, weight_mat's dtype); autograd with sigma = u^T W v (u, v
   // constants): grad_w = G / sigma - (<G, W> / sigma^2) u v^T. The autograd kernel is C++ and
   // device-independent (csrc/ops/spectral_norm_autograd.cpp); devices implement the two ops.

@@ -179,7 +179,11 @@ at::Tensor spectral_norm_apply_backward_cpu(const at::Tensor& grad, const at::Te
   TORCH_CHECK(grad.sizes() == weight_mat.sizes(), opname, ": grad must have the weight's shape ", weight_mat.sizes(),
               ", got ", grad.sizes());
   const at::Tensor w = weight_mat.contiguous();
-  const at::Tensor g = grad.to(w.scalar_type()).contiguous();
+  // An expanded scalar G (the gradient of a sum, every stride 0) is read as its one value rather
+  // than materialized: one pass over W for <G, W> = g sum(W), one write.
+  const bool scalar_g = grad.numel() > 0 && std::all_of(grad.strides().begin(), grad.strides().end(),
+                                                        [](int64_t s) { return s == 0; });
+  const at::Tensor g = scalar_g ? grad.to(w.scalar_type()) : grad.to(w.scalar_type()).contiguous();
   const int64_t rows = w.size(0), cols = w.size(1);
   at::Tensor out = at::empty(w.sizes(), w.options().memory_format(at::MemoryFormat::Contiguous));
   if (w.numel() == 0) return out;
@@ -196,31 +200,40 @@ at::Tensor spectral_norm_apply_backward_cpu(const at::Tensor& grad, const at::Te
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t row_grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1));
     // <G, W>: one partial per row (double accumulation), summed in row order: deterministic for any
-    // thread count.
+    // thread count. kLanes independent accumulators: a single one would be a serial add chain (no
+    // reassociation without -ffast-math), these vectorize. Fixed order: deterministic.
+    constexpr int kLanes = 16;
     std::vector<double> partial(rows, 0.0);
+    const double g0 = scalar_g ? static_cast<double>(gp[0]) : 0.0;
     at::parallel_for(0, rows, row_grain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* wr = wp + r * cols;
         const scalar_t* gr = gp + r * cols;
-        // kLanes independent accumulators: a single one would be a serial add chain (no
-        // reassociation without -ffast-math), these vectorize. Fixed order: deterministic.
-        constexpr int kLanes = 16;
         double acc[kLanes] = {0.0};
         int64_t c = 0;
-        for (; c + kLanes <= cols; c += kLanes) {
-          for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(gr[c + k]) * static_cast<double>(wr[c + k]);
+        if (scalar_g) {
+          for (; c + kLanes <= cols; c += kLanes) {
+            for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(wr[c + k]);
+          }
+          for (; c < cols; ++c) acc[0] += static_cast<double>(wr[c]);
+        } else {
+          for (; c + kLanes <= cols; c += kLanes) {
+            for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(gr[c + k]) * static_cast<double>(wr[c + k]);
+          }
+          for (; c < cols; ++c) acc[0] += static_cast<double>(gr[c]) * static_cast<double>(wr[c]);
         }
-        for (; c < cols; ++c) acc[0] += static_cast<double>(gr[c]) * static_cast<double>(wr[c]);
         double total = 0.0;
         for (int k = 0; k < kLanes; ++k) total += acc[k];
-        partial[r] = total;
+        partial[r] = scalar_g ? g0 * total : total;
       }
     });
     double dot = 0.0;
     for (int64_t r = 0; r < rows; ++r) dot += partial[r];
     // PyTorch's autograd of W / (u^T W v): G / s + (c u_i) v_j with c = -<G, W> / s^2, in the same
-    // float operations (the rank-1 term is stored first so that no FMA contraction changes rounding).
+    // float operations (no FMA contraction of the product into the sum changes the rounding: the
+    // rank-1 term is rounded to ct first).
     const ct coef = static_cast<ct>(-dot / (static_cast<double>(s) * static_cast<double>(s)));
+    const ct gs = scalar_g ? static_cast<ct>(gp[0]) / s : ct(0);
     at::parallel_for(0, rows, row_grain, [&](int64_t begin, int64_t end) {
       std::vector<ct> term(cols);
       for (int64_t r = begin; r < end; ++r) {
@@ -228,7 +241,11 @@ at::Tensor spectral_norm_apply_backward_cpu(const at::Tensor& grad, const at::Te
         scalar_t* orow = op + r * cols;
         const ct cu = coef * up[r];
         for (int64_t c = 0; c < cols; ++c) term[c] = cu * vp[c];
-        for (int64_t c = 0; c < cols; ++c) orow[c] = static_cast<scalar_t>(static_cast<ct>(gr[c]) / s + term[c]);
+        if (scalar_g) {
+          for (int64_t c = 0; c < cols; ++c) orow[c] = static_cast<scalar_t>(gs + term[c]);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) orow[c] = static_cast<scalar_t>(static_cast<ct>(gr[c]) / s + term[c]);
+        }
       }
     });
   });

@@ -178,12 +178,17 @@ class _PendingStep:
     whichever way the layer is reached (inside the model forward, skipped by it, called directly, twice,
     under no_grad), and W / sigma is built at the call, under the call's own grad mode."""
 
-    __slots__ = ("weight", "u", "v", "versions", "u_new", "v_new", "sigma", "backend")
+    __slots__ = ("weight", "u", "v", "versions", "u_new", "v_new", "sigma", "backend", "out", "node")
 
-    def __init__(self, weight, u, v, u_new, v_new, sigma, backend):
+    def __init__(self, weight, u, v, u_new, v_new, sigma, backend, out=None, node=None):
         self.weight, self.u, self.v, self.u_new, self.v_new, self.sigma = weight, u, v, u_new, v_new, sigma
         self.versions = (weight._version, u._version, v._version)
         self.backend = backend
+        # W / sigma built by the group's call (C++ backends), with its own autograd node; used when
+        # the layer's call has the same grad mode (the node is recorded iff grad mode and the
+        # weight's requires_grad were on then), else W / sigma is built again at the call.
+        self.out = out
+        self.node = node  # Triton: the _TritonGroupApply state shared by the group's layers
 
     def commit(self, module: torch.nn.Module, hook: "SpectralNormHook"):
         name = hook.name
@@ -192,10 +197,13 @@ class _PendingStep:
                 or (weight._version, u._version, v._version) != self.versions):
             return None
         # No no_grad needed (it costs a few us per layer): neither side requires grad, nothing is recorded.
-        u.copy_(self.u_new)
-        v.copy_(self.v_new)
+        torch._foreach_copy_([u, v], [self.u_new, self.v_new])  # one dispatch for both
         # The graph keeps u_new, v_new (this forward's own; nothing writes them again), as the
         # clones a per-layer step would make.
+        out = self.out
+        if (out is not None and out.requires_grad == (weight.requires_grad and torch.is_grad_enabled())
+                and (self.node is None or not self.node.spent)):
+            return out
         w_mat = ref.weight_to_matrix(weight, hook.dim)
         if self.backend == "reference":
             return weight / ref.sigma(w_mat, self.u_new, self.v_new)
@@ -203,13 +211,60 @@ class _PendingStep:
                                 hook.dim)
 
 
+class _GroupNode:
+    """Shared by the layers of one Triton group apply: spent once its backward has run."""
+    __slots__ = ("spent",)
+
+    def __init__(self):
+        self.spent = False
+
+
+class _TritonGroupApply(torch.autograd.Function):
+    """W_i / sigma_i of a group's layers (one dtype) in one Triton launch (apply_group), its backward
+    in two, as ONE autograd node for all of them. A backward through any of them frees what the node
+    saved (without retain_graph), so it marks `state.spent`: a layer that commits after that (called
+    after a first backward, e.g. D.project_features after loss_real.backward()) builds its own
+    W / sigma instead of using this node's output."""
+
+    @staticmethod
+    def forward(ctx, state, n, *tensors):
+        mats, us, vs, sigmas = (list(tensors[i * n:(i + 1) * n]) for i in range(4))
+        res = torch.ops.fastgan.spectral_norm_apply_group_triton(mats, us, vs, sigmas)
+        ctx.state, ctx.n = state, n
+        ctx.save_for_backward(*mats, *sigmas, res[-1])
+        ctx.set_materialize_grads(False)
+        return tuple(res[:-1])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.state.spent = True
+        n, saved = ctx.n, ctx.saved_tensors
+        mats, sigmas, snapshot = list(saved[:n]), list(saved[n:2 * n]), saved[-1]
+        gs = [torch.zeros_like(w) if g is None else g.contiguous() for g, w in zip(grads, mats)]
+        grad_ws = torch.ops.fastgan.spectral_norm_apply_group_triton_backward(gs, mats, snapshot, sigmas)
+        return (None, None, *[gw if g is not None else None for gw, g in zip(grad_ws, grads)], *[None] * (3 * n))
+
+
+def _flat_clones(tensors):
+    """Contiguous copies of 1-D tensors of one dtype and device as views of one buffer, in one
+    multi-tensor copy (a constant number of launches on a GPU, not one per tensor)."""
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+    views = list(flat.split([t.numel() for t in tensors]))
+    torch._foreach_copy_(views, list(tensors))
+    return views
+
+
 class SpectralNormGroup:
     """The "hook"-flavour spectral norms of many layers, stepped together: a forward pre-hook on the
-    model (convert_spectral_norm) that runs one multi-tensor power-iteration call
-    (fastgan::spectral_norm_power_iteration_, which also returns every sigma) for all its training-
-    mode layers on copies of u, v, and leaves each layer a _PendingStep that the layer's next call
-    commits (u, v into the buffers, W / sigma by fastgan::spectral_norm_apply with its fused
-    backward) if its weight, u and v are still those the step was computed from.
+    model (convert_spectral_norm) that steps all its training-mode layers on copies of u, v and
+    leaves each layer a _PendingStep that the layer's next call commits (u, v into the buffers and
+    W / sigma as the layer's weight) if its weight, u and v are still those the step was computed
+    from. Per device and setting, the step is ONE call: on the C++ backends (CPU, CUDA)
+    fastgan::spectral_norm_group_step (multi-tensor power iteration, then every W / sigma with its
+    fused backward, one autograd node per layer, in C++: the per-layer Python and dispatch of the
+    apply were most of a small model's step); on Triton the multi-tensor power iteration (4 launches
+    per step) and one apply_group launch for all W / sigma (backward: two launches), see
+    _TritonGroupApply. A commit under another grad mode than the group's call builds W / sigma again.
 
     The numerics are those of each layer's own hook (torch.nn.utils.spectral_norm) for every call
     pattern: a layer the forward skips keeps its u, v (its pending step is dropped or committed at its
@@ -244,12 +299,48 @@ class SpectralNormGroup:
                                                module._buffers[name + "_v"]))
         for (device, n, eps), items in groups.items():
             backend = _spectral_backend(self.backend, device)
+            if backend in ("cpu", "cuda") and ops.ensure_cxx():
+                # One C++ call for the whole step: power iteration on copies of u, v and every W / sigma.
+                outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in items], [u for _, _, u, _ in items],
+                                                      [v for _, _, _, v in items], [h.dim for h, _, _, _ in items],
+                                                      n, eps, "hook")
+                for (hook, weight, u, v), out, u_new, v_new, sigma in zip(items, outs, us, vs, sigmas):
+                    hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend, out)
+                continue
+            if backend == "triton":
+                self._triton_step(items, n, eps)
+                continue
             mats = [ref.weight_to_matrix(w.detach(), h.dim) for h, w, _, _ in items]
             us = [u.clone(memory_format=torch.contiguous_format) for _, _, u, _ in items]
             vs = [v.clone(memory_format=torch.contiguous_format) for _, _, _, v in items]
             sigmas = ops.power_iteration(mats, us, vs, n, eps, "hook", backend)
             for (hook, weight, u, v), u_new, v_new, sigma in zip(items, us, vs, sigmas):
                 hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend)
+
+    @staticmethod
+    def _triton_step(items, n, eps) -> None:
+        """Triton: one multi-tensor power iteration (4 launches per step) on copies of u, v (one
+        multi-tensor copy), then per (weight dtype, u dtype) one apply_group launch for every
+        W / sigma (backward: two), independent of the number of layers."""
+        by_dtype = {}
+        for item in items:
+            by_dtype.setdefault((item[1].dtype, item[2].dtype, item[3].dtype), []).append(item)
+        for (_, u_dtype, v_dtype), part in by_dtype.items():
+            k = len(part)
+            copies = ([u for _, _, u, _ in part] + [v for _, _, _, v in part] if u_dtype == v_dtype else None)
+            if copies is not None:
+                copies = _flat_clones(copies)
+            else:
+                copies = [t.clone(memory_format=torch.contiguous_format)
+                          for t in [u for _, _, u, _ in part] + [v for _, _, _, v in part]]
+            us, vs = copies[:k], copies[k:]
+            mats = [ref.weight_to_matrix(w, h.dim) for h, w, _, _ in part]
+            sigmas = ops.power_iteration([m.detach() for m in mats], us, vs, n, eps, "hook", "triton")
+            node = _GroupNode()
+            outs = _TritonGroupApply.apply(node, k, *mats, *us, *vs, *sigmas)
+            for (hook, weight, u, v), out, u_new, v_new, sigma in zip(part, outs, us, vs, sigmas):
+                hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, "triton",
+                                             matrix_to_weight(out, weight.shape, hook.dim), node)
 
     _armed = False  # this model call's step is done (read by fastgan.integrations' forward wrapper)
 

@@ -21,6 +21,10 @@ Registered ops:
         C++ schemas (csrc/fastgan.cpp); CPU kernels (csrc/cpu/spectral_norm.cpp), CUDA kernels
         where built; fakes here; the autograd of spectral_norm_apply in C++
         (csrc/ops/spectral_norm_autograd.cpp), device-independent.
+  torch.ops.fastgan.spectral_norm_group_step
+        a SpectralNormGroup's training step in one C++ call (csrc/ops/spectral_norm_autograd.cpp, on
+        top of the two ops above, CPU and CUDA): the power iteration on copies of u, v, then every
+        layer's W / sigma in its weight's own shape, one autograd node per layer.
   torch.ops.fastgan.spectral_norm_power_iteration_triton_ / spectral_norm_apply_triton / _backward
         Triton (triton_kernels/spectral_norm.py), Python custom ops with explicit fakes; the power
         iteration is multi-tensor: 4 launches per step for all layers of a call.
@@ -39,7 +43,7 @@ import torch
 from ..reference import spectral_norm as ref
 from ._registry import ensure_cxx, on_extension_loaded, triton_module
 
-__all__ = ["power_iteration", "power_iteration_", "apply", "cuda_kernels_registered"]
+__all__ = ["power_iteration", "power_iteration_", "apply", "group_step", "cuda_kernels_registered"]
 
 
 def _sigma_dtype(w: torch.Tensor) -> torch.dtype:
@@ -56,6 +60,13 @@ def _fake_apply(weight_mat, u, v, sigma):
 
 def _fake_apply_backward(grad, weight_mat, u, v, sigma):
     return torch.empty(weight_mat.shape, dtype=weight_mat.dtype, device=weight_mat.device)
+
+
+def _fake_group_step(weights, us, vs, dims, n_power_iterations, eps, hook_order):
+    return ([torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weights]
+            + [torch.empty_like(u, memory_format=torch.contiguous_format) for u in us]
+            + [torch.empty_like(v, memory_format=torch.contiguous_format) for v in vs]
+            + _fake_power_iteration(weights, us, vs, n_power_iterations, eps, hook_order))
 
 
 def _setup_context(ctx, inputs, output):
@@ -83,8 +94,10 @@ def _register_cxx() -> None:
     torch.library.register_fake("fastgan::spectral_norm_apply_backward")(_fake_apply_backward)
     # The autograd of fastgan::spectral_norm_apply is a C++ autograd kernel
     # (csrc/ops/spectral_norm_autograd.cpp; a Python wrapper costs more than the op on small layers).
+    torch.library.register_fake("fastgan::spectral_norm_group_step")(_fake_group_step)
     _OPS.update(power_iteration=torch.ops.fastgan.spectral_norm_power_iteration_.default,
-                apply=torch.ops.fastgan.spectral_norm_apply.default)
+                apply=torch.ops.fastgan.spectral_norm_apply.default,
+                group_step=torch.ops.fastgan.spectral_norm_group_step.default)
 
 
 _OPS = {}  # resolved overloads: cheaper to call than the overload packets
@@ -175,8 +188,8 @@ spectral_norm_apply_group_triton.register_autograd(_group_backward, setup_contex
 def apply_group(weight_mats: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
                 sigmas: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """W_i / sigma_i of every layer in one Triton launch (backward: two), u, v constants of the graph
-    (snapshotted by the kernel: no clones needed). Layers of one dtype and device; not yet used by
-    fastgan.nn's SpectralNormGroup, which applies per layer."""
+    (snapshotted by the kernel: no clones needed). Layers of one dtype and device. fastgan.nn's
+    SpectralNormGroup calls the op directly inside its own autograd node (see _TritonGroupApply)."""
     return torch.ops.fastgan.spectral_norm_apply_group_triton(list(weight_mats), list(us), list(vs),
                                                               list(sigmas))[:-1]
 
@@ -247,6 +260,18 @@ def power_iteration(weight_mats: Sequence[torch.Tensor], us: Sequence[torch.Tens
             ref.power_iteration_(w, u, v, n_power_iterations, eps, order)
             sigmas.append(ref.sigma(w, u, v))
     return sigmas
+
+
+def group_step(weights: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
+               dims: Sequence[int], n_power_iterations: int, eps: float, order: str):
+    """A SpectralNormGroup's training step on the C++ backends (CPU, CUDA) in one call
+    (fastgan::spectral_norm_group_step): copies of u, v stepped n >= 1 times by the multi-tensor
+    power iteration (the buffers are only read), then W_i / sigma_i in each weight's shape with its
+    fused backward (one node per layer). Returns (outs, us', vs', sigmas)."""
+    k = len(weights)
+    res = _OPS["group_step"](list(weights), list(us), list(vs), list(dims), int(n_power_iterations), float(eps),
+                             order == "hook")
+    return res[:k], res[k:2 * k], res[2 * k:3 * k], res[3 * k:]
 
 
 def power_iteration_(weight_mats, us, vs, n_power_iterations, eps, order, backend) -> None:
