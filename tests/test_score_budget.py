@@ -106,6 +106,39 @@ def test_columns(path, config, n, d, gen):
             assert rel_err(g, w, GRAD_FLOOR) < (1e-4 if dtype == torch.float32 else tol)
 
 
+@pytest.mark.parametrize("path", list(BUDGETS))
+@pytest.mark.parametrize("n,m,d", [(1, 2, 4), (37, 50, 5), (70, 70, 33)])
+@pytest.mark.parametrize("scale,bias", [(1 / 0.07, 0.0), (-3.0, 0.5), (40.0, 0.0)])
+def test_columns_clip(path, n, m, d, scale, bias, gen):
+    """The CLIP configuration (all columns, normalized rows, no relu, no self exclusion, no extra), b
+    apart and b = None: while 2|scale| <= 60 the saved path shares one shift c = |scale| + bias
+    between rows and columns and keeps exp(z - c) (contrastive_lse.cpp:bounded_both); scale 40 is
+    beyond that range (the general saved path). Values, rowmax and both gradients. (Not N = M = 1 with b = a:
+    there the gradient of cos(a, a) vanishes and float32 leaves a residue of scale * eps.)"""
+    params = (scale, bias, False, True, 1e-8, False, 0, [0])
+    for dtype, tol in ((torch.float32, TOL[torch.float32]), (torch.float64, TOL[torch.float64])):
+        for b_is_a in (False, True) if n == m else (False,):
+            a64 = torch.randn(n, d, generator=gen, dtype=torch.float64)
+            b64 = a64 if b_is_a else torch.randn(m, d, generator=gen, dtype=torch.float64)
+            if n > 2:
+                a64[1] = 0
+            a = a64.to(dtype).requires_grad_()
+            b = a if b_is_a else b64.to(dtype).requires_grad_()
+            lse, rowmax, scores = run_budget(a, b, None, None, None, params, b_is_a, True, BUDGETS[path])
+            assert scores.shape == ((n, m) if path == "saved" else (0,))
+            weights = torch.rand(n + m, 1, generator=gen)
+            inputs = [a] if b_is_a else [a, b]
+            got = grads_of(lse, weights, inputs)
+            x64 = a.detach().double().requires_grad_()
+            y64 = x64 if b_is_a else b.detach().double().requires_grad_()
+            rows, r_max = ref.contrastive_lse(x64, y64, None, None, None, *params)
+            cols, _ = ref.contrastive_lse(y64, x64, None, None, None, *params)
+            want = grads_of(torch.cat([rows, cols]), weights, [x64] if b_is_a else [x64, y64])
+            assert rel_err(lse, torch.cat([rows, cols])) < tol and rel_err(rowmax, r_max) < tol
+            for g, w in zip(got, want):
+                assert rel_err(g, w, GRAD_FLOOR) < (1e-4 if dtype == torch.float32 else tol)
+
+
 def test_policy_boundary():
     """The scores are kept exactly when N * M * sizeof(compute dtype) <= budget, in the kernel and in
     the fake kernel (the two must agree for torch.compile)."""
@@ -192,9 +225,12 @@ def test_compile_fullgraph(path, gen, budget):
         assert rel_err(got, want) < 1e-6
 
 
-@pytest.mark.parametrize("n,d", [(1, 3), (2, 1), (65, 129), (130, 7)])
+@pytest.mark.parametrize("n,d", [(1, 3), (2, 1), (65, 129), (130, 7), (600, 9)])
 def test_cosine_self(n, d, gen):
-    """cosine_similarity_matrix(a) (b is a): the one-product backward of fastgan::cosine_similarity_matrix_self."""
+    """cosine_similarity_matrix(a) (b is a): the one-product backward of fastgan::cosine_similarity_matrix_self,
+    and from N = 512 the half product of the forward (N = 600: blocks of 256 and a ragged last one).
+    The incoming gradient in three layouts, all read through their strides: contiguous, transposed
+    (s.t() weighted) and the expanded scalar of s.sum()."""
     from fastgan.functional import cosine_similarity_matrix
 
     for dtype, tol in ((torch.float32, 1e-5), (torch.float64, TOL[torch.float64])):
@@ -204,11 +240,15 @@ def test_cosine_self(n, d, gen):
         a = a.requires_grad_()
         w = torch.randn(n, n, generator=gen, dtype=dtype)  # not symmetric: both sides of the gradient count
         s = cosine_similarity_matrix(a, scale=3.0, backend="cpu")
-        (g,) = torch.autograd.grad((s * w).sum(), a)
         a64 = a.detach().double().requires_grad_()
         r = ref.cosine_similarity_matrix(a64, a64, 3.0, 1e-8)
-        (rg,) = torch.autograd.grad((r * w.double()).sum(), a64)
-        assert s.dtype == dtype and rel_err(s, r) < tol and rel_err(g, rg, GRAD_FLOOR) < tol
+        assert s.dtype == dtype and rel_err(s, r) < tol
+        weighings = [lambda x, w: (x * w).sum(), lambda x, w: (x.t() * w).sum(), lambda x, w: x.sum()]
+        # N = 1: S = scale cos(a, a) is constant, its gradient a float32 residue; one weighing suffices.
+        for weigh in weighings if n > 1 else weighings[:1]:
+            (g,) = torch.autograd.grad(weigh(s, w), a, retain_graph=True)
+            (rg,) = torch.autograd.grad(weigh(r, w.double()), a64, retain_graph=True)
+            assert rel_err(g, rg, GRAD_FLOOR) < tol
     a = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: cosine_similarity_matrix(x, scale=0.7, backend="cpu"), (a,))
     torch.library.opcheck(torch.ops.fastgan.cosine_similarity_matrix_self.default,

@@ -4,6 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -17,6 +18,46 @@ inline at::ScalarType compute_type(const at::Tensor& a) {
 inline at::Tensor inverse_norms(const at::Tensor& x, bool normalize, double eps) {
   if (!normalize) return at::ones({x.size(0)}, x.options());
   return x.norm(2, {1}).clamp_min(eps).reciprocal();
+}
+
+// Calls pair(i, j) once for every i <= j < n of a square n x n matrix, in B x B blocks, parallel over
+// block rows: task bi owns the pairs whose smaller index lies in block bi, so a pair function that
+// reads (i, j) and (j, i) and writes both never touches an element another task writes. Both ends
+// of a pair are in cache-sized blocks (the column walk of (j, i) stays within B rows). The one
+// walker of G <- G + G^T (contrastive_lse.cpp) and of the symmetric cosine-matrix backward.
+template <typename F>
+void for_each_upper_pair(int64_t n, const F& pair) {
+  constexpr int64_t B = 64;
+  const int64_t nb = (n + B - 1) / B;
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t i0 = bi * B, i1 = std::min(n, i0 + B);
+      for (int64_t j0 = i0; j0 < n; j0 += B) {
+        const int64_t j1 = std::min(n, j0 + B);
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t j = std::max(j0, i); j < j1; ++j) pair(i, j);
+        }
+      }
+    }
+  });
+}
+
+// A A^T for a contiguous (n, d) a: symmetric, so from n >= 512 only the 256-row blocks on and above
+// the diagonal are multiplied (about half the flops of one product) and mirrored by a transposed
+// copy. Below that one product is cheaper than the extra calls.
+inline at::Tensor self_product(const at::Tensor& a_t) {
+  const int64_t n = a_t.size(0);
+  constexpr int64_t kSym = 256;
+  if (n < 2 * kSym) return at::mm(a_t, a_t.t());
+  at::Tensor Z = at::empty({n, n}, a_t.options());
+  for (int64_t i0 = 0; i0 < n; i0 += kSym) {
+    const int64_t bi = std::min(kSym, n - i0);
+    // Row block i, columns [i0, n): one product, written in place into Z's rows (row stride n).
+    auto out = Z.narrow(0, i0, bi).narrow(1, i0, n - i0);
+    at::mm_out(out, a_t.narrow(0, i0, bi), a_t.narrow(0, i0, n - i0).t());
+    if (n - i0 - bi > 0) Z.narrow(0, i0 + bi, n - i0 - bi).narrow(1, i0, bi).copy_(out.narrow(1, bi, n - i0 - bi).t());
+  }
+  return Z;
 }
 
 // The device-independent argument contract of fastgan::contrastive_lse and its backward, checked

@@ -512,25 +512,8 @@ void cols_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, c
   });
 }
 
-// z = scale inv_a_i inv_b_j (a_i . b_j) + bias for all (i, j): one BLAS product, one scaling pass
-// (the same operation order as tile_logits).
-// b is a: Z = A A^T is symmetric, so only the blocks on and above the diagonal are multiplied
-// (about half the flops of one product at N >= 512) and mirrored by a transposed copy.
-at::Tensor self_product(const at::Tensor& a_t) {
-  const int64_t n = a_t.size(0);
-  constexpr int64_t kSym = 256;
-  if (n < 2 * kSym) return at::mm(a_t, a_t.t());
-  at::Tensor Z = at::empty({n, n}, a_t.options());
-  for (int64_t i0 = 0; i0 < n; i0 += kSym) {
-    const int64_t bi = std::min(kSym, n - i0);
-    // Row block i, columns [i0, n): one product, written in place into Z's rows (row stride n).
-    auto out = Z.narrow(0, i0, bi).narrow(1, i0, n - i0);
-    at::mm_out(out, a_t.narrow(0, i0, bi), a_t.narrow(0, i0, n - i0).t());
-    if (n - i0 - bi > 0) Z.narrow(0, i0 + bi, n - i0 - bi).narrow(1, i0, bi).copy_(out.narrow(1, bi, n - i0 - bi).t());
-  }
-  return Z;
-}
-
+// z = scale inv_a_i inv_b_j (a_i . b_j) + bias for all (i, j): one BLAS product (half of one when b
+// is a: common.h's self_product), one scaling pass (the same operation order as tile_logits).
 template <typename T>
 at::Tensor all_logits(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
                       const Params& prm) {
@@ -625,28 +608,202 @@ at::Tensor score_gradient(const at::Tensor& Z, const Inputs<T>& in, const Params
   return G;
 }
 
-// G <- G + G^T in place (square G), in 64 x 64 blocks; each unordered pair (i, j) is written by the
-// one task that owns block row min(i, j) / 64, so no two tasks touch the same element.
+// ---- both directions with a known bound (CLIP-style: all columns, normalized rows, no relu, no
+// self exclusion, no extra). Then z = scale cos + bias lies in [c - 2|scale|, c] with c = |scale| +
+// bias, so one fixed shift serves every row and every column: e = exp(z - c) >= exp(-2|scale|) is
+// a normal float (no underflow) as long as 2|scale| <= kBoundedRange, and
+//   lse_row_i = c + log sum_j e_ij,  lse_col_j = c + log sum_i e_ij
+// come from ONE exp per element in one sweep (instead of a max and an exp per element and
+// direction). The kept scores are then E = e itself, and the backward needs no exp at all:
+//   e^{z_ij - lse_i} = e_ij exp(c - lse_i),  e^{z_ij - lsec_j} = e_ij exp(c - lsec_j),
+// with both factors <= exp(2|scale|) (finite). Rounding: a few ulps per term (float32 ~1e-7).
+constexpr double kBoundedRange = 60.0;  // exp(-60) ~ 1e-26, far above float32's 1e-38
+
+inline bool bounded_both(const Params& prm, bool columns, bool has_extra) {
+  return columns && !has_extra && prm.normalize && !prm.relu && !prm.exclude_self && prm.predicates.size() == 1 &&
+         prm.predicates[0] == kAll && std::isfinite(prm.bias) && 2.0 * std::abs(prm.scale) <= kBoundedRange;
+}
+
+inline double bounded_shift(const Params& prm) { return std::abs(prm.scale) + prm.bias; }
+
+// E = exp(z - c) in place of the product, row and column LSEs (lse: (n + m) x 1), rowmax = max_j z_ij.
+// Rows are split into a fixed number of parts (the thread count), each with its own column sums,
+// added in part order: deterministic for a given thread count.
+template <typename T>
+at::Tensor bounded_both_forward(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
+                                const Params& prm, T* lse, T* rowmax) {
+  at::Tensor E = a_t.is_same(b_t) ? self_product(a_t) : at::mm(a_t, b_t.t());
+  const int64_t n = E.size(0), m = E.size(1);
+  T* e = E.data_ptr<T>();
+  const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
+  const T c0 = static_cast<T>(bounded_shift(prm));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  std::vector<T> colsum(parts * m, T(0));
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto [r0, r1] = part(n, parts, p, 1);
+      T* S = colsum.data() + p * m;
+      for (int64_t i = r0; i < r1; ++i) {
+        const T sa = scale * inv_a[i];
+        T* er = e + i * m;
+#pragma omp simd
+        for (int64_t c = 0; c < m; ++c) er[c] = er[c] * sa * inv_b[c] + bias;  // z, as all_logits
+        rowmax[i] = reduce_max(er, m);
+#pragma omp simd
+        for (int64_t c = 0; c < m; ++c) er[c] -= c0;
+        const T rs = exp_shifted(er, m, T(0), er);
+#pragma omp simd
+        for (int64_t c = 0; c < m; ++c) S[c] += er[c];
+        lse[i] = c0 + std::log(rs);
+      }
+    }
+  });
+  for (int64_t j = 0; j < m; ++j) {
+    T cs = 0;
+    for (int64_t p = 0; p < parts; ++p) cs += colsum[p * m + j];
+    lse[n + j] = c0 + std::log(cs);
+  }
+  return E;
+}
+
+// G_ij = scale inv_a_i inv_b_j E_ij (w_i exp(c - lse_i) + wc_j exp(c - lsec_j)) from the kept E.
+template <typename T>
+at::Tensor bounded_both_gradient(const at::Tensor& E, const T* inv_a, const T* inv_b, const Params& prm, const T* w,
+                                 const T* lse) {
+  const int64_t n = E.size(0), m = E.size(1);
+  const T c0 = static_cast<T>(bounded_shift(prm)), scale = static_cast<T>(prm.scale);
+  std::vector<T> q(m);  // the column factors wc_j exp(c - lsec_j)
+  for (int64_t j = 0; j < m; ++j) q[j] = w[n + j] * std::exp(c0 - lse[n + j]);
+  at::Tensor G = at::empty_like(E);
+  const T* e = E.data_ptr<T>();
+  T* g = G.data_ptr<T>();
+  const T* qp = q.data();
+  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T r = w[i] * std::exp(c0 - lse[i]), sa = scale * inv_a[i];
+      const T* er = e + i * m;
+      T* gr = g + i * m;
+#pragma omp simd
+      for (int64_t c = 0; c < m; ++c) gr[c] = er[c] * (r + qp[c]) * sa * inv_b[c];
+    }
+  });
+  return G;
+}
+
+// ---- rows of b = a with the same bound (2C, NT-Xent, SupCon: normalized, no relu, self offset 0,
+// any predicates and extra): one exp per element, e = exp(z - c) with the self column at 0, then a
+// masked sum per predicate, lse_ik = logaddexp(extra_i, c + log sum_j [pred_k] e_ij) (-inf for an
+// empty set). The kept scores are E; the backward's H = G + G^T needs no exp:
+//   H_ij = scale inv_i inv_j e_ij sum_k [pred_k(i, j)] (f_ik + f_jk),  f_ik = w_ik exp(c - lse_ik)
+// (f = 0 where the set is empty or the weight 0: selected out, never inf * 0). The predicates are
+// symmetric in i and j (same / other label / all), so row j's term at column i has the same mask.
+inline bool bounded_self(const Params& prm, bool b_is_a, bool columns) {
+  return b_is_a && !columns && prm.self_offset == 0 && prm.normalize && !prm.relu && std::isfinite(prm.bias) &&
+         2.0 * std::abs(prm.scale) <= kBoundedRange;
+}
+
+template <typename T>
+at::Tensor bounded_self_forward(const at::Tensor& a_t, const Inputs<T>& in, const Params& prm, T* lse, T* rowmax) {
+  at::Tensor E = self_product(a_t);
+  const int64_t n = E.size(0), K = static_cast<int64_t>(prm.predicates.size());
+  T* e = E.data_ptr<T>();
+  const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
+  const T c0 = static_cast<T>(bounded_shift(prm)), ninf = -std::numeric_limits<T>::infinity();
+  const T* inv = in.inv_a;
+  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T sa = scale * inv[i];
+      T* er = e + i * n;
+#pragma omp simd
+      for (int64_t c = 0; c < n; ++c) er[c] = er[c] * sa * inv[c] + bias;  // z, as all_logits
+      const int64_t self = prm.exclude_self ? i : -1;
+      rowmax[i] = self < 0 ? reduce_max(er, n) : std::max(reduce_max(er, i), reduce_max(er + i + 1, n - i - 1));
+#pragma omp simd
+      for (int64_t c = 0; c < n; ++c) er[c] -= c0;
+      exp_shifted(er, n, T(0), er);
+      if (self >= 0) er[self] = 0;  // summed without it: e_ii = 1 would swamp the others
+      const int32_t li = in.la ? in.la[i] : 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t p = prm.predicates[k];
+        T rs = 0;
+        if (p == kAll) {
+#pragma omp simd reduction(+ : rs)
+          for (int64_t c = 0; c < n; ++c) rs += er[c];
+        } else {
+          const bool want_same = p == kSame;
+#pragma omp simd reduction(+ : rs)
+          for (int64_t c = 0; c < n; ++c) rs += ((in.lb[c] == li) == want_same) ? er[c] : T(0);
+        }
+        // rs = 0: the empty set (-inf); NaN propagates (neither comparison holds).
+        T l = rs > T(0) ? c0 + std::log(rs) : (rs == T(0) ? ninf : std::numeric_limits<T>::quiet_NaN());
+        if (in.extra) {
+          const T x = in.extra[i];
+          const T M = std::max(x, l);
+          l = l == ninf ? x : M + std::log(std::exp(x - M) + std::exp(l - M));
+        }
+        lse[i * K + k] = l;
+      }
+    }
+  });
+  return E;
+}
+
+template <typename T>
+at::Tensor bounded_self_gradient(const at::Tensor& E, const Inputs<T>& in, const Params& prm, const T* w,
+                                 const T* lse) {
+  const int64_t n = E.size(0), K = static_cast<int64_t>(prm.predicates.size());
+  const T c0 = static_cast<T>(bounded_shift(prm)), scale = static_cast<T>(prm.scale);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  std::vector<T> f(K * n);  // f[k * n + i]: predicate-major, contiguous along the columns
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < K; ++k) {
+      const T l = lse[i * K + k], wk = w[i * K + k];
+      f[k * n + i] = (l == ninf || wk == T(0)) ? T(0) : wk * std::exp(c0 - l);
+    }
+  }
+  at::Tensor H = at::empty_like(E);
+  const T* e = E.data_ptr<T>();
+  T* h = H.data_ptr<T>();
+  const T* inv = in.inv_a;
+  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+    std::vector<T> acc(n);
+    T* ac = acc.data();
+    for (int64_t i = i0; i < i1; ++i) {
+      std::fill(ac, ac + n, T(0));
+      const int32_t li = in.la ? in.la[i] : 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t p = prm.predicates[k];
+        const T* fk = f.data() + k * n;
+        const T fi = fk[i];
+        if (p == kAll) {
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) ac[c] += fi + fk[c];
+        } else {
+          const bool want_same = p == kSame;
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) ac[c] += ((in.lb[c] == li) == want_same) ? fi + fk[c] : T(0);
+        }
+      }
+      const T sa = scale * inv[i];
+      const T* er = e + i * n;
+      T* hr = h + i * n;
+#pragma omp simd
+      for (int64_t c = 0; c < n; ++c) hr[c] = er[c] * ac[c] * sa * inv[c];
+      if (prm.exclude_self) hr[i] = 0;
+    }
+  });
+  return H;
+}
+
+// G <- G + G^T in place (square G); common.h's walker gives each unordered pair to one task.
 template <typename T>
 void symmetrize_(at::Tensor& G) {
   const int64_t n = G.size(0);
-  constexpr int64_t B = 64;
   T* g = G.data_ptr<T>();
-  const int64_t nb = (n + B - 1) / B;
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t i0 = bi * B, i1 = std::min(n, i0 + B);
-      for (int64_t j0 = i0; j0 < n; j0 += B) {
-        const int64_t j1 = std::min(n, j0 + B);
-        for (int64_t i = i0; i < i1; ++i) {
-          for (int64_t j = std::max(j0, i); j < j1; ++j) {
-            const T s = g[i * n + j] + g[j * n + i];
-            g[i * n + j] = s;
-            g[j * n + i] = s;
-          }
-        }
-      }
-    }
+  for_each_upper_pair(n, [g, n](int64_t i, int64_t j) {
+    const T s = g[i * n + j] + g[j * n + i];
+    g[i * n + j] = s;
+    g[j * n + i] = s;
   });
 }
 
@@ -687,7 +844,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_cpu(
     using T = scalar_t;
     const auto in = make_inputs<T>(a_t, b_t, inv_a, inv_b, la, lb, ex);
     T* L = lse.data_ptr<T>();
-    if (keep_scores(n, m, sizeof(T), score_budget)) {
+    if (keep_scores(n, m, sizeof(T), score_budget) && bounded_both(prm, columns, extra.has_value())) {
+      scores = bounded_both_forward<T>(a_t, b_t, in.inv_a, in.inv_b, prm, L, rowmax.data_ptr<T>());  // E, not z
+    } else if (keep_scores(n, m, sizeof(T), score_budget) && bounded_self(prm, b_is_a, columns)) {
+      scores = bounded_self_forward<T>(a_t, in, prm, L, rowmax.data_ptr<T>());  // E, not z
+    } else if (keep_scores(n, m, sizeof(T), score_budget)) {
       scores = all_logits<T>(a_t, b_t, in.inv_a, in.inv_b, prm);
       rows_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, in.extra, prm, L, rowmax.data_ptr<T>());
       if (columns) cols_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, prm, L + n * K);
@@ -740,6 +901,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
     const T* L = l.data_ptr<T>();
     if (saved) {
       TORCH_CHECK(scores.scalar_type() == ct, "contrastive_lse_budget_backward: scores dtype mismatch");
+      if (bounded_both(prm, columns, extra.has_value())) {
+        at::Tensor G = bounded_both_gradient<T>(scores, in.inv_a, in.inv_b, prm, W, L);  // scores hold E
+        U = at::mm(G, b_t);
+        V = at::mm(G.t(), a_t);
+        if (b_is_a) U.add_(V);
+        return;
+      }
+      if (bounded_self(prm, b_is_a, columns)) {
+        U = at::mm(bounded_self_gradient<T>(scores, in, prm, W, L), a_t);  // scores hold E
+        return;
+      }
       if (b_is_a && !columns && self_offset == 0) {
         // dA = (G + G^T) A. With b = a and the diagonal as the self column, G^T_ij = G_ji is row j's
         // term at column i, i.e. the columns' term of score_gradient with the rows' own weights and

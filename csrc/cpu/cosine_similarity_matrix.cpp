@@ -67,34 +67,34 @@ std::tuple<at::Tensor, at::Tensor> cosine_similarity_matrix_backward_cpu(const a
   return {grad_a, grad_b};
 }
 
-// ---- b is a: S = scale nrm(a) nrm(a)^T. The gradients of the two sides add, dA~ = (G + G^T) A~, so
-// the backward is one product instead of two: one blocked pass forms
-// dS~_ij = dS~_ji = scale inv_i inv_j (G_ij + G_ji), then U = dS~ A and the normalization backward.
+// ---- b is a: S = scale nrm(a) nrm(a)^T. Forward: A A^T is symmetric, so from N >= 512 only the
+// blocks on and above the diagonal are multiplied (common.h's self_product: about half the flops).
+// Backward: the gradients of the two sides add, dA~ = (G + G^T) A~, so one product instead of two:
+// one blocked pass forms dS~_ij = dS~_ji = scale inv_i inv_j (G_ij + G_ji), then U = dS~ A and the
+// normalization backward.
 
 at::Tensor cosine_similarity_matrix_self_cpu(const at::Tensor& a, double scale, double eps) {
-  return cosine_similarity_matrix_cpu(a, a, scale, eps);
+  check(a, a);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto ct = compute_type(a);
+  auto a_t = a.detach().to(ct).contiguous();
+  auto inv = inverse_norms(a_t, true, eps);
+  auto s = self_product(a_t);
+  AT_DISPATCH_FLOATING_TYPES(ct, "cosine_similarity_matrix_self_cpu", [&] {
+    scale_outer<scalar_t>(s.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(), s.size(0),
+                          s.size(1), static_cast<scalar_t>(scale));
+  });
+  return s.to(a.scalar_type());
 }
 
+// g is read through its strides: the gradient of S.sum() arrives as an expanded scalar (strides 0),
+// which a .contiguous() would first write out as a whole N x N matrix.
 template <typename T>
-void symmetric_scaled(const T* g, T* out, const T* inv, int64_t n, T scale) {
-  constexpr int64_t B = 64;
-  const int64_t nb = (n + B - 1) / B;
-  // Task bi owns the pairs (i, j), i in block bi, j >= i: no element is written by two tasks.
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t i0 = bi * B, i1 = std::min(n, i0 + B);
-      for (int64_t j0 = i0; j0 < n; j0 += B) {
-        const int64_t j1 = std::min(n, j0 + B);
-        for (int64_t i = i0; i < i1; ++i) {
-          const T si = scale * inv[i];
-          for (int64_t j = std::max(j0, i); j < j1; ++j) {
-            const T v = (g[i * n + j] + g[j * n + i]) * si * inv[j];
-            out[i * n + j] = v;
-            out[j * n + i] = v;
-          }
-        }
-      }
-    }
+void symmetric_scaled(const T* g, int64_t gs0, int64_t gs1, T* out, const T* inv, int64_t n, T scale) {
+  for_each_upper_pair(n, [=](int64_t i, int64_t j) {
+    const T v = (g[i * gs0 + j * gs1] + g[j * gs0 + i * gs1]) * (scale * inv[i]) * inv[j];
+    out[i * n + j] = v;
+    out[j * n + i] = v;
   });
 }
 
@@ -107,11 +107,11 @@ at::Tensor cosine_similarity_matrix_self_backward_cpu(const at::Tensor& grad, co
   const auto ct = compute_type(a);
   auto a_t = a.detach().to(ct).contiguous();
   auto inv = inverse_norms(a_t, true, eps);
-  auto g = grad.detach().to(ct).contiguous();
-  auto ds = at::empty_like(g);
+  auto g = grad.detach().to(ct);  // any strides (see symmetric_scaled)
+  auto ds = at::empty({a.size(0), a.size(0)}, a_t.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "cosine_similarity_matrix_self_backward_cpu", [&] {
-    symmetric_scaled<scalar_t>(g.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(), g.size(0),
-                               static_cast<scalar_t>(scale));
+    symmetric_scaled<scalar_t>(g.data_ptr<scalar_t>(), g.stride(0), g.stride(1), ds.data_ptr<scalar_t>(),
+                               inv.data_ptr<scalar_t>(), g.size(0), static_cast<scalar_t>(scale));
   });
   return normalization_backward(a_t, inv, at::mm(ds, a_t), true, eps).to(a.scalar_type());
 }

@@ -1,4 +1,5 @@
-// Autograd of fastgan::contrastive_lse_budget and fastgan::pair_cosine as C++ autograd kernels
+// Autograd of fastgan::contrastive_lse_budget, pair_cosine, same_class_cosine_sum and
+// cosine_similarity_matrix_self as C++ autograd kernels
 // (the pattern of spectral_norm_autograd.cpp): the Python wrapper of torch.library.register_autograd
 // costs about 100-150 us per call and step, a tenth of a whole 2C step at N = 64. The devices
 // implement the forward and backward ops; the fakes are registered from Python
@@ -165,12 +166,43 @@ std::tuple<at::Tensor, at::Tensor> same_class_cosine_sum_autograd(const at::Tens
   return {r[0], r[1]};
 }
 
+// S = scale nrm(a) nrm(a)^T (fastgan::cosine_similarity_matrix_self). The incoming gradient is
+// passed with its strides (the backward kernels read any layout: S.sum()'s is an expanded scalar).
+class CosineSimilarityMatrixSelf : public torch::autograd::Function<CosineSimilarityMatrixSelf> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, double scale, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fastgan::cosine_similarity_matrix_self", "")
+                         .typed<at::Tensor(const at::Tensor&, double, double)>();
+    ctx->save_for_backward({a});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["eps"] = eps;
+    return op.call(a, scale, eps);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fastgan::cosine_similarity_matrix_self_backward", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double)>();
+    auto s = ctx->get_saved_variables();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    return {op.call(grads[0], s[0], ctx->saved_data["scale"].toDouble(), ctx->saved_data["eps"].toDouble()),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor cosine_similarity_matrix_self_autograd(const at::Tensor& a, double scale, double eps) {
+  return CosineSimilarityMatrixSelf::apply(a, scale, eps);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
   m.impl("same_class_cosine_sum", &same_class_cosine_sum_autograd);
   m.impl("contrastive_lse_budget", &contrastive_lse_budget_autograd);
   m.impl("pair_cosine", &pair_cosine_autograd);
+  m.impl("cosine_similarity_matrix_self", &cosine_similarity_matrix_self_autograd);
 }
 
 }  // namespace fastgan

@@ -13,7 +13,11 @@ Registered ops:
 Save or recompute, by size: where the N x M scores (compute dtype: float32, float64 for float64) fit
 the score budget and the feature size is at least MIN_SAVE_FEATURES (256), the CPU forward keeps them and the backward is one elementwise pass plus the
 gradient products (one product when b is a); beyond it the backward recomputes them tile by tile
-with extra memory O((N + M) D). The budget is per call, in bytes: set_score_budget(nbytes), or the
+with extra memory O((N + M) D).
+Where the logits are bounded (normalized rows, no relu, self offset 0 when b is a, 2|scale| <= 60: CLIP,
+2C, NT-Xent, SupCon) the kept "scores" are exp(z - c) with one shift c = |scale| + bias for every row
+and column (csrc/cpu/contrastive_lse.cpp:bounded_both, bounded_self): one exp per element in forward,
+none in backward. Only the backward op reads them. The budget is per call, in bytes: set_score_budget(nbytes), or the
 environment variable FASTGAN_SCORE_BUDGET at import; 0 always recomputes. Peak extra memory of the
 saving path is about twice the scores (scores and their gradient in backward). Under torch.compile
 the budget in force when a graph is traced is baked into that graph.
