@@ -41,6 +41,7 @@
 #include <type_traits>
 
 #include "contrastive_lse.h"
+#include "convert.h"
 #include "launch.h"
 
 namespace fastgan {
@@ -57,23 +58,6 @@ constexpr int kFinishThreads = 256;
 constexpr int64_t kMaxSplits = 64;
 static_assert(kPer == 8 && kRowsPerThread == 8 && kLanesPerRow == 4, "the thread layouts assume 128 threads");
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
 
 template <typename T>
 constexpr bool kTensorCores = !std::is_same<T, float>::value;

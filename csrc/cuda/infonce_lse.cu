@@ -65,6 +65,7 @@
 #include <type_traits>
 
 #include "infonce_lse.h"
+#include "convert.h"
 #include "launch.h"
 
 namespace fastgan {
@@ -92,23 +93,6 @@ static_assert(kThreads == 4 * kBM, "forward and grad_m: 4 threads per row of a t
 static_assert(kThreads == 2 * kBN, "grad_l and the column norms: 2 threads per column of a tile");
 static_assert(kBM == 32 && kBN == 64 && kBK == 32 && kRC == 64, "the wmma warp layouts assume these tiles");
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
 
 // Operand tiles of the score product. 16-bit rows are padded by 8 elements (16 bytes): wmma needs
 // ldm a multiple of 8 and 32-byte aligned fragment starts (rows of 80 and 144 bytes: every 16th row

@@ -33,6 +33,7 @@
 #include <cmath>
 
 #include "spectral_norm.h"
+#include "convert.h"
 #include "launch.h"
 
 namespace fastgan {
@@ -45,13 +46,6 @@ constexpr int kThreads = kTile * kWarps;        // 256
 constexpr int kPerWarp = kTile / kWarps;        // outputs per warp in the lane-over-reduction layout
 constexpr int64_t kMaxGrid = int64_t{1} << 20;  // grid-stride loops beyond this
 constexpr int kMaxPartials = 1024;              // blocks of the <G, W> reduction
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void from_float(float x, float* o) { *o = x; }
-__device__ __forceinline__ void from_float(float x, __half* o) { *o = __float2half(x); }
-__device__ __forceinline__ void from_float(float x, __nv_bfloat16* o) { *o = __float2bfloat16(x); }
 
 // Element idx of a vector of runtime dtype.
 __device__ __forceinline__ float load(const void* p, DType t, int64_t idx) {
@@ -337,7 +331,7 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(SnMatrix w, const float
       coords(e, w.cols, small, i, j);
       idx = i * w.stride_r + j * w.stride_c;
     }
-    from_float(to_float(wp[idx]) / s, out + e);
+    out[e] = from_float<T>(to_float(wp[idx]) / s);
   }
 }
 
@@ -383,7 +377,7 @@ __global__ void __launch_bounds__(kThreads)
     coords(e, g.cols, small, i, j);
     const int64_t ig = gc ? e : i * g.stride_r + j * g.stride_c;
     const float cu = c * load(u.p, u.dtype, i * u.stride);
-    from_float(to_float(gp[ig]) / s - cu * load(v.p, v.dtype, j * v.stride), out + e);
+    out[e] = from_float<T>(to_float(gp[ig]) / s - cu * load(v.p, v.dtype, j * v.stride));
   }
 }
 
