@@ -338,29 +338,6 @@ std::tuple<at::Tensor, at::Tensor> infonce_lse_cpu(const at::Tensor& l, const at
   return {pos, neg};
 }
 
-std::tuple<at::Tensor, at::Tensor> infonce_lse_backward_cpu(const at::Tensor& grad_pos, const at::Tensor& grad_neg,
-                                                            const at::Tensor& l, const at::Tensor& m,
-                                                            const at::Tensor& neg, double scale,
-                                                            std::optional<double> self_logit, bool normalize,
-                                                            double eps) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const char* op = "infonce_lse_backward";
-  check_inputs(op, l, m, eps);
-  const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
-  const at::Tensor ld = l.detach();
-  Prep p = prepare(ld, m, scale, normalize, eps);
-  check_vector(op, "grad_pos", grad_pos, {n, hw}, p.ct);
-  check_vector(op, "grad_neg", grad_neg, {n}, p.ct);
-  check_vector(op, "neg", neg, {n}, p.ct);
-  auto gp = grad_pos.detach().contiguous(), gn = grad_neg.detach().contiguous(), ng = neg.detach().contiguous();
-  auto grad_l = at::empty({n, r, hw}, l.options().memory_format(at::MemoryFormat::Contiguous));
-  auto grad_m = at::empty({n, r}, m.options().memory_format(at::MemoryFormat::Contiguous));
-  AT_DISPATCH_FLOATING_TYPES(p.ct, "infonce_lse_backward_cpu", [&] {
-    backward_impl<scalar_t>(ld, p, normalize, eps, scale, gp, gn, ng, at::Tensor(), grad_l, grad_m);
-  });
-  return {grad_l, grad_m};
-}
-
 // ---------------------------------------------------------------- score budget: save or recompute
 // fastgan::infonce_lse_budget keeps the (N, N, HW) scores, block j at scores[j] = S[:, j, :], when
 // they fit in score_budget bytes (the rule of fastgan/ops/infonce_lse.py:_keeps_scores): the
@@ -391,12 +368,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> infonce_lse_budget_cpu(const at::
   return {pos, neg, scores};
 }
 
-std::tuple<at::Tensor, at::Tensor> infonce_lse_budget_backward_cpu(
-    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& l, const at::Tensor& m,
-    const at::Tensor& neg, const at::Tensor& scores, double scale, std::optional<double> self_logit, bool normalize,
-    double eps) {
+// Both backwards (recompute: scores empty; budget: the forward's kept scores or empty), one set of
+// checks; `op` names the calling op in errors.
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const char* op, const at::Tensor& grad_pos, const at::Tensor& grad_neg,
+                                                const at::Tensor& l, const at::Tensor& m, const at::Tensor& neg,
+                                                const at::Tensor& scores, double scale,
+                                                std::optional<double> self_logit, bool normalize, double eps) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const char* op = "infonce_lse_budget_backward";
   check_inputs(op, l, m, eps);
   const int64_t n = l.size(0), r = l.size(1), hw = l.size(2);
   const at::Tensor ld = l.detach();
@@ -416,6 +394,23 @@ std::tuple<at::Tensor, at::Tensor> infonce_lse_budget_backward_cpu(
                             grad_m);
   });
   return {grad_l, grad_m};
+}
+
+std::tuple<at::Tensor, at::Tensor> infonce_lse_backward_cpu(const at::Tensor& grad_pos, const at::Tensor& grad_neg,
+                                                            const at::Tensor& l, const at::Tensor& m,
+                                                            const at::Tensor& neg, double scale,
+                                                            std::optional<double> self_logit, bool normalize,
+                                                            double eps) {
+  return backward_cpu("infonce_lse_backward", grad_pos, grad_neg, l, m, neg, at::empty({0}, neg.options()), scale,
+                      self_logit, normalize, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor> infonce_lse_budget_backward_cpu(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& l, const at::Tensor& m,
+    const at::Tensor& neg, const at::Tensor& scores, double scale, std::optional<double> self_logit, bool normalize,
+    double eps) {
+  return backward_cpu("infonce_lse_budget_backward", grad_pos, grad_neg, l, m, neg, scores, scale, self_logit,
+                      normalize, eps);
 }
 
 }  // namespace
