@@ -20,6 +20,7 @@ from .. import distributed as D
 from ..backend import resolve_backend
 from ..ops.contrastive_lse import contrastive_lse, contrastive_lse_both, pair_cosine, same_class_cosine_sum
 from ..ops.cosine_similarity_matrix import cosine_similarity_matrix as _cosine_similarity_matrix
+from ..ops import loss_terms as T
 from ..reference import contrastive as ref
 from ..reference.contrastive import PRED_ALL, PRED_DIFF, PRED_SAME, compute_dtype, normalize_rows
 
@@ -56,9 +57,25 @@ def _pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, backend: Optional
     autograd, most of a small batch's cost)."""
     if backend == "cpu" and x.device.type == "cpu":
         return pair_cosine(x, y, eps)
+    if backend == "triton":
+        return T.pair_cosine(x, y, eps)
     ct = compute_dtype(x.dtype, y.dtype)
     x, y = x.to(ct), y.to(ct)
     return (x * y).sum(dim=1) / (x.norm(dim=1).clamp_min(eps) * y.norm(dim=1).clamp_min(eps))
+
+
+def _positive_logit(x, y, eps, t, backend, shift=0):
+    """cos(x_i, y_{(i + shift) mod N}) / t. On Triton one launch each way (the scale and the shift inside
+    the kernel: no division, no rolled copy of y)."""
+    if backend == "triton":
+        return T.pair_cosine(x, y, eps, 1.0 / t, shift)
+    return _pair_cosine(x, y.roll(-shift, dims=0) if shift else y, eps, backend) / t
+
+
+def _fused_mean(layout, reduction, backend):
+    """The loss's reduction as one Triton launch each way (lse_combine) instead of ATen selects,
+    subtractions and a mean with their autograd: the single-process Triton path, mean or sum."""
+    return backend == "triton" and layout is None and reduction in ("mean", "sum")
 
 
 def _columns(x, labels, process_group, gradient):
@@ -155,9 +172,11 @@ def conditional_contrastive_loss(
     if be == "reference" and process_group is None:
         return ref.conditional_contrastive_loss(embed, proxy, label, t, eps, reduction)
     cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
-    extra = _pair_cosine(embed, proxy, eps, be) / t
+    extra = _positive_logit(embed, proxy, eps, t, be)
     lse, _ = contrastive_lse(embed, cols, label, col_label, extra, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL, PRED_SAME], be)
+    if _fused_mean(layout, reduction, be):
+        return T.lse_combine(lse, [1.0, -1.0], scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0)
     return _finish(lse[:, 0] - lse[:, 1], reduction, layout, group, gradient)
 
 
@@ -192,6 +211,9 @@ def data2data_cross_entropy_loss(
     cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
     lse, rowmax = contrastive_lse(embed, cols, label, col_label, None, 1.0 / t, (m_p - 1.0) / t, True, True, eps,
                                   True, layout.offset if layout else 0, [PRED_DIFF], be)
+    if _fused_mean(layout, reduction, be):
+        return T.d2d_epilogue(lse, rowmax, _pair_cosine(embed, proxy, eps, be), m_p, t,
+                              1.0 / lse.shape[0] if reduction == "mean" else 1.0)
     # N = 1 has no j != i: M_i is taken as 0 (the set is empty and the term vanishes anyway).
     m_i = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
     q = torch.relu((m_p - _pair_cosine(embed, proxy, eps, be)) / t)
@@ -276,9 +298,11 @@ def nt_xent_loss(
     if be == "reference" and process_group is None:
         return ref.nt_xent_loss(z, t, eps, reduction)
     cols, _, layout, group = _columns(z, None, process_group, gradient)
-    pos = _pair_cosine(z, z.roll(z.shape[0] // 2, dims=0), eps, be) / t
+    pos = _positive_logit(z, z, eps, t, be, shift=z.shape[0] // 2)  # row i's positive: (i + N) mod 2N
     lse, _ = contrastive_lse(z, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL], be)
+    if _fused_mean(layout, reduction, be):
+        return T.lse_combine(lse, [1.0], pos, -1.0, scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0)
     return _finish(lse[:, 0] - pos, reduction, layout, group, gradient)
 
 
@@ -412,7 +436,12 @@ def symmetric_infonce_loss(
     b_all, _, layout, group = _columns(b, None, process_group, gradient)
     a_all = D.gather(a, group, layout)[0] if layout else a
     norm_eps = math.sqrt(eps)  # rsqrt(max(|x|^2, eps)) == 1 / max(|x|, sqrt(eps))
-    diag = _pair_cosine(a, b, norm_eps, be) / t
+    diag = _positive_logit(a, b, norm_eps, t, be)
+    if _fused_mean(layout, reduction, be):
+        # The two directions' (N, 1) LSEs straight into one combine: no selects, no ATen arithmetic.
+        rows, _ = contrastive_lse(a, b, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
+        cols, _ = contrastive_lse(b, a, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
+        return T.lse_combine(rows, [1.0], cols, 1.0, diag, -2.0, scale=1.0 / a.shape[0] if reduction == "mean" else 1.0)
     if layout is None:
         # Both directions from one kernel call (on the CPU one sweep of the scores each way).
         rows, cols = contrastive_lse_both(a, b, 1.0 / t, True, norm_eps, be)

@@ -86,11 +86,15 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(a, b, label_a, label_b, extra, output[0])
     ctx.params = inputs[5:]
     ctx.has_extra = extra is not None
+    # rowmax is a constant (D2D-CE's detached shift): no zero-filled gradient for it (one launch per step).
+    ctx.set_materialize_grads(False)
 
 
 def _autograd(backward_op):
     def backward(ctx, grad_lse, grad_rowmax):  # rowmax is a constant (D2D-CE's detached shift)
         a, b, label_a, label_b, extra, lse = ctx.saved_tensors
+        if grad_lse is None:  # only rowmax reached the loss: it has no gradient
+            return (None,) * (5 + _N_PARAMS)
         ga, gb, ge = backward_op(grad_lse.contiguous(), a, b, label_a, label_b, extra, lse, *ctx.params)
         return (ga, gb, None, None, ge if ctx.has_extra else None) + (None,) * _N_PARAMS
 

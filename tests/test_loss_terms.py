@@ -1,0 +1,121 @@
+"""The Triton loss terms (fastgan/ops/loss_terms.py): pair cosine with a row shift and the LSE
+combine, against float64, opcheck'd, traced by torch.compile; and the launches of a whole loss step
+on the Triton path pinned (perf_model.count_launches_cpu: Triton launches + non-view ATen ops), the
+same at every N (docs/gpu_predictions.md, README "Launches per loss")."""
+import pytest
+import torch
+
+import fastgan.functional as FG
+from fastgan import reference as R
+from fastgan.benchmark import cases as C
+from fastgan.benchmark import perf_model as P
+from fastgan.ops import loss_terms as T
+
+from conftest import TOL, rel_err
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float16, torch.float32),
+                                    (torch.float64, torch.float32)])
+def test_pair_cosine_against_float64(shift, dtypes, gen):
+    n, d = 37, 70  # two D slices, three row blocks (the last partial)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    if dtypes[0] != torch.float16:  # a zero row's gradient is ~1/eps: beyond half precision
+        x[2] = 0
+    y[5] = 0
+    xs, ys = x.to(dtypes[0]).requires_grad_(), y.to(dtypes[1]).requires_grad_()
+    out = T.pair_cosine(xs, ys, 1e-8, 2.5, shift)
+    x64, y64 = xs.detach().double().requires_grad_(), ys.detach().double().requires_grad_()
+    yr = y64.roll(-shift, dims=0)
+    want = (x64 * yr).sum(1) / (x64.norm(dim=1).clamp_min(1e-8) * yr.norm(dim=1).clamp_min(1e-8)) * 2.5
+    assert out.dtype == torch.promote_types(torch.promote_types(dtypes[0], dtypes[1]), torch.float32)
+    tol = TOL[torch.float16] if torch.float16 in dtypes else TOL[torch.float32]
+    assert rel_err(out, want) < tol
+    w = torch.randn(n, generator=gen, dtype=torch.float64)
+    gx, gy = torch.autograd.grad((out * w.to(out)).sum(), (xs, ys))
+    wx, wy = torch.autograd.grad((want * w).sum(), (x64, y64))
+    assert gx.dtype == dtypes[0] and gy.dtype == dtypes[1]
+    assert rel_err(gx, wx) < 5 * tol and rel_err(gy, wy) < 5 * tol
+
+
+def test_combine_against_float64(gen):
+    n = 300  # two blocks of the single program
+    x = torch.randn(n, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    y1 = torch.randn(n, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    y2 = torch.randn(n, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = T.lse_combine(x, [1.0, -1.0], y1, 1.0, y2, -2.0, scale=1.0 / n)
+    want = (x[:, 0] - x[:, 1] + y1[:, 0] - 2.0 * y2).mean()
+    assert rel_err(out, want) < 1e-12
+    got = torch.autograd.grad(3.0 * out, (x, y1, y2))
+    ref = torch.autograd.grad(3.0 * want, (x, y1, y2))
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-12
+
+
+def test_opcheck(gen):
+    x = torch.randn(9, 20, generator=gen)
+    y = torch.randn(9, 20, generator=gen, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fastgan.pair_cosine_triton.default, (x, y, 1e-8, 0.5, 4))
+    lse = torch.randn(9, 2, generator=gen, requires_grad=True)
+    pos = torch.randn(9, generator=gen, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgan.lse_combine_triton.default, (lse, pos, None, [1.0, -1.0], -1.0, 0.0, 0.1))
+    rowmax = torch.randn(9, generator=gen)
+    rowmax[0] = float("-inf")  # no j != i: the shift is taken as 0
+    torch.library.opcheck(torch.ops.fastgan.d2d_epilogue_triton.default, (lse[:, :1].detach().contiguous().requires_grad_(),
+                                                                          rowmax, pos, 0.98, 0.5, 0.1))
+
+
+def test_d2d_epilogue_against_float64(gen):
+    n = 300
+    lse = torch.randn(n, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    rowmax = torch.randn(n, generator=gen, dtype=torch.float64)
+    rowmax[3] = float("-inf")
+    cos = torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1
+    cos[5] = 0.99  # q = 0: relu inactive
+    cos.requires_grad_()
+    with torch.no_grad():
+        lse[7] = float("-inf")  # no other-class column: the row's term is 0
+    out = T.d2d_epilogue(lse, rowmax, cos, 0.98, 0.5, 1.0 / n)
+    m = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
+    q = torch.relu((0.98 - cos) / 0.5)
+    want = (q + torch.logaddexp(-q, lse[:, 0] - m)).mean()
+    assert rel_err(out, want) < 1e-12
+    for a, b in zip(torch.autograd.grad(out, (lse, cos)), torch.autograd.grad(want, (lse, cos))):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_compile_fullgraph_triton_2c(gen):
+    e, p = torch.randn(12, 8, generator=gen), torch.randn(12, 8, generator=gen)
+    y = torch.randint(0, 3, (12,), generator=gen)
+    torch._dynamo.reset()
+    f = torch.compile(lambda e, p: FG.conditional_contrastive_loss(e, p, y, 0.1, backend="triton"), fullgraph=True,
+                      backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in (e, p)]
+    out = f(*leaves)
+    out.backward()
+    ref_leaves = [t.double().requires_grad_() for t in (e, p)]
+    want = R.conditional_contrastive_loss(*ref_leaves, y, 0.1)
+    want.backward()
+    assert rel_err(out, want) < TOL[torch.float32]
+    for a, b in zip(leaves, ref_leaves):
+        assert rel_err(a.grad, b.grad) < 5 * TOL[torch.float32]
+
+
+# (Triton launches, ATen ops) of one forward + backward on the Triton path, the same at every N (the
+# ATen ops: the backward's seed ones_like and autograd's accumulation adds where one tensor feeds
+# several inputs). docs/gpu_predictions.md and perf_model.ASSUMED_LAUNCHES use these counts.
+PINNED = {"2c": (12, 3), "ntxent": (12, 4), "clip": (24, 5), "d2d": (12, 3)}
+
+
+@pytest.mark.parametrize("op", list(PINNED))
+def test_loss_launches_pinned(op):
+    seen = {}
+    for n in (64, 256, 4096):
+        case = C.Case(op, (n, 32), "cpu", torch.float32)
+        xs, ys = C.make_inputs(case)
+        fused, _ = C.LOSS[op]
+        triton_launches, aten = P.count_launches_cpu(lambda *a: fused(*a, backend="triton"), xs, ys, execute=False)
+        seen[n] = (len(triton_launches), len(aten))
+    assert all(v == PINNED[op] for v in seen.values()), (op, seen)
+    assert P.ASSUMED_LAUNCHES[op][0] == sum(PINNED[op])
