@@ -5,8 +5,6 @@ same at every N (docs/gpu_predictions.md, README "Launches per loss")."""
 import pytest
 import torch
 
-import fastgan.functional as FG
-from fastgan import reference as R
 from fastgan.benchmark import cases as C
 from fastgan.benchmark import perf_model as P
 from fastgan.ops import loss_terms as T
@@ -62,8 +60,8 @@ def test_opcheck(gen):
     torch.library.opcheck(torch.ops.fastgan.lse_combine_triton.default, (lse, pos, None, [1.0, -1.0], -1.0, 0.0, 0.1))
     rowmax = torch.randn(9, generator=gen)
     rowmax[0] = float("-inf")  # no j != i: the shift is taken as 0
-    torch.library.opcheck(torch.ops.fastgan.d2d_epilogue_triton.default, (lse[:, :1].detach().contiguous().requires_grad_(),
-                                                                          rowmax, pos, 0.98, 0.5, 0.1))
+    lse1 = lse[:, :1].detach().contiguous().requires_grad_()
+    torch.library.opcheck(torch.ops.fastgan.d2d_epilogue_triton.default, (lse1, rowmax, pos, 0.98, 0.5, 0.1))
 
 
 def test_d2d_epilogue_against_float64(gen):
@@ -85,17 +83,17 @@ def test_d2d_epilogue_against_float64(gen):
         assert rel_err(a, b) < 1e-12
 
 
-def test_compile_fullgraph_triton_2c(gen):
-    e, p = torch.randn(12, 8, generator=gen), torch.randn(12, 8, generator=gen)
-    y = torch.randint(0, 3, (12,), generator=gen)
+@pytest.mark.parametrize("op", ["2c", "d2d", "ntxent", "clip"])
+def test_compile_fullgraph_triton(op):
+    xs, ys = C.make_inputs(C.Case(op, (12, 8), "cpu", torch.float32))
+    fused, reference = C.LOSS[op]
     torch._dynamo.reset()
-    f = torch.compile(lambda e, p: FG.conditional_contrastive_loss(e, p, y, 0.1, backend="triton"), fullgraph=True,
-                      backend="aot_eager")
-    leaves = [t.clone().requires_grad_() for t in (e, p)]
-    out = f(*leaves)
+    f = torch.compile(lambda *a: fused(*a, backend="triton"), fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in xs]
+    out = f(*leaves, *ys)
     out.backward()
-    ref_leaves = [t.double().requires_grad_() for t in (e, p)]
-    want = R.conditional_contrastive_loss(*ref_leaves, y, 0.1)
+    ref_leaves = [t.double().requires_grad_() for t in xs]
+    want = reference(*ref_leaves, *ys)
     want.backward()
     assert rel_err(out, want) < TOL[torch.float32]
     for a, b in zip(leaves, ref_leaves):

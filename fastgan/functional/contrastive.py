@@ -2,7 +2,9 @@
 symmetric (CLIP-style) InfoNCE. docs/semantics.md sections 1 to 5.
 
 Each loss is "fused log-sum-exp kernel + positive term in plain autograd": the N x N part runs in
-the contrastive_lse kernel (never materialized), the O(N D) positive terms are ordinary PyTorch.
+the contrastive_lse kernel (never materialized), the O(N D) positive terms are ordinary PyTorch; on
+the Triton backend the positive logits and the final combination with the mean are Triton ops too
+(fastgan/ops/loss_terms.py: one launch each way), so a loss step is a short fixed chain of launches.
 Mixed precision (docs/semantics.md "Mixed precision"), one policy for every loss: inputs may have different
 float dtypes (under torch.autocast a projection is bfloat16/float16 while an nn.Embedding proxy stays
 float32); two inputs of one kernel are promoted as PyTorch would (torch.promote_types), everything is

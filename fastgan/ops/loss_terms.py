@@ -62,9 +62,10 @@ def lse_combine_triton_backward(grad: torch.Tensor, x: torch.Tensor, y1: Optiona
 
 
 def _combine_fake_backward(grad, x, y1, y2, coefs, c1, c2, scale):
-    n = x.shape[0]
-    return (x.new_empty(x.shape), x.new_empty(y1.shape if y1 is not None else (n,), dtype=(y1 if y1 is not None else x).dtype),
-            x.new_empty(y2.shape if y2 is not None else (n,), dtype=(y2 if y2 is not None else x).dtype))
+    def like(y):  # shaped as y (N,) or (N, 1), as the kernel wrapper
+        return x.new_empty((x.shape[0],)) if y is None else x.new_empty(y.shape, dtype=y.dtype)
+
+    return x.new_empty(x.shape), like(y1), like(y2)
 
 
 lse_combine_triton.register_fake(lambda x, y1, y2, coefs, c1, c2, scale: x.new_empty(()))
