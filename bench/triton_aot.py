@@ -52,9 +52,10 @@ from fastgan.triton_kernels import configs  # noqa: E402
 from fastgan.triton_kernels import contrastive_lse as CL  # noqa: E402
 from fastgan.triton_kernels import cosine_similarity_matrix as CS  # noqa: E402
 from fastgan.triton_kernels import infonce_lse as IL  # noqa: E402
+from fastgan.triton_kernels import loss_terms as LT  # noqa: E402
 from fastgan.triton_kernels import spectral_norm as SN  # noqa: E402
 
-MODULES = (CL, CS, IL, SN)
+MODULES = (CL, CS, IL, SN, LT)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -178,8 +179,27 @@ def run_spectral(c):
     SN.apply_group_backward([torch.ones_like(w), torch.ones_like(w2)], [w, w2], snapshot, sigmas)
 
 
+def loss_terms_cases():
+    return [{"dtype": dt} for dt in ("fp32", "fp16", "bf16")]
+
+
+def run_loss_terms(c):
+    # The loss terms around contrastive_lse: pair cosine (shifted), LSE combine, D2D-CE epilogue.
+    dt = DTYPES[c["dtype"]]
+    x, y = torch.randn(96, 100).to(dt), torch.randn(96, 100).to(dt)
+    cos = LT.pair_cosine_forward(x, y, 1e-8, 2.0, 48)
+    LT.pair_cosine_backward(torch.ones_like(cos), x, y, 1e-8, 2.0, 48)
+    lse, rowmax = torch.randn(96, 2), torch.randn(96)
+    g = torch.ones(())
+    LT.combine_forward(lse, cos, cos, [1.0, -1.0], -1.0, 1.0, 0.01)
+    LT.combine_backward(g, lse, cos, cos, [1.0, -1.0], -1.0, 1.0, 0.01)
+    LT.d2d_forward(lse[:, :1].contiguous(), rowmax, cos, 0.98, 0.5, 0.01)
+    LT.d2d_backward(g, lse[:, :1].contiguous(), rowmax, cos, 0.98, 0.5, 0.01)
+
+
 OPS = (("contrastive_lse", contrastive_cases, run_contrastive), ("cosine_similarity_matrix", cosine_cases, run_cosine),
-       ("infonce_lse", infonce_cases, run_infonce), ("spectral_norm", spectral_cases, run_spectral))
+       ("infonce_lse", infonce_cases, run_infonce), ("spectral_norm", spectral_cases, run_spectral),
+       ("loss_terms", loss_terms_cases, run_loss_terms))
 
 
 def _label(case):
