@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include "cpu/common.h"
+#include "cpu/gemm.h"
 #include "cpu/vec_math.h"
 
 #include <algorithm>
@@ -632,7 +633,7 @@ inline double bounded_shift(const Params& prm) { return std::abs(prm.scale) + pr
 template <typename T>
 at::Tensor bounded_both_forward(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
                                 const Params& prm, T* lse, T* rowmax) {
-  at::Tensor E = a_t.is_same(b_t) ? self_product(a_t) : at::mm(a_t, b_t.t());
+  at::Tensor E = a_t.is_same(b_t) ? self_product(a_t) : gemm(a_t, b_t.t());  // cpu/gemm.h: oneDNN where it runs
   const int64_t n = E.size(0), m = E.size(1);
   T* e = E.data_ptr<T>();
   const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
@@ -903,8 +904,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
       TORCH_CHECK(scores.scalar_type() == ct, "contrastive_lse_budget_backward: scores dtype mismatch");
       if (bounded_both(prm, columns, extra.has_value())) {
         at::Tensor G = bounded_both_gradient<T>(scores, in.inv_a, in.inv_b, prm, W, L);  // scores hold E
-        U = at::mm(G, b_t);
-        V = at::mm(G.t(), a_t);
+        U = gemm(G, b_t);  // cpu/gemm.h: oneDNN where it runs
+        V = gemm(G.t(), a_t);
         if (b_is_a) U.add_(V);
         return;
       }
