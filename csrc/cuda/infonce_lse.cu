@@ -94,13 +94,66 @@ static_assert(kThreads == 2 * kBN, "grad_l and the column norms: 2 threads per c
 static_assert(kBM == 32 && kBN == 64 && kBK == 32 && kRC == 64, "the wmma warp layouts assume these tiles");
 
 
+// out(16 x 16 per fragment) += A(16 x 8 ksteps) B: A's float32 elements split into TF32 hi + lo
+// (both products accumulated in float32), B's rounded to TF32 (exact for 16-bit inputs).
+using TfA_row = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                                       nvcuda::wmma::row_major>;
+using TfA_col = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                                       nvcuda::wmma::col_major>;
+using TfB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                                   nvcuda::wmma::row_major>;
+using TfAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
+
+template <typename FragA>
+__device__ __forceinline__ void split_tf32(FragA& hi, FragA& lo) {  // hi holds the float32 values
+#pragma unroll
+  for (int e = 0; e < hi.num_elements; ++e) {
+    const float x = hi.x[e];
+    hi.x[e] = nvcuda::wmma::__float_to_tf32(x);
+    lo.x[e] = nvcuda::wmma::__float_to_tf32(x - hi.x[e]);
+  }
+}
+
+__device__ __forceinline__ void round_tf32(TfB& b) {
+#pragma unroll
+  for (int e = 0; e < b.num_elements; ++e) b.x[e] = nvcuda::wmma::__float_to_tf32(b.x[e]);
+}
+
+// wmma operand fragments of the score product: 16-bit m16n16k16, Tf32 (float32 with TF32 allowed)
+// m16n16k8 (k step kScoreK) with its elements rounded to TF32 at the load (float SIMT uses none).
+template <typename T>
+constexpr int kScoreK = std::is_same<T, Tf32>::value ? 8 : 16;
+template <typename T>
+struct ScoreFrag {
+  using A = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T, nvcuda::wmma::row_major>;
+  using B = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T, nvcuda::wmma::row_major>;
+  using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+  template <typename Frag>
+  __device__ static void load(Frag& f, const T* src, unsigned ld) {
+    nvcuda::wmma::load_matrix_sync(f, src, ld);
+  }
+};
+template <>
+struct ScoreFrag<Tf32> {
+  using A = TfA_row;
+  using B = TfB;
+  using Acc = TfAcc;
+  template <typename Frag>
+  __device__ static void load(Frag& f, const Tf32* src, unsigned ld) {
+    nvcuda::wmma::load_matrix_sync(f, &src->x, ld);
+#pragma unroll
+    for (int e = 0; e < f.num_elements; ++e) f.x[e] = nvcuda::wmma::__float_to_tf32(f.x[e]);
+  }
+};
+
 // Operand tiles of the score product. 16-bit rows are padded by 8 elements (16 bytes): wmma needs
 // ldm a multiple of 8 and 32-byte aligned fragment starts (rows of 80 and 144 bytes: every 16th row
-// and every 16th column start on a 32-byte boundary); float rows are padded by 1 against bank
-// conflicts of the SIMT product.
+// and every 16th column start on a 32-byte boundary); Tf32 rows by 4 (ldm a multiple of 4; rows of
+// 144 and 272 bytes, fragment starts every 8th row / 8th column on 32-byte boundaries); float rows
+// are padded by 1 against bank conflicts of the SIMT product.
 template <typename T>
 struct ScoreSmem {
-  static constexpr int kPad = sizeof(T) == 4 ? 1 : 8;
+  static constexpr int kPad = std::is_same<T, float>::value ? 1 : (sizeof(T) == 4 ? 4 : 8);
   alignas(32) T a[kBM][kBK + kPad];   // a[row][kk] = m[i0 + row, r0 + kk]
   alignas(32) T b[kBK][kBN + kPad];   // b[kk][col] = l[c0 + col] at channel r0 + kk
   alignas(32) float s[kBM][kSLd];     // D tile, then W tile
@@ -141,8 +194,8 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
   const int nrow = tid / 4, nrk = 8 * (tid % 4), ncol = tid % kBN, nck = 16 * (tid / kBN);
   float sq_r = 0.f, sq_c = 0.f;
   float acc[4][4] = {};
-  using FragAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
-  FragAcc facc[2];
+  using Frag = ScoreFrag<T>;
+  typename Frag::Acc facc[2];
   if constexpr (kTensorCores) {
     nvcuda::wmma::fill_fragment(facc[0], 0.f);
     nvcuda::wmma::fill_fragment(facc[1], 0.f);
@@ -180,13 +233,13 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
     if constexpr (kTensorCores) {
       using namespace nvcuda;
 #pragma unroll
-      for (int kk = 0; kk < kBK; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-        wmma::load_matrix_sync(fa, &sm.a[fr * 16][kk], kBK + ScoreSmem<T>::kPad);
+      for (int kk = 0; kk < kBK; kk += kScoreK<T>) {
+        typename Frag::A fa;
+        Frag::load(fa, &sm.a[fr * 16][kk], kBK + ScoreSmem<T>::kPad);
 #pragma unroll
         for (int f = 0; f < 2; ++f) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
-          wmma::load_matrix_sync(fb, &sm.b[kk][(fc0 + f) * 16], kBN + ScoreSmem<T>::kPad);
+          typename Frag::B fb;
+          Frag::load(fb, &sm.b[kk][(fc0 + f) * 16], kBN + ScoreSmem<T>::kPad);
           wmma::mma_sync(facc[f], fa, fb, facc[f]);
         }
       }
@@ -332,31 +385,6 @@ __device__ __forceinline__ float score_grad(const InfonceParams& p, int64_t i, i
   if (j == i) return grad_pos[i * p.hw + (c - j * p.hw)];
   const float g = grad_neg[i];
   return g == 0.f ? 0.f : g * expf(s - neg[i]);
-}
-
-// out(16 x 16 per fragment) += A(16 x 8 ksteps) B: A's float32 elements split into TF32 hi + lo
-// (both products accumulated in float32), B's rounded to TF32 (exact for 16-bit inputs).
-using TfA_row = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
-                                       nvcuda::wmma::row_major>;
-using TfA_col = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
-                                       nvcuda::wmma::col_major>;
-using TfB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32,
-                                   nvcuda::wmma::row_major>;
-using TfAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
-
-template <typename FragA>
-__device__ __forceinline__ void split_tf32(FragA& hi, FragA& lo) {  // hi holds the float32 values
-#pragma unroll
-  for (int e = 0; e < hi.num_elements; ++e) {
-    const float x = hi.x[e];
-    hi.x[e] = nvcuda::wmma::__float_to_tf32(x);
-    lo.x[e] = nvcuda::wmma::__float_to_tf32(x - hi.x[e]);
-  }
-}
-
-__device__ __forceinline__ void round_tf32(TfB& b) {
-#pragma unroll
-  for (int e = 0; e < b.num_elements; ++e) b.x[e] = nvcuda::wmma::__float_to_tf32(b.x[e]);
 }
 
 // The shared memory of backward_kernel: both kinds of CTA use the same arrays.
@@ -712,7 +740,7 @@ cudaError_t infonce_lse_forward(const InfonceParams& p, float* pos, float* neg, 
   float* part_max = workspace;
   float* part_sum = part_max + q.splits * p.n;
   if (q.splits > 0) {
-    const cudaError_t err = dispatch(p.dtype, [&](auto tag) {
+    const cudaError_t err = dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
       using T = decltype(tag);
       const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.splits));
       FASTGAN_LAUNCH(forward_kernel<T>, grid, kThreads, 0, stream)(p, q.tiles, q.tps, pos, part_max, part_sum);
@@ -738,7 +766,7 @@ cudaError_t infonce_lse_backward(const InfonceParams& p, const float* grad_pos, 
   float* u_part = row_act + p.n;
   float* c_part = u_part + q.splits * p.n * p.r;
   float* v = p.dtype == DType::kFloat32 ? static_cast<float*>(grad_l) : c_part + q.splits * p.n;
-  return dispatch(p.dtype, [&](auto tag) {
+  return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     using T = decltype(tag);
     if (ctas > 0) {  // HW = 0: no score, grad_l is empty
       FASTGAN_LAUNCH(backward_kernel<T>, static_cast<unsigned>(ctas), kThreads, 0, stream)(
