@@ -365,11 +365,22 @@ if INNER:
         ds = ds * fprime * adm
         return SCALE * ds * inv_a[:, None] * inv_b[None, :]
 
-    @pytest.mark.parametrize("c", contrastive_cases(), ids=case_id)
-    def test_inner_contrastive_lse_forward_backward(c):
+    LIB.emu_set_allow_tf32.argtypes = [I]
+
+    def contrastive_check(c, allow_tf32=False):
+        """Runs the emulated forward and backward of case c and compares them with the float64
+        reference; returns the kernels' (lse, rowmax, U, V) and the reference's (lse, rowmax).
+        allow_tf32 (float32 only): LseParams::allow_tf32, compared at TF32 accuracy (about 1e-3)."""
         os.environ["FASTGAN_EMU_ORDER"] = c["order"]
         n, m, d = c["shape"]
         a, b, la, lb, extra = make_inputs(c)
+        LIB.emu_set_allow_tf32(int(allow_tf32))
+        try:
+            return _contrastive_check(c, allow_tf32, n, m, d, a, b, la, lb, extra)
+        finally:
+            LIB.emu_set_allow_tf32(0)
+
+    def _contrastive_check(c, allow_tf32, n, m, d, a, b, la, lb, extra):
         LIB.emu_clear_launches()
         args, inv_a, inv_b, lse, rowmax = run_forward(c, a, b, la, lb, extra)
         labels = any(p != 0 for p in c["preds"])
@@ -378,8 +389,11 @@ if INNER:
             a64, b64, la if labels else None, lb if labels else None, None if extra is None else extra.double(),
             scale=SCALE, bias=BIAS, relu=c["relu"], normalize=c["normalize"], eps=EPS,
             exclude_self=c["exclude_self"], self_offset=0, predicates=c["preds"])
-        torch.testing.assert_close(lse.double(), ref_lse, **tol(c["dtype"]))
-        torch.testing.assert_close(rowmax.double(), ref_rowmax, **tol(c["dtype"]))
+        for out, ref in ((lse, ref_lse), (rowmax, ref_rowmax)):
+            # TF32's error is relative to the size of the scores (scale |a_i| |b_j|), not of each.
+            big = ref[torch.isfinite(ref)].abs().max().item() if torch.isfinite(ref).any() else 1.0
+            kw = dict(rtol=2e-3 * max(1.0, big), atol=2e-3 * max(1.0, big)) if allow_tf32 else tol(c["dtype"])
+            torch.testing.assert_close(out.double(), ref, **kw)
         expect_fwd, expect_bwd = contrastive_launches(n, m, d, c["splits"])
         assert launches() == expect_fwd
 
@@ -396,8 +410,9 @@ if INNER:
         # Per element, relative to the sum of |terms| it adds (never above the row-wide scale_u,
         # which a zero vector's 1 / eps inverse norm inflates): a 16-bit rounding of dS~ fails this.
         elem_u, elem_v = 1 + ds.abs() @ b64.abs(), 1 + ds.abs().T @ a64.abs()
-        torch.testing.assert_close(u.double() / elem_u, (ds @ b64) / elem_u, **tol(c["dtype"]))
-        torch.testing.assert_close(v.double() / elem_v, (ds.T @ a64) / elem_v, **tol(c["dtype"]))
+        kw = dict(rtol=2e-3, atol=2e-3) if allow_tf32 else tol(c["dtype"])
+        torch.testing.assert_close(u.double() / elem_u, (ds @ b64) / elem_u, **kw)
+        torch.testing.assert_close(v.double() / elem_v, (ds.T @ a64) / elem_v, **kw)
 
         # Where every lse is finite, the glue's gradients equal autograd of the reference.
         if torch.isfinite(lse).all():
@@ -410,8 +425,34 @@ if INNER:
             ia64, ib64 = inv_a.double(), inv_b.double()
             got_a = normalization_backward(a64, ia64, u.double(), c["normalize"], EPS)
             got_b = normalization_backward(b64, ib64, v.double(), c["normalize"], EPS)
-            torch.testing.assert_close(got_a / scale_u, ga / scale_u, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(got_b / scale_v, gb / scale_v, rtol=1e-4, atol=1e-4)
+            gtol = 2e-3 * SCALE if allow_tf32 else 1e-4  # TF32: z off by about 1e-3 scale, inside exp
+            torch.testing.assert_close(got_a / scale_u, ga / scale_u, rtol=gtol, atol=gtol)
+            torch.testing.assert_close(got_b / scale_v, gb / scale_v, rtol=gtol, atol=gtol)
+        return (lse, rowmax, u, v), (ref_lse, ref_rowmax)
+
+    @pytest.mark.parametrize("c", contrastive_cases(), ids=case_id)
+    def test_inner_contrastive_lse_forward_backward(c):
+        contrastive_check(c)
+
+    # float32 under each torch.get_float32_matmul_precision(): odd sizes over several tiles and
+    # splits, normalized or not, labels, extra, relu, exclude_self.
+    CONTRASTIVE_TF32_CASES = [c for c in contrastive_cases() if c["dtype"] == torch.float32
+                              and c["shape"][0] > 32 and c["shape"][2] > 16][:2]
+
+    @pytest.mark.parametrize("c", CONTRASTIVE_TF32_CASES, ids=case_id)
+    def test_inner_contrastive_float32_follows_allow_tf32(c):
+        # "highest" (allow_tf32 = 0): the IEEE SIMT path, rel err well under 1e-5 in the forward.
+        ieee = contrastive_check(c, allow_tf32=False)
+        for out, ref in zip(ieee[0], ieee[1]):
+            fin = torch.isfinite(ref)
+            assert ((out.double() - ref)[fin].abs().max() / ref[fin].abs().max()).item() < 1e-5
+        # "high" / "medium": TF32 tensor cores, within about 1e-3 (checked inside) ...
+        tf32 = contrastive_check(c, allow_tf32=True)
+        for name, x, y in zip(("lse", "rowmax", "U", "V"), ieee[0], tf32[0]):
+            # ... and really another path: every output differs from the IEEE one.
+            fin = torch.isfinite(x)
+            rel = ((x.double() - y.double())[fin].abs().max() / x.double()[fin].abs().max().clamp_min(1e-30)).item()
+            assert 1e-6 < rel < 5e-3, (name, rel)
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("shape", [(1, 1, 1), (33, 2, 17), (65, 33, 129), (2, 65, 1)])

@@ -19,8 +19,11 @@
 // Tiles. A score tile is kBM (32) rows x kBN (64) columns, computed by one CTA of 128 threads
 // (4 warps) in kBK (32)-wide slices of R staged through shared memory in the input dtype. float16
 // and bfloat16 use tensor cores (nvcuda::wmma 16x16x16, float32 accumulators; each of the 4 warps
-// owns a 16 x 32 strip of the tile); float32 uses a SIMT register-blocked product (4 x 4 outputs per
-// thread). Loads are bounds-checked (zeros outside), so every N, R, HW works, and use 64-bit offsets
+// owns a 16 x 32 strip of the tile); float32 follows InfonceParams::allow_tf32 (the glue: unless
+// torch.get_float32_matmul_precision() is "highest"): allowed, the element type is Tf32 (float32
+// storage) and the same tile code runs wmma 16x16x8 in TF32, operands rounded with __float_to_tf32
+// at the fragment loads (about 1e-3 relative, as torch.mm in TF32); otherwise float, a SIMT
+// register-blocked product (4 x 4 outputs per thread), IEEE. Loads are bounds-checked (zeros outside), so every N, R, HW works, and use 64-bit offsets
 // built from the three strides of l (and two of m): a permuted channels-last map is read in place.
 // When R is the fastest dimension of l (channels-last), consecutive threads load consecutive r,
 // otherwise consecutive k, so both layouts are read coalesced.
@@ -54,9 +57,10 @@
 //   cannot hold (float16 underflows and, with the 1 / eps of a zero vector, overflows), while TF32
 //   has float32's range; the other operand (l or m in float32) is a 16-bit value, exact in TF32. So
 //   the products carry about 21 bits of W and every bit of l, m: float32 accuracy on tensor cores.
-//   float32: SIMT float32 products (IEEE, no TF32 for float32 inputs).
+//   float32 with allow_tf32 (Tf32): the same two-MMA products, W still split hi + lo; l, m rounded
+//   to TF32 (the 11 bits torch's TF32 matmuls keep too). float32 otherwise: SIMT float32 products (IEEE).
 // Floor: forward 2 N^2 HW R flops; backward 2 x 4 N^2 HW R (each gradient recomputes S), the
-// gradient products twice on TF32 tensor cores for 16-bit inputs.
+// gradient products twice on TF32 tensor cores for 16-bit and Tf32 inputs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
@@ -67,6 +71,7 @@
 #include "infonce_lse.h"
 #include "convert.h"
 #include "launch.h"
+#include "mma_operand.h"
 
 namespace fastgan {
 namespace cuda {
@@ -119,33 +124,6 @@ __device__ __forceinline__ void round_tf32(TfB& b) {
   for (int e = 0; e < b.num_elements; ++e) b.x[e] = nvcuda::wmma::__float_to_tf32(b.x[e]);
 }
 
-// wmma operand fragments of the score product: 16-bit m16n16k16, Tf32 (float32 with TF32 allowed)
-// m16n16k8 (k step kScoreK) with its elements rounded to TF32 at the load (float SIMT uses none).
-template <typename T>
-constexpr int kScoreK = std::is_same<T, Tf32>::value ? 8 : 16;
-template <typename T>
-struct ScoreFrag {
-  using A = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T, nvcuda::wmma::row_major>;
-  using B = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T, nvcuda::wmma::row_major>;
-  using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
-  template <typename Frag>
-  __device__ static void load(Frag& f, const T* src, unsigned ld) {
-    nvcuda::wmma::load_matrix_sync(f, src, ld);
-  }
-};
-template <>
-struct ScoreFrag<Tf32> {
-  using A = TfA_row;
-  using B = TfB;
-  using Acc = TfAcc;
-  template <typename Frag>
-  __device__ static void load(Frag& f, const Tf32* src, unsigned ld) {
-    nvcuda::wmma::load_matrix_sync(f, &src->x, ld);
-#pragma unroll
-    for (int e = 0; e < f.num_elements; ++e) f.x[e] = nvcuda::wmma::__float_to_tf32(f.x[e]);
-  }
-};
-
 // Operand tiles of the score product. 16-bit rows are padded by 8 elements (16 bytes): wmma needs
 // ldm a multiple of 8 and 32-byte aligned fragment starts (rows of 80 and 144 bytes: every 16th row
 // and every 16th column start on a 32-byte boundary); Tf32 rows by 4 (ldm a multiple of 4; rows of
@@ -194,8 +172,7 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
   const int nrow = tid / 4, nrk = 8 * (tid % 4), ncol = tid % kBN, nck = 16 * (tid / kBN);
   float sq_r = 0.f, sq_c = 0.f;
   float acc[4][4] = {};
-  using Frag = ScoreFrag<T>;
-  typename Frag::Acc facc[2];
+  MmaAcc<T> facc[2];
   if constexpr (kTensorCores) {
     nvcuda::wmma::fill_fragment(facc[0], 0.f);
     nvcuda::wmma::fill_fragment(facc[1], 0.f);
@@ -233,13 +210,13 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
     if constexpr (kTensorCores) {
       using namespace nvcuda;
 #pragma unroll
-      for (int kk = 0; kk < kBK; kk += kScoreK<T>) {
-        typename Frag::A fa;
-        Frag::load(fa, &sm.a[fr * 16][kk], kBK + ScoreSmem<T>::kPad);
+      for (int kk = 0; kk < kBK; kk += kMmaK<T>) {
+        MmaFrag<wmma::matrix_a, T, wmma::row_major> fa;
+        load_operand(fa, &sm.a[fr * 16][kk], kBK + ScoreSmem<T>::kPad);
 #pragma unroll
         for (int f = 0; f < 2; ++f) {
-          typename Frag::B fb;
-          Frag::load(fb, &sm.b[kk][(fc0 + f) * 16], kBN + ScoreSmem<T>::kPad);
+          MmaFrag<wmma::matrix_b, T, wmma::row_major> fb;
+          load_operand(fb, &sm.b[kk][(fc0 + f) * 16], kBN + ScoreSmem<T>::kPad);
           wmma::mma_sync(facc[f], fa, fb, facc[f]);
         }
       }

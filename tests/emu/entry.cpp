@@ -15,6 +15,8 @@
 using namespace fastgan::cuda;
 
 namespace {
+int g_allow_tf32 = 0;  // LseParams::allow_tf32 and cosine's, set by emu_set_allow_tf32
+
 LseParams lse_params(const void* a, const void* b, const float* inv_a, const float* inv_b, const int64_t* la,
                      const int64_t* lb, const float* extra, int64_t n, int64_t m, int64_t d, int64_t stride_a,
                      int64_t stride_b, float scale, float bias, int relu, int exclude_self, int64_t self_offset,
@@ -42,6 +44,7 @@ LseParams lse_params(const void* a, const void* b, const float* inv_a, const flo
   p.dtype = static_cast<DType>(dtype);
   p.num_sms = num_sms;
   p.force_splits = force_splits;
+  p.allow_tf32 = g_allow_tf32;
   return p;
 }
 
@@ -53,6 +56,8 @@ std::vector<float> nan_workspace(int64_t count) {
 }  // namespace
 
 extern "C" {
+void emu_set_allow_tf32(int allow) { g_allow_tf32 = allow; }
+
 int emu_contrastive_lse_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,
                                 const int64_t* la, const int64_t* lb, const float* extra, int64_t n, int64_t m,
                                 int64_t d, int64_t stride_a, int64_t stride_b, float scale, float bias, int relu,
@@ -93,7 +98,7 @@ int emu_cosine_similarity_matrix_forward(const void* a, const void* b, const flo
                                          int64_t n, int64_t m, int64_t d, int64_t stride_a, int64_t stride_b,
                                          float scale, int dtype, void* out) {
   return cosine_similarity_matrix_forward(a, b, inv_a, inv_b, n, m, d, stride_a, stride_b, scale,
-                                          static_cast<DType>(dtype), out, nullptr);
+                                          static_cast<DType>(dtype), g_allow_tf32 != 0, out, nullptr);
 }
 
 // ---- spectral norm ----
