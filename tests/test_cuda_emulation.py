@@ -477,6 +477,26 @@ if INNER:
             err = (out.double() - ref).abs()
             assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) + 1e-6).all(), err.max()
 
+    def test_inner_contrastive_cosine_similarity_matrix_follows_allow_tf32():
+        n, m, d = 33, 17, 45
+        g = torch.Generator().manual_seed(77)
+        a, b = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+        inv_a, inv_b = inv_norms(a, True, EPS), inv_norms(b, True, EPS)
+        ref = RC.cosine_similarity_matrix(a.double(), b.double(), scale=2.5, eps=EPS)
+        outs = []
+        for allow in (0, 1):
+            out = torch.full((n, m), float("nan"))
+            LIB.emu_set_allow_tf32(allow)
+            try:
+                check(LIB.emu_cosine_similarity_matrix_forward(ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), n, m, d, d, d,
+                                                               2.5, DTYPE_CODE[torch.float32], ptr(out)), "cosine")
+            finally:
+                LIB.emu_set_allow_tf32(0)
+            outs.append(out.double())
+        assert ((outs[0] - ref).abs().max() / ref.abs().max()).item() < 1e-5  # "highest": IEEE
+        rel = ((outs[1] - ref).abs().max() / ref.abs().max()).item()  # "high": TF32, another result
+        assert 1e-6 < rel < 2e-3 and not torch.equal(outs[0], outs[1]), rel
+
     # -----------------------------------------------------------------------------------------
     # infonce_lse and its backward.
     # -----------------------------------------------------------------------------------------

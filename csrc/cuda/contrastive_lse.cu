@@ -11,7 +11,11 @@
 //   instructions at this tile size, keeps one source for nvcc and the CPU emulator (csrc/emu models
 //   WMMA tile by tile; an mma.sync fragment layout would need a new, unverified emulation), and a
 //   32 x 32 tile per 4-warp CTA is what gives GAN batch sizes (N = 64..2048) enough CTAs.
-// - float32: a SIMT product in float32 (8 outputs per thread), IEEE, as the contract requires.
+// - float32 with LseParams::allow_tf32 (the glue: torch.get_float32_matmul_precision() is not
+//   "highest"): element type Tf32 (float32 storage), the same WMMA code in TF32 (m16n16k8, operands
+//   rounded with __float_to_tf32 as loaded, mma_operand.h), dS~ split in 2 TF32 terms as for
+//   float16: about 1e-3 relative, as torch.mm in TF32.
+// - float32 otherwise: a SIMT product in float32 (8 outputs per thread), IEEE.
 // Gradient products on tensor cores. dS~ is float32 (products of exponentials, inverse norms and
 // grad_lse): rounding it once to 16 bits would cost 3 (fp16) or 2 (bf16) decimal digits. Each dS~
 // tile is rescaled by exact powers of two (each output row into [0.5, 1); the operand row's inverse
