@@ -365,11 +365,22 @@ if INNER:
         ds = ds * fprime * adm
         return SCALE * ds * inv_a[:, None] * inv_b[None, :]
 
-    @pytest.mark.parametrize("c", contrastive_cases(), ids=case_id)
-    def test_inner_contrastive_lse_forward_backward(c):
+    LIB.emu_set_allow_tf32.argtypes = [I]
+
+    def contrastive_check(c, allow_tf32=False):
+        """Runs the emulated forward and backward of case c and compares them with the float64
+        reference; returns the kernels' (lse, rowmax, U, V) and the reference's (lse, rowmax).
+        allow_tf32 (float32 only): LseParams::allow_tf32, compared at TF32 accuracy (about 1e-3)."""
         os.environ["FASTGAN_EMU_ORDER"] = c["order"]
         n, m, d = c["shape"]
         a, b, la, lb, extra = make_inputs(c)
+        LIB.emu_set_allow_tf32(int(allow_tf32))
+        try:
+            return _contrastive_check(c, allow_tf32, n, m, d, a, b, la, lb, extra)
+        finally:
+            LIB.emu_set_allow_tf32(0)
+
+    def _contrastive_check(c, allow_tf32, n, m, d, a, b, la, lb, extra):
         LIB.emu_clear_launches()
         args, inv_a, inv_b, lse, rowmax = run_forward(c, a, b, la, lb, extra)
         labels = any(p != 0 for p in c["preds"])
@@ -378,8 +389,11 @@ if INNER:
             a64, b64, la if labels else None, lb if labels else None, None if extra is None else extra.double(),
             scale=SCALE, bias=BIAS, relu=c["relu"], normalize=c["normalize"], eps=EPS,
             exclude_self=c["exclude_self"], self_offset=0, predicates=c["preds"])
-        torch.testing.assert_close(lse.double(), ref_lse, **tol(c["dtype"]))
-        torch.testing.assert_close(rowmax.double(), ref_rowmax, **tol(c["dtype"]))
+        for out, ref in ((lse, ref_lse), (rowmax, ref_rowmax)):
+            # TF32's error is relative to the size of the scores (scale |a_i| |b_j|), not of each.
+            big = ref[torch.isfinite(ref)].abs().max().item() if torch.isfinite(ref).any() else 1.0
+            kw = dict(rtol=2e-3 * max(1.0, big), atol=2e-3 * max(1.0, big)) if allow_tf32 else tol(c["dtype"])
+            torch.testing.assert_close(out.double(), ref, **kw)
         expect_fwd, expect_bwd = contrastive_launches(n, m, d, c["splits"])
         assert launches() == expect_fwd
 
@@ -396,8 +410,9 @@ if INNER:
         # Per element, relative to the sum of |terms| it adds (never above the row-wide scale_u,
         # which a zero vector's 1 / eps inverse norm inflates): a 16-bit rounding of dS~ fails this.
         elem_u, elem_v = 1 + ds.abs() @ b64.abs(), 1 + ds.abs().T @ a64.abs()
-        torch.testing.assert_close(u.double() / elem_u, (ds @ b64) / elem_u, **tol(c["dtype"]))
-        torch.testing.assert_close(v.double() / elem_v, (ds.T @ a64) / elem_v, **tol(c["dtype"]))
+        kw = dict(rtol=2e-3, atol=2e-3) if allow_tf32 else tol(c["dtype"])
+        torch.testing.assert_close(u.double() / elem_u, (ds @ b64) / elem_u, **kw)
+        torch.testing.assert_close(v.double() / elem_v, (ds.T @ a64) / elem_v, **kw)
 
         # Where every lse is finite, the glue's gradients equal autograd of the reference.
         if torch.isfinite(lse).all():
@@ -410,8 +425,34 @@ if INNER:
             ia64, ib64 = inv_a.double(), inv_b.double()
             got_a = normalization_backward(a64, ia64, u.double(), c["normalize"], EPS)
             got_b = normalization_backward(b64, ib64, v.double(), c["normalize"], EPS)
-            torch.testing.assert_close(got_a / scale_u, ga / scale_u, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(got_b / scale_v, gb / scale_v, rtol=1e-4, atol=1e-4)
+            gtol = 2e-3 * SCALE if allow_tf32 else 1e-4  # TF32: z off by about 1e-3 scale, inside exp
+            torch.testing.assert_close(got_a / scale_u, ga / scale_u, rtol=gtol, atol=gtol)
+            torch.testing.assert_close(got_b / scale_v, gb / scale_v, rtol=gtol, atol=gtol)
+        return (lse, rowmax, u, v), (ref_lse, ref_rowmax)
+
+    @pytest.mark.parametrize("c", contrastive_cases(), ids=case_id)
+    def test_inner_contrastive_lse_forward_backward(c):
+        contrastive_check(c)
+
+    # float32 under each torch.get_float32_matmul_precision(): odd sizes over several tiles and
+    # splits, normalized or not, labels, extra, relu, exclude_self.
+    CONTRASTIVE_TF32_CASES = [c for c in contrastive_cases() if c["dtype"] == torch.float32
+                              and c["shape"][0] > 32 and c["shape"][2] > 16][:2]
+
+    @pytest.mark.parametrize("c", CONTRASTIVE_TF32_CASES, ids=case_id)
+    def test_inner_contrastive_float32_follows_allow_tf32(c):
+        # "highest" (allow_tf32 = 0): the IEEE SIMT path, rel err well under 1e-5 in the forward.
+        ieee = contrastive_check(c, allow_tf32=False)
+        for out, ref in zip(ieee[0], ieee[1]):
+            fin = torch.isfinite(ref)
+            assert ((out.double() - ref)[fin].abs().max() / ref[fin].abs().max()).item() < 1e-5
+        # "high" / "medium": TF32 tensor cores, within about 1e-3 (checked inside) ...
+        tf32 = contrastive_check(c, allow_tf32=True)
+        for name, x, y in zip(("lse", "rowmax", "U", "V"), ieee[0], tf32[0]):
+            # ... and really another path: every output differs from the IEEE one.
+            fin = torch.isfinite(x)
+            rel = ((x.double() - y.double())[fin].abs().max() / x.double()[fin].abs().max().clamp_min(1e-30)).item()
+            assert 1e-6 < rel < 5e-3, (name, rel)
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("shape", [(1, 1, 1), (33, 2, 17), (65, 33, 129), (2, 65, 1)])
@@ -436,6 +477,26 @@ if INNER:
             err = (out.double() - ref).abs()
             assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) + 1e-6).all(), err.max()
 
+    def test_inner_contrastive_cosine_similarity_matrix_follows_allow_tf32():
+        n, m, d = 33, 17, 45
+        g = torch.Generator().manual_seed(77)
+        a, b = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+        inv_a, inv_b = inv_norms(a, True, EPS), inv_norms(b, True, EPS)
+        ref = RC.cosine_similarity_matrix(a.double(), b.double(), scale=2.5, eps=EPS)
+        outs = []
+        for allow in (0, 1):
+            out = torch.full((n, m), float("nan"))
+            LIB.emu_set_allow_tf32(allow)
+            try:
+                check(LIB.emu_cosine_similarity_matrix_forward(ptr(a), ptr(b), ptr(inv_a), ptr(inv_b), n, m, d, d, d,
+                                                               2.5, DTYPE_CODE[torch.float32], ptr(out)), "cosine")
+            finally:
+                LIB.emu_set_allow_tf32(0)
+            outs.append(out.double())
+        assert ((outs[0] - ref).abs().max() / ref.abs().max()).item() < 1e-5  # "highest": IEEE
+        rel = ((outs[1] - ref).abs().max() / ref.abs().max()).item()  # "high": TF32, another result
+        assert 1e-6 < rel < 2e-3 and not torch.equal(outs[0], outs[1]), rel
+
     # -----------------------------------------------------------------------------------------
     # infonce_lse and its backward.
     # -----------------------------------------------------------------------------------------
@@ -444,8 +505,8 @@ if INNER:
 
     import fastgan.reference.infonce as RI
 
-    LIB.emu_infonce_lse_forward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, I64, P, P]
-    LIB.emu_infonce_lse_backward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, I64, P, P, P, P, P]
+    LIB.emu_infonce_lse_forward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, I64, I, P, P]
+    LIB.emu_infonce_lse_backward.argtypes = [P, P, I64, I64, I64, P, P, F, I, F, I, F, I, I64, I, P, P, P, P, P]
 
     def infonce_plan(n, hw, target=0):
         """make_plan of csrc/cuda/infonce_lse.cu: (tiles, row_blocks, splits, tiles per split);
@@ -503,8 +564,11 @@ if INNER:
             assert {(True, False), (True, True), (False, True)} <= kinds, (dtype, kinds)
             assert any(n > 32 for _, n in plans)
 
-    @pytest.mark.parametrize("c", infonce_cases(), ids=infonce_id)
-    def test_inner_infonce_lse_forward_backward(c):
+    def infonce_check(c, allow_tf32=False):
+        """Runs the emulated forward and backward of case c and compares them with the float64
+        reference; returns the kernels' (pos, neg, grad_l, grad_m) and the reference's (pos, neg).
+        allow_tf32 (float32 only): InfonceParams::allow_tf32, compared at TF32 accuracy (operands
+        rounded to 10 mantissa bits in the products: about 1e-3 relative)."""
         os.environ["FASTGAN_EMU_ORDER"] = c["order"]
         n, r, hw, dtype = c["n"], c["r"], c["hw"], c["dtype"]
         g = torch.Generator().manual_seed(c["seed"])
@@ -522,7 +586,7 @@ if INNER:
         self_term = float(sl + math.log(hw)) if sl is not None else 0.0
         ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
         common = (ptr(l), ptr(m), n, r, hw, ls, ms, scale, int(sl is not None), self_term, int(c["normalize"]), eps,
-                  DTYPE_CODE[dtype], c["target"])
+                  DTYPE_CODE[dtype], c["target"], int(allow_tf32))
         pos, neg = torch.full((n, hw), float("nan")), torch.full((n,), float("nan"))
         LIB.emu_clear_launches()
         check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "infonce_lse_forward")
@@ -531,8 +595,11 @@ if INNER:
 
         lr, mr = l.double().requires_grad_(), m.double().requires_grad_()
         ref_pos, ref_neg = RI.infonce_lse(lr, mr, scale, sl, c["normalize"], eps)
-        torch.testing.assert_close(pos.double(), ref_pos.detach(), rtol=2e-5, atol=2e-5)
-        torch.testing.assert_close(neg.double(), ref_neg.detach(), rtol=2e-5, atol=2e-5)
+        for out, ref in ((pos, ref_pos.detach()), (neg, ref_neg.detach())):
+            # TF32's error is relative to the size of the scores (scale |m_i| |l_c|), not of each
+            # score: a small S is a sum of large products. So relative to the largest here.
+            tol = 2e-3 * max(1.0, ref[torch.isfinite(ref)].abs().max().item()) if allow_tf32 else 2e-5
+            torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
 
         gp = torch.randn(n, hw, generator=g)
         gn = torch.randn(n, generator=g)
@@ -547,7 +614,9 @@ if INNER:
         weight = torch.where(torch.isfinite(ref_neg.detach()), gn.double(), torch.zeros(n, dtype=torch.float64))
         loss = (gp.double() * ref_pos).sum() + (weight * torch.nan_to_num(ref_neg, neginf=0.0)).sum()
         gl, gm = torch.autograd.grad(loss, (lr, mr))
-        if dtype == torch.float32:
+        if allow_tf32:
+            kw = dict(rtol=2e-3, atol=2e-3)
+        elif dtype == torch.float32:
             kw = dict(rtol=1e-4, atol=1e-4)
         else:  # written in the 16-bit dtype: one rounding of the float32 result
             kw = dict(rtol={torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype], atol=1e-4)
@@ -570,6 +639,34 @@ if INNER:
             sm_ = sm_ + (ghm.abs() * am).amax(dim=1, keepdim=True)
         torch.testing.assert_close(grad_l.double() / sl_, gl.to(dtype).double() / sl_, **kw)
         torch.testing.assert_close(grad_m.double() / sm_, gm.to(dtype).double() / sm_, **kw)
+        return (pos, neg, grad_l, grad_m), (ref_pos.detach(), ref_neg.detach())
+
+    @pytest.mark.parametrize("c", infonce_cases(), ids=infonce_id)
+    def test_inner_infonce_lse_forward_backward(c):
+        infonce_check(c)
+
+    # float32 under each torch.get_float32_matmul_precision(): odd sizes, several row blocks and
+    # split tiles (33 rows, 97 columns of R = 19 channels, 2 tiles per split), normalized or not.
+    INFONCE_TF32_CASES = [
+        dict(dtype=torch.float32, n=33, r=19, hw=3, channels_last=True, m_transposed=False, self_logit=None,
+             normalize=True, zeros=True, order="forward", target=1, seed=900),
+        dict(dtype=torch.float32, n=3, r=45, hw=5, channels_last=False, m_transposed=True, self_logit=-10.0,
+             normalize=False, zeros=False, order="reverse", target=0, seed=901),
+    ]
+
+    @pytest.mark.parametrize("c", INFONCE_TF32_CASES, ids=infonce_id)
+    def test_inner_infonce_float32_follows_allow_tf32(c):
+        # "highest" (allow_tf32 = 0): the IEEE SIMT path, rel err well under 1e-5 in the forward.
+        ieee = infonce_check(c, allow_tf32=False)
+        for out, ref in zip(ieee[0], ieee[1]):
+            assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
+        # "high" / "medium": TF32 tensor cores, within about 1e-3 of float64 (checked inside) ...
+        tf32 = infonce_check(c, allow_tf32=True)
+        for name, a, b in zip(("pos", "neg", "grad_l", "grad_m"), ieee[0], tf32[0]):
+            # ... and really another path: each output differs from the IEEE one, by more than
+            # float32 rounding could explain but within TF32's about 1e-3.
+            rel = ((a.double() - b.double()).abs().max() / a.double().abs().max().clamp_min(1e-30)).item()
+            assert 1e-6 < rel < 5e-3, (name, rel)
 
     # -----------------------------------------------------------------------------------------
     # Spectral norm: multi-tensor power iteration, apply, apply backward.
@@ -747,7 +844,7 @@ if INNER:
         l, m = torch.empty(n, r, hw, dtype=torch.bfloat16), torch.empty(n, r, dtype=torch.bfloat16)
         ls, ms = (ctypes.c_int64 * 3)(*l.stride()), (ctypes.c_int64 * 2)(*m.stride())
         pos, neg, gp = torch.empty(n, hw), torch.empty(n), torch.empty(n, hw)
-        common = (ptr(l), ptr(m), n, r, hw, ls, ms, 1.0, 1, 0.0, 1, 1e-8, 2, 0)
+        common = (ptr(l), ptr(m), n, r, hw, ls, ms, 1.0, 1, 0.0, 1, 1e-8, 2, 0, 0)
 
         def loss():
             check(LIB.emu_infonce_lse_forward(*common, ptr(pos), ptr(neg)), "forward")

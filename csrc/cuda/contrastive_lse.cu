@@ -11,7 +11,11 @@
 //   instructions at this tile size, keeps one source for nvcc and the CPU emulator (csrc/emu models
 //   WMMA tile by tile; an mma.sync fragment layout would need a new, unverified emulation), and a
 //   32 x 32 tile per 4-warp CTA is what gives GAN batch sizes (N = 64..2048) enough CTAs.
-// - float32: a SIMT product in float32 (8 outputs per thread), IEEE, as the contract requires.
+// - float32 with LseParams::allow_tf32 (the glue: torch.get_float32_matmul_precision() is not
+//   "highest"): element type Tf32 (float32 storage), the same WMMA code in TF32 (m16n16k8, operands
+//   rounded with __float_to_tf32 as loaded, mma_operand.h), dS~ split in 2 TF32 terms as for
+//   float16: about 1e-3 relative, as torch.mm in TF32.
+// - float32 otherwise: a SIMT product in float32 (8 outputs per thread), IEEE.
 // Gradient products on tensor cores. dS~ is float32 (products of exponentials, inverse norms and
 // grad_lse): rounding it once to 16 bits would cost 3 (fp16) or 2 (bf16) decimal digits. Each dS~
 // tile is rescaled by exact powers of two (each output row into [0.5, 1); the operand row's inverse
@@ -43,6 +47,7 @@
 #include "contrastive_lse.h"
 #include "convert.h"
 #include "launch.h"
+#include "mma_operand.h"
 
 namespace fastgan {
 namespace cuda {
@@ -60,10 +65,10 @@ static_assert(kPer == 8 && kRowsPerThread == 8 && kLanesPerRow == 4, "the thread
 
 
 template <typename T>
-constexpr bool kTensorCores = !std::is_same<T, float>::value;
-// Terms of the 16-bit split of a dS~ tile: 2 x 11 bits (float16), 3 x 8 bits (bfloat16).
+constexpr bool kTensorCores = !std::is_same<T, float>::value;  // 16-bit and Tf32
+// Terms of the split of a dS~ tile: 2 x 11 bits (float16, Tf32), 3 x 8 bits (bfloat16).
 template <typename T>
-constexpr int kSplitTerms = std::is_same<T, __half>::value ? 2 : 3;
+constexpr int kSplitTerms = std::is_same<T, __nv_bfloat16>::value ? 3 : 2;
 
 __device__ __forceinline__ bool passes(const LseParams& p, int pred, int64_t i, int64_t j) {
   if (pred == 0) return true;
@@ -81,7 +86,7 @@ __device__ __forceinline__ bool admissible(const LseParams& p, int64_t i, int64_
 // WMMA's float store requires).
 template <typename T>
 struct Smem {
-  static constexpr int kLd = kTensorCores<T> ? kTile + 8 : kTile + 1;
+  static constexpr int kLd = !kTensorCores<T> ? kTile + 1 : (sizeof(T) == 4 ? kTile + 4 : kTile + 8);
   static constexpr int kLdz = kTile + 4;
   alignas(32) T a[2][kTile][kLd];  // A slice: a[buf][row][k]
   alignas(32) T b[2][kTile][kLd];  // B slice: b[buf][col][k]; also the gradient products' operand
@@ -141,7 +146,7 @@ __device__ void score_tile(const LseParams& p, int64_t r0, int64_t c0, Smem<T>& 
   const int tid = threadIdx.x, warp = tid / 32;
   const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;  // tensor cores: this warp's quarter
   const int tx = tid % kTile, ty = tid / kTile;           // SIMT: column tx, rows 8 ty ..
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
+  MmaAcc<T> facc;
   float acc[kRowsPerThread] = {};
   if constexpr (kTensorCores<T>) wmma::fill_fragment(facc, 0.f);
   SliceRegs<T> ra, rb;
@@ -159,11 +164,11 @@ __device__ void score_tile(const LseParams& p, int64_t r0, int64_t c0, Smem<T>& 
     }
     if constexpr (kTensorCores<T>) {
 #pragma unroll
-      for (int kk = 0; kk < kTile; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;  // b[col][k] is B^T column-major
-        wmma::load_matrix_sync(fa, &sm.a[buf][fr][kk], Smem<T>::kLd);
-        wmma::load_matrix_sync(fb, &sm.b[buf][fc][kk], Smem<T>::kLd);
+      for (int kk = 0; kk < kTile; kk += kMmaK<T>) {
+        MmaFrag<wmma::matrix_a, T, wmma::row_major> fa;
+        MmaFrag<wmma::matrix_b, T, wmma::col_major> fb;  // b[col][k] is B^T column-major
+        load_operand(fa, &sm.a[buf][fr][kk], Smem<T>::kLd);
+        load_operand(fb, &sm.b[buf][fc][kk], Smem<T>::kLd);
         wmma::mma_sync(facc, fa, fb, facc);
       }
     } else {
@@ -365,7 +370,7 @@ __device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const floa
       float x = g[q] * down;
 #pragma unroll
       for (int t = 0; t < kSplitTerms<T>; ++t) {
-        const T h = from_float<T>(x);
+        const T h = to_operand<T>(x);
         sm.split[t][ty * kRowsPerThread + q][tx] = h;
         x -= to_float(h);  // exact: the rounding error of h
       }
@@ -429,21 +434,21 @@ __device__ void grad_product(const LseParams& p, const T* x, int64_t x_rows, int
       if constexpr (kTensorCores<T>) scale_slice(rx, sm.op_scale);
     }
     if constexpr (kTensorCores<T>) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
+      MmaAcc<T> facc;
       wmma::fill_fragment(facc, 0.f);
 #pragma unroll
-      for (int kk = 0; kk < kTile; kk += 16) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;  // b[k][d]
-        wmma::load_matrix_sync(fb, &sm.b[buf][kk][fc], Smem<T>::kLd);
+      for (int kk = 0; kk < kTile; kk += kMmaK<T>) {
+        MmaFrag<wmma::matrix_b, T, wmma::row_major> fb;  // b[k][d]
+        load_operand(fb, &sm.b[buf][kk][fc], Smem<T>::kLd);
 #pragma unroll
         for (int t = 0; t < kSplitTerms<T>; ++t) {
           if (transpose) {  // P^T(o, k) = split[k][o]: column-major
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa;
-            wmma::load_matrix_sync(fa, &sm.split[t][kk][fr], Smem<T>::kLd);
+            MmaFrag<wmma::matrix_a, T, wmma::col_major> fa;
+            load_operand(fa, &sm.split[t][kk][fr], Smem<T>::kLd);
             wmma::mma_sync(facc, fa, fb, facc);
           } else {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-            wmma::load_matrix_sync(fa, &sm.split[t][fr][kk], Smem<T>::kLd);
+            MmaFrag<wmma::matrix_a, T, wmma::row_major> fa;
+            load_operand(fa, &sm.split[t][fr][kk], Smem<T>::kLd);
             wmma::mma_sync(facc, fa, fb, facc);
           }
         }
@@ -589,7 +594,7 @@ cudaError_t contrastive_lse_forward(const LseParams& p, float* lse, float* rowma
   const LsePlan q = contrastive_lse_plan(p);
   if (q.row_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
-  return dispatch(p.dtype, [&](auto tag) {
+  return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     FASTGAN_LAUNCH(forward_kernel<decltype(tag)>, grid, kThreads, 0, stream)(p, q.col_splits, workspace);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
@@ -606,7 +611,7 @@ cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const
   if (q.row_blocks > 0x7fffffff || q.col_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   float* part_u = workspace;
   float* part_v = workspace + (q.col_splits > 1 ? q.col_splits * p.n * p.d : 0);
-  return dispatch(p.dtype, [&](auto tag) {
+  return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     using T = decltype(tag);
     const dim3 rows(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
     const dim3 cols(static_cast<unsigned>(q.col_blocks), static_cast<unsigned>(q.row_splits));
@@ -625,7 +630,8 @@ cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const
 
 cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,
                                              int64_t n, int64_t m, int64_t d, int64_t stride_a, int64_t stride_b,
-                                             float scale, DType dtype, void* out, cudaStream_t stream) {
+                                             float scale, DType dtype, bool allow_tf32, void* out,
+                                             cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
   if (cdiv(n, kTile) > 65535 || cdiv(m, kTile) > 0x7fffffff) return cudaErrorInvalidConfiguration;  // grid.y limit
   LseParams p{};
@@ -642,7 +648,7 @@ cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const
   p.bias = 0.f;
   p.dtype = dtype;
   const dim3 grid(static_cast<unsigned>(cdiv(m, kTile)), static_cast<unsigned>(cdiv(n, kTile)));
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch(dtype, allow_tf32, [&](auto tag) {
     using T = decltype(tag);
     FASTGAN_LAUNCH(cosine_kernel<T>, grid, kThreads, 0, stream)(p, static_cast<T*>(out));
     return cudaGetLastError();

@@ -28,6 +28,9 @@ struct LseParams {
   // The grid plan (contrastive_lse_plan) is a pure function of N, M and these two, never of data:
   int num_sms;       // SMs of the device (the glue asks cudaDeviceGetAttribute); the plan aims at 2 CTAs per SM
   int force_splits;  // > 0: use this many column (row) splits, capped by the tile count; tests set it
+  // float32 only: z tiles and both gradient products on TF32 tensor cores (glue: set unless
+  // torch.get_float32_matmul_precision() is "highest"); 0: the IEEE SIMT path.
+  int allow_tf32;
 };
 
 // How the launchers cut the work. Rows and columns come in 32-wide tiles. The forward and the
@@ -55,7 +58,8 @@ cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const
 // out (N x M, dtype) = scale * inv_a_i * inv_b_j * <a_i, b_j>.
 cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,
                                              int64_t n, int64_t m, int64_t d, int64_t stride_a, int64_t stride_b,
-                                             float scale, DType dtype, void* out, cudaStream_t stream);
+                                             float scale, DType dtype, bool allow_tf32, void* out,
+                                             cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastgan

@@ -84,6 +84,7 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   p.dtype = cuda::kernel_dtype(r.a, "contrastive_lse", "a");
   p.num_sms = sm_count(r.a.get_device());
   p.force_splits = 0;
+  p.allow_tf32 = cuda::allow_tf32();
   return r;
 }
 
@@ -157,7 +158,8 @@ at::Tensor cosine_similarity_matrix_cuda(const at::Tensor& a_in, const at::Tenso
   auto err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
                                                     inv_b.data_ptr<float>(), a.size(0), b.size(0), a.size(1),
                                                     a.size(1), b.size(1), static_cast<float>(scale),
-                                                    cuda::kernel_dtype(a, "cosine_similarity_matrix", "a"), out.data_ptr(),
+                                                    cuda::kernel_dtype(a, "cosine_similarity_matrix", "a"), cuda::allow_tf32(),
+                                                    out.data_ptr(),
                                                     c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix CUDA kernel failed: ", cudaGetErrorString(err));
   return out;

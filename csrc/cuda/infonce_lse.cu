@@ -19,8 +19,11 @@
 // Tiles. A score tile is kBM (32) rows x kBN (64) columns, computed by one CTA of 128 threads
 // (4 warps) in kBK (32)-wide slices of R staged through shared memory in the input dtype. float16
 // and bfloat16 use tensor cores (nvcuda::wmma 16x16x16, float32 accumulators; each of the 4 warps
-// owns a 16 x 32 strip of the tile); float32 uses a SIMT register-blocked product (4 x 4 outputs per
-// thread). Loads are bounds-checked (zeros outside), so every N, R, HW works, and use 64-bit offsets
+// owns a 16 x 32 strip of the tile); float32 follows InfonceParams::allow_tf32 (the glue: unless
+// torch.get_float32_matmul_precision() is "highest"): allowed, the element type is Tf32 (float32
+// storage) and the same tile code runs wmma 16x16x8 in TF32, operands rounded with __float_to_tf32
+// at the fragment loads (about 1e-3 relative, as torch.mm in TF32); otherwise float, a SIMT
+// register-blocked product (4 x 4 outputs per thread), IEEE. Loads are bounds-checked (zeros outside), so every N, R, HW works, and use 64-bit offsets
 // built from the three strides of l (and two of m): a permuted channels-last map is read in place.
 // When R is the fastest dimension of l (channels-last), consecutive threads load consecutive r,
 // otherwise consecutive k, so both layouts are read coalesced.
@@ -54,9 +57,10 @@
 //   cannot hold (float16 underflows and, with the 1 / eps of a zero vector, overflows), while TF32
 //   has float32's range; the other operand (l or m in float32) is a 16-bit value, exact in TF32. So
 //   the products carry about 21 bits of W and every bit of l, m: float32 accuracy on tensor cores.
-//   float32: SIMT float32 products (IEEE, no TF32 for float32 inputs).
+//   float32 with allow_tf32 (Tf32): the same two-MMA products, W still split hi + lo; l, m rounded
+//   to TF32 (the 11 bits torch's TF32 matmuls keep too). float32 otherwise: SIMT float32 products (IEEE).
 // Floor: forward 2 N^2 HW R flops; backward 2 x 4 N^2 HW R (each gradient recomputes S), the
-// gradient products twice on TF32 tensor cores for 16-bit inputs.
+// gradient products twice on TF32 tensor cores for 16-bit and Tf32 inputs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
@@ -67,6 +71,7 @@
 #include "infonce_lse.h"
 #include "convert.h"
 #include "launch.h"
+#include "mma_operand.h"
 
 namespace fastgan {
 namespace cuda {
@@ -94,13 +99,39 @@ static_assert(kThreads == 2 * kBN, "grad_l and the column norms: 2 threads per c
 static_assert(kBM == 32 && kBN == 64 && kBK == 32 && kRC == 64, "the wmma warp layouts assume these tiles");
 
 
+// out(16 x 16 per fragment) += A(16 x 8 ksteps) B: A's float32 elements split into TF32 hi + lo
+// (both products accumulated in float32), B's rounded to TF32 (exact for 16-bit inputs).
+using TfA_row = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                                       nvcuda::wmma::row_major>;
+using TfA_col = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                                       nvcuda::wmma::col_major>;
+using TfB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                                   nvcuda::wmma::row_major>;
+using TfAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
+
+template <typename FragA>
+__device__ __forceinline__ void split_tf32(FragA& hi, FragA& lo) {  // hi holds the float32 values
+#pragma unroll
+  for (int e = 0; e < hi.num_elements; ++e) {
+    const float x = hi.x[e];
+    hi.x[e] = nvcuda::wmma::__float_to_tf32(x);
+    lo.x[e] = nvcuda::wmma::__float_to_tf32(x - hi.x[e]);
+  }
+}
+
+__device__ __forceinline__ void round_tf32(TfB& b) {
+#pragma unroll
+  for (int e = 0; e < b.num_elements; ++e) b.x[e] = nvcuda::wmma::__float_to_tf32(b.x[e]);
+}
+
 // Operand tiles of the score product. 16-bit rows are padded by 8 elements (16 bytes): wmma needs
 // ldm a multiple of 8 and 32-byte aligned fragment starts (rows of 80 and 144 bytes: every 16th row
-// and every 16th column start on a 32-byte boundary); float rows are padded by 1 against bank
-// conflicts of the SIMT product.
+// and every 16th column start on a 32-byte boundary); Tf32 rows by 4 (ldm a multiple of 4; rows of
+// 144 and 272 bytes, fragment starts every 8th row / 8th column on 32-byte boundaries); float rows
+// are padded by 1 against bank conflicts of the SIMT product.
 template <typename T>
 struct ScoreSmem {
-  static constexpr int kPad = sizeof(T) == 4 ? 1 : 8;
+  static constexpr int kPad = std::is_same<T, float>::value ? 1 : (sizeof(T) == 4 ? 4 : 8);
   alignas(32) T a[kBM][kBK + kPad];   // a[row][kk] = m[i0 + row, r0 + kk]
   alignas(32) T b[kBK][kBN + kPad];   // b[kk][col] = l[c0 + col] at channel r0 + kk
   alignas(32) float s[kBM][kSLd];     // D tile, then W tile
@@ -141,8 +172,7 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
   const int nrow = tid / 4, nrk = 8 * (tid % 4), ncol = tid % kBN, nck = 16 * (tid / kBN);
   float sq_r = 0.f, sq_c = 0.f;
   float acc[4][4] = {};
-  using FragAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
-  FragAcc facc[2];
+  MmaAcc<T> facc[2];
   if constexpr (kTensorCores) {
     nvcuda::wmma::fill_fragment(facc[0], 0.f);
     nvcuda::wmma::fill_fragment(facc[1], 0.f);
@@ -180,13 +210,13 @@ __device__ void score_tile(const InfonceParams& p, int64_t i0, int64_t c0, bool 
     if constexpr (kTensorCores) {
       using namespace nvcuda;
 #pragma unroll
-      for (int kk = 0; kk < kBK; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-        wmma::load_matrix_sync(fa, &sm.a[fr * 16][kk], kBK + ScoreSmem<T>::kPad);
+      for (int kk = 0; kk < kBK; kk += kMmaK<T>) {
+        MmaFrag<wmma::matrix_a, T, wmma::row_major> fa;
+        load_operand(fa, &sm.a[fr * 16][kk], kBK + ScoreSmem<T>::kPad);
 #pragma unroll
         for (int f = 0; f < 2; ++f) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
-          wmma::load_matrix_sync(fb, &sm.b[kk][(fc0 + f) * 16], kBN + ScoreSmem<T>::kPad);
+          MmaFrag<wmma::matrix_b, T, wmma::row_major> fb;
+          load_operand(fb, &sm.b[kk][(fc0 + f) * 16], kBN + ScoreSmem<T>::kPad);
           wmma::mma_sync(facc[f], fa, fb, facc[f]);
         }
       }
@@ -332,31 +362,6 @@ __device__ __forceinline__ float score_grad(const InfonceParams& p, int64_t i, i
   if (j == i) return grad_pos[i * p.hw + (c - j * p.hw)];
   const float g = grad_neg[i];
   return g == 0.f ? 0.f : g * expf(s - neg[i]);
-}
-
-// out(16 x 16 per fragment) += A(16 x 8 ksteps) B: A's float32 elements split into TF32 hi + lo
-// (both products accumulated in float32), B's rounded to TF32 (exact for 16-bit inputs).
-using TfA_row = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
-                                       nvcuda::wmma::row_major>;
-using TfA_col = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
-                                       nvcuda::wmma::col_major>;
-using TfB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8, nvcuda::wmma::precision::tf32,
-                                   nvcuda::wmma::row_major>;
-using TfAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
-
-template <typename FragA>
-__device__ __forceinline__ void split_tf32(FragA& hi, FragA& lo) {  // hi holds the float32 values
-#pragma unroll
-  for (int e = 0; e < hi.num_elements; ++e) {
-    const float x = hi.x[e];
-    hi.x[e] = nvcuda::wmma::__float_to_tf32(x);
-    lo.x[e] = nvcuda::wmma::__float_to_tf32(x - hi.x[e]);
-  }
-}
-
-__device__ __forceinline__ void round_tf32(TfB& b) {
-#pragma unroll
-  for (int e = 0; e < b.num_elements; ++e) b.x[e] = nvcuda::wmma::__float_to_tf32(b.x[e]);
 }
 
 // The shared memory of backward_kernel: both kinds of CTA use the same arrays.
@@ -712,7 +717,7 @@ cudaError_t infonce_lse_forward(const InfonceParams& p, float* pos, float* neg, 
   float* part_max = workspace;
   float* part_sum = part_max + q.splits * p.n;
   if (q.splits > 0) {
-    const cudaError_t err = dispatch(p.dtype, [&](auto tag) {
+    const cudaError_t err = dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
       using T = decltype(tag);
       const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.splits));
       FASTGAN_LAUNCH(forward_kernel<T>, grid, kThreads, 0, stream)(p, q.tiles, q.tps, pos, part_max, part_sum);
@@ -738,7 +743,7 @@ cudaError_t infonce_lse_backward(const InfonceParams& p, const float* grad_pos, 
   float* u_part = row_act + p.n;
   float* c_part = u_part + q.splits * p.n * p.r;
   float* v = p.dtype == DType::kFloat32 ? static_cast<float*>(grad_l) : c_part + q.splits * p.n;
-  return dispatch(p.dtype, [&](auto tag) {
+  return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     using T = decltype(tag);
     if (ctas > 0) {  // HW = 0: no score, grad_l is empty
       FASTGAN_LAUNCH(backward_kernel<T>, static_cast<unsigned>(ctas), kThreads, 0, stream)(

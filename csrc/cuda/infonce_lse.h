@@ -27,6 +27,9 @@ struct InfonceParams {
   // 132 SMs). The glue leaves 0; the emulation tests set small values to force several tiles per
   // split at small N.
   int64_t target_ctas;
+  // float32 only: the score tiles and both gradient products on TF32 tensor cores (glue: set unless
+  // torch.get_float32_matmul_precision() is "highest"); 0: the IEEE SIMT path.
+  int allow_tf32;
 };
 
 // Launches: forward 2, backward 2, at every size (grids depend on the sizes only; no host syncs).

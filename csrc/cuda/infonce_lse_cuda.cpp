@@ -63,6 +63,7 @@ Inputs prepare(const at::Tensor& l_in, const at::Tensor& m_in, double scale, con
   p.normalize = normalize;
   p.eps = static_cast<float>(eps);
   p.target_ctas = 0;  // the launchers' default split
+  p.allow_tf32 = cuda::allow_tf32();
   return r;
 }
 

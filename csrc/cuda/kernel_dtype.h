@@ -24,5 +24,13 @@ inline DType kernel_dtype(const at::Tensor& x, const char* op, const std::string
   }
 }
 
+// The kernels' allow_tf32 flag for float32 inputs: TF32 tensor cores unless
+// torch.get_float32_matmul_precision() is "highest", the setting torch.mm on CUDA follows. Read here,
+// at every call, rather than in the Python wrappers: an op traced by torch.compile then still follows
+// the setting at run time, where Triton's tl.dot precision is baked in at trace time.
+inline bool allow_tf32() {
+  return at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+}
+
 }  // namespace cuda
 }  // namespace fastgan

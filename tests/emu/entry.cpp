@@ -15,6 +15,8 @@
 using namespace fastgan::cuda;
 
 namespace {
+int g_allow_tf32 = 0;  // LseParams::allow_tf32 and cosine's, set by emu_set_allow_tf32
+
 LseParams lse_params(const void* a, const void* b, const float* inv_a, const float* inv_b, const int64_t* la,
                      const int64_t* lb, const float* extra, int64_t n, int64_t m, int64_t d, int64_t stride_a,
                      int64_t stride_b, float scale, float bias, int relu, int exclude_self, int64_t self_offset,
@@ -42,6 +44,7 @@ LseParams lse_params(const void* a, const void* b, const float* inv_a, const flo
   p.dtype = static_cast<DType>(dtype);
   p.num_sms = num_sms;
   p.force_splits = force_splits;
+  p.allow_tf32 = g_allow_tf32;
   return p;
 }
 
@@ -53,6 +56,8 @@ std::vector<float> nan_workspace(int64_t count) {
 }  // namespace
 
 extern "C" {
+void emu_set_allow_tf32(int allow) { g_allow_tf32 = allow; }
+
 int emu_contrastive_lse_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,
                                 const int64_t* la, const int64_t* lb, const float* extra, int64_t n, int64_t m,
                                 int64_t d, int64_t stride_a, int64_t stride_b, float scale, float bias, int relu,
@@ -93,7 +98,7 @@ int emu_cosine_similarity_matrix_forward(const void* a, const void* b, const flo
                                          int64_t n, int64_t m, int64_t d, int64_t stride_a, int64_t stride_b,
                                          float scale, int dtype, void* out) {
   return cosine_similarity_matrix_forward(a, b, inv_a, inv_b, n, m, d, stride_a, stride_b, scale,
-                                          static_cast<DType>(dtype), out, nullptr);
+                                          static_cast<DType>(dtype), g_allow_tf32 != 0, out, nullptr);
 }
 
 // ---- spectral norm ----
@@ -149,10 +154,10 @@ int emu_spectral_norm_apply_backward(const void* g, const void* w, int64_t rows,
 }  // extern "C"
 
 namespace {
-// target_ctas: InfonceParams::target_ctas (0: the launchers' default split).
+// target_ctas, allow_tf32: InfonceParams::target_ctas (0: the launchers' default split), ::allow_tf32.
 InfonceParams infonce_params(const void* l, const void* m, int64_t n, int64_t r, int64_t hw, const int64_t* l_strides,
                              const int64_t* m_strides, float scale, int has_self, float self_term, int normalize,
-                             float eps, int dtype, int64_t target_ctas) {
+                             float eps, int dtype, int64_t target_ctas, int allow_tf32) {
   InfonceParams p{};
   p.l = l;
   p.m = m;
@@ -171,6 +176,7 @@ InfonceParams infonce_params(const void* l, const void* m, int64_t n, int64_t r,
   p.eps = eps;
   p.dtype = static_cast<DType>(dtype);
   p.target_ctas = target_ctas;
+  p.allow_tf32 = allow_tf32;
   return p;
 }
 }  // namespace
@@ -178,9 +184,9 @@ InfonceParams infonce_params(const void* l, const void* m, int64_t n, int64_t r,
 extern "C" {
 int emu_infonce_lse_forward(const void* l, const void* m, int64_t n, int64_t r, int64_t hw, const int64_t* l_strides,
                             const int64_t* m_strides, float scale, int has_self, float self_term, int normalize,
-                            float eps, int dtype, int64_t target_ctas, float* pos, float* neg) {
+                            float eps, int dtype, int64_t target_ctas, int allow_tf32, float* pos, float* neg) {
   const InfonceParams p = infonce_params(l, m, n, r, hw, l_strides, m_strides, scale, has_self, self_term, normalize,
-                                         eps, dtype, target_ctas);
+                                         eps, dtype, target_ctas, allow_tf32);
   std::vector<float> ws = nan_workspace(infonce_lse_forward_workspace(p));
   return infonce_lse_forward(p, pos, neg, ws.data(), nullptr);
 }
@@ -188,10 +194,10 @@ int emu_infonce_lse_forward(const void* l, const void* m, int64_t n, int64_t r, 
 int emu_infonce_lse_backward(const void* l, const void* m, int64_t n, int64_t r, int64_t hw,
                              const int64_t* l_strides, const int64_t* m_strides, float scale, int has_self,
                              float self_term, int normalize, float eps, int dtype, int64_t target_ctas,
-                             const float* grad_pos,
+                             int allow_tf32, const float* grad_pos,
                              const float* grad_neg, const float* neg, void* grad_l, void* grad_m) {
   const InfonceParams p = infonce_params(l, m, n, r, hw, l_strides, m_strides, scale, has_self, self_term, normalize,
-                                         eps, dtype, target_ctas);
+                                         eps, dtype, target_ctas, allow_tf32);
   std::vector<float> ws = nan_workspace(infonce_lse_backward_workspace(p));
   return infonce_lse_backward(p, grad_pos, grad_neg, neg, grad_l, grad_m, ws.data(), nullptr);
 }
