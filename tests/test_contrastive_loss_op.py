@@ -30,7 +30,7 @@ def _loss(kind, module, x, proxy, labels, reduction, **kw):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("n,d", [(1, 5), (2, 3), (37, 19), (64, 256)])
+@pytest.mark.parametrize("n,d", [(1, 5), (2, 3), (37, 19), (40, 256)])  # D >= 256: the kept-scores path
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_values_and_gradients(kind, n, d, reduction, gen):
     if kind == "ntxent" and n % 2:
@@ -92,7 +92,7 @@ def _op_args(kind, gen, reduction, budget):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_opcheck(kind, gen):
-    for reduction, budget in (("mean", 1 << 20), ("none", 0)):
+    for reduction, budget in (("mean", 1 << 20), ("none", 0))[: 2 if kind == "2c" else 1]:
         torch.library.opcheck(torch.ops.fastgan.contrastive_loss.default, _op_args(kind, gen, reduction, budget))
 
 
