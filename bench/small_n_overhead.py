@@ -48,11 +48,12 @@ def main():
     ap.add_argument("--ops", default="2c,d2d,ntxent,supcon")
     ap.add_argument("--sizes", default="64x512")
     ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--modes", type=int, default=2, help="1: one-thread CPU time only")
     a = ap.parse_args()
     for size in a.sizes.split(","):
         n, d = map(int, size.split("x"))
         for op in a.ops.split(","):
-            for threads, clock, what in ((1, time.thread_time, "1-thread CPU us"), (2, time.perf_counter, "2-thread wall us")):
+            for threads, clock, what in ((1, time.thread_time, "1-thread CPU us"), (2, time.perf_counter, "2-thread wall us"))[:a.modes]:
                 res = measure(op, (n, d), a.rounds, threads, clock)
                 med = {k: statistics.median(v) for k, v in res.items()}
                 f = med["fastgan_cpu"]
