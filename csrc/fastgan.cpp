@@ -56,6 +56,18 @@ TORCH_LIBRARY(fastgan, m) {
       " bool normalize, float eps, bool exclude_self, int self_offset, int[] predicates, bool columns)"
       " -> (Tensor grad_a, Tensor grad_b, Tensor grad_extra)");
 
+  // ---- a whole loss on the CPU: kind "2c" | "d2d" | "ntxent" (stacked views) | "supcon", reduction
+  // "mean" | "sum" | "none"; proxy for 2c / d2d, labels (int64) except for ntxent; m_p: D2D's margin.
+  // Besides the loss, what the backward reads (csrc/cpu/contrastive_loss.cpp). One C++ autograd node.
+  m.def(
+      "contrastive_loss(Tensor x, Tensor? proxy, Tensor? labels, str kind, float temperature, float m_p, float eps,"
+      " str reduction, int score_budget)"
+      " -> (Tensor loss, Tensor lse, Tensor rowmax, Tensor pos, Tensor n_pos, Tensor scores)");
+  m.def(
+      "contrastive_loss_backward(Tensor grad, Tensor x, Tensor? proxy, Tensor? labels, Tensor lse, Tensor rowmax,"
+      " Tensor pos, Tensor n_pos, Tensor scores, str kind, float temperature, float m_p, float eps, str reduction)"
+      " -> (Tensor grad_x, Tensor grad_proxy)");
+
   // ---- row-wise cosine of two (N, D) tensors, each norm clamped at eps (the losses' positive terms):
   // c_i = (x_i . y_i) / (max(||x_i||, eps) max(||y_i||, eps)), float32 (float64 if either is float64).
   m.def("pair_cosine(Tensor x, Tensor y, float eps) -> Tensor");

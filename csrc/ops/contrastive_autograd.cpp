@@ -1,4 +1,4 @@
-// Autograd of fastgan::contrastive_lse_budget, pair_cosine, same_class_cosine_sum and
+// Autograd of fastgan::contrastive_loss, contrastive_lse_budget, pair_cosine, same_class_cosine_sum and
 // cosine_similarity_matrix_self as C++ autograd kernels
 // (the pattern of spectral_norm_autograd.cpp): the Python wrapper of torch.library.register_autograd
 // costs about 100-150 us per call and step, a tenth of a whole 2C step at N = 64. The devices
@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace fastgan {
@@ -196,9 +197,61 @@ at::Tensor cosine_similarity_matrix_self_autograd(const at::Tensor& a, double sc
   return CosineSimilarityMatrixSelf::apply(a, scale, eps);
 }
 
+// A whole loss (fastgan::contrastive_loss): one node whose backward is one op.
+class ContrastiveLoss : public torch::autograd::Function<ContrastiveLoss> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& proxy, const OptT& labels,
+                             c10::string_view kind, double temperature, double m_p, double eps,
+                             c10::string_view reduction, int64_t score_budget) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fastgan::contrastive_loss", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                             const at::Tensor&, const OptT&, const OptT&, c10::string_view, double, double, double,
+                             c10::string_view, int64_t)>();
+    auto [loss, lse, rowmax, pos, n_pos, scores] =
+        op.call(x, proxy, labels, kind, temperature, m_p, eps, reduction, score_budget);
+    ctx->mark_non_differentiable({lse, rowmax, pos, n_pos, scores});
+    ctx->save_for_backward({x, undef(proxy), undef(labels), lse, rowmax, pos, n_pos, scores});
+    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["m_p"] = m_p;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["reduction"] = std::string(reduction);
+    return {loss, lse, rowmax, pos, n_pos, scores};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fastgan::contrastive_loss_backward", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const at::Tensor&,
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             c10::string_view, double, double, double, c10::string_view)>();
+    tensor_list out(9);
+    if (!grads[0].defined()) return out;
+    auto s = ctx->get_saved_variables();
+    const auto& d = ctx->saved_data;
+    const std::string kind = d.at("kind").toStringRef(), reduction = d.at("reduction").toStringRef();
+    auto [gx, gp] = op.call(grads[0], s[0], opt(s[1]), opt(s[2]), s[3], s[4], s[5], s[6], s[7], kind,
+                            d.at("temperature").toDouble(), d.at("m_p").toDouble(), d.at("eps").toDouble(), reduction);
+    out[0] = gx;
+    if (s[1].defined()) out[1] = gp;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_loss_autograd(
+    const at::Tensor& x, const OptT& proxy, const OptT& labels, c10::string_view kind, double temperature, double m_p,
+    double eps, c10::string_view reduction, int64_t score_budget) {
+  auto r = ContrastiveLoss::apply(x, proxy, labels, kind, temperature, m_p, eps, reduction, score_budget);
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("contrastive_loss", &contrastive_loss_autograd);
   m.impl("same_class_cosine_sum", &same_class_cosine_sum_autograd);
   m.impl("contrastive_lse_budget", &contrastive_lse_budget_autograd);
   m.impl("pair_cosine", &pair_cosine_autograd);

@@ -5,6 +5,9 @@ Each loss is "fused log-sum-exp kernel + positive term in plain autograd": the N
 the contrastive_lse kernel (never materialized), the O(N D) positive terms are ordinary PyTorch; on
 the Triton backend the positive logits and the final combination with the mean are Triton ops too
 (fastgan/ops/loss_terms.py: one launch each way), so a loss step is a short fixed chain of launches.
+On the "cpu" backend without a process group 2C, D2D-CE, NT-Xent (stacked) and SupCon are instead one
+op each way (fastgan::contrastive_loss, the same kernels from C++): at small N the composition's
+per-op overhead is most of the time.
 Mixed precision (docs/semantics.md "Mixed precision"), one policy for every loss: inputs may have different
 float dtypes (under torch.autocast a projection is bfloat16/float16 while an nn.Embedding proxy stays
 float32); two inputs of one kernel are promoted as PyTorch would (torch.promote_types), everything is
@@ -20,7 +23,8 @@ import torch
 from .. import _checks as C
 from .. import distributed as D
 from ..backend import resolve_backend
-from ..ops.contrastive_lse import contrastive_lse, contrastive_lse_both, pair_cosine, same_class_cosine_sum
+from ..ops.contrastive_loss import contrastive_loss
+from ..ops.contrastive_lse import contrastive_lse, contrastive_lse_both, pair_cosine
 from ..ops.cosine_similarity_matrix import cosine_similarity_matrix as _cosine_similarity_matrix
 from ..ops import loss_terms as T
 from ..reference import contrastive as ref
@@ -78,6 +82,12 @@ def _fused_mean(layout, reduction, backend):
     """The loss's reduction as one Triton launch each way (lse_combine) instead of ATen selects,
     subtractions and a mean with their autograd: the single-process Triton path, mean or sum."""
     return backend == "triton" and layout is None and reduction in ("mean", "sum")
+
+
+def _whole_loss_op(backend: str, x: torch.Tensor, process_group) -> bool:
+    """Whether a loss runs as one fused op each way (fastgan::contrastive_loss): the "cpu" backend
+    without a process group. At small N most of the composition's time is per-op overhead."""
+    return backend == "cpu" and process_group is None and x.device.type == "cpu"
 
 
 def _columns(x, labels, process_group, gradient):
@@ -173,6 +183,8 @@ def conditional_contrastive_loss(
     be = resolve_backend(backend, embed.device)
     if be == "reference" and process_group is None:
         return ref.conditional_contrastive_loss(embed, proxy, label, t, eps, reduction)
+    if _whole_loss_op(be, embed, process_group):
+        return contrastive_loss(embed, proxy, label, "2c", t, 0.0, eps, reduction)
     cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
     extra = _positive_logit(embed, proxy, eps, t, be)
     lse, _ = contrastive_lse(embed, cols, label, col_label, extra, 1.0 / t, 0.0, False, True, eps, True,
@@ -210,6 +222,8 @@ def data2data_cross_entropy_loss(
     be = resolve_backend(backend, embed.device)
     if be == "reference" and process_group is None:
         return ref.data2data_cross_entropy_loss(embed, proxy, label, t, m_p, eps, reduction)
+    if _whole_loss_op(be, embed, process_group):
+        return contrastive_loss(embed, proxy, label, "d2d", t, m_p, eps, reduction)
     cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
     lse, rowmax = contrastive_lse(embed, cols, label, col_label, None, 1.0 / t, (m_p - 1.0) / t, True, True, eps,
                                   True, layout.offset if layout else 0, [PRED_DIFF], be)
@@ -299,6 +313,8 @@ def nt_xent_loss(
                          "pass labels (N,) for any other arrangement of views")
     if be == "reference" and process_group is None:
         return ref.nt_xent_loss(z, t, eps, reduction)
+    if _whole_loss_op(be, z, process_group):
+        return contrastive_loss(z, None, None, "ntxent", t, 0.0, eps, reduction)
     cols, _, layout, group = _columns(z, None, process_group, gradient)
     pos = _positive_logit(z, z, eps, t, be, shift=z.shape[0] // 2)  # row i's positive: (i + N) mod 2N
     lse, _ = contrastive_lse(z, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
@@ -390,17 +406,14 @@ def supcon_loss(
     be = resolve_backend(backend, features.device)
     if be == "reference" and process_group is None:
         return ref.supcon_loss(features, labels, t, eps, reduction)
+    if _whole_loss_op(be, features, process_group):
+        return contrastive_loss(features, None, labels, "supcon", t, 0.0, eps, reduction)
     cols, col_labels, layout, group = _columns(features, labels, process_group, gradient)
-    if layout is None and be == "cpu" and features.device.type == "cpu":
-        # One fused kernel each way (fastgan::same_class_cosine_sum) instead of about twenty ops.
-        pos_sum, n_pos = same_class_cosine_sum(features, labels, eps)
-        mean_pos = pos_sum / (t * n_pos.clamp_min(1).to(pos_sum.dtype))
-    else:
-        ct = compute_dtype(features.dtype)
-        fn = normalize_rows(features.to(ct), eps)
-        class_sum, count = _same_class_sums(normalize_rows(cols.to(ct), eps), col_labels, labels)
-        n_pos = count - 1  # the anchor itself is in its class
-        mean_pos = (fn * (class_sum - fn)).sum(dim=1) / (t * n_pos.clamp_min(1).to(fn.dtype))  # not float32
+    ct = compute_dtype(features.dtype)
+    fn = normalize_rows(features.to(ct), eps)
+    class_sum, count = _same_class_sums(normalize_rows(cols.to(ct), eps), col_labels, labels)
+    n_pos = count - 1  # the anchor itself is in its class
+    mean_pos = (fn * (class_sum - fn)).sum(dim=1) / (t * n_pos.clamp_min(1).to(fn.dtype))  # not float32
     lse, _ = contrastive_lse(features, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL], be)
     has_pos = n_pos > 0
