@@ -224,3 +224,17 @@ def test_grouped_step_replays_in_a_cuda_graph():
         eager = step([u.clone() for u in u0], [v.clone() for v in v0])
         for a, b in zip(captured, eager):
             assert torch.equal(a, b)
+
+
+def test_triton_spectral_norm_refuses_graph_capture():
+    """Triton's per-call descriptor copy cannot be replayed: capture raises a clear error."""
+    pytest.importorskip("triton")
+    TS = _registry.triton_module("spectral_norm")
+
+    w = torch.randn(8, 5, device="cuda")
+    u, v = F.normalize(torch.randn(8, device="cuda"), dim=0), F.normalize(torch.randn(5, device="cuda"), dim=0)
+    TS.power_iteration_([w], [u], [v], 1, EPS, True)  # compiled outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph cannot replay"):
+        with torch.cuda.graph(graph):
+            TS.power_iteration_([w], [u], [v], 1, EPS, True)
