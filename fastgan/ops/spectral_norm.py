@@ -25,6 +25,10 @@ Registered ops:
         a SpectralNormGroup's training step in one C++ call (csrc/ops/spectral_norm_autograd.cpp, on
         top of the two ops above, CPU and CUDA): the power iteration on copies of u, v, then every
         layer's W / sigma in its weight's own shape, one autograd node per layer.
+  torch.ops.fastgan.spectral_norm_apply_group / _backward
+        CUDA only (csrc/cuda/spectral_norm_cuda.cpp): W_i / sigma_i of a group of layers of one dtype
+        in one launch, its backward in two (outputs: views of one buffer); SpectralNormGroup's CUDA
+        step runs them inside its own autograd node (fastgan/nn/spectral_norm.py _GroupApply).
   torch.ops.fastgan.spectral_norm_power_iteration_triton_ / spectral_norm_apply_triton / _backward
         Triton (triton_kernels/spectral_norm.py), Python custom ops with explicit fakes; the power
         iteration is multi-tensor: 4 launches per step for all layers of a call.
