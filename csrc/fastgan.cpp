@@ -116,4 +116,11 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "spectral_norm_apply_backward(Tensor grad, Tensor weight_mat, Tensor u, Tensor v, Tensor sigma)"
       " -> Tensor");
+  // The same for a whole group of layers of one dtype (a SpectralNormGroup's step on CUDA): W_i / sigma_i
+  // of every layer in one launch, its backward in two (csrc/cuda/spectral_norm.cu). The outputs are views
+  // of one buffer; u_i, v_i must be constants of the graph (clones), as for spectral_norm_apply.
+  m.def("spectral_norm_apply_group(Tensor[] weight_mats, Tensor[] sigmas) -> Tensor[]");
+  m.def(
+      "spectral_norm_apply_group_backward(Tensor[] grads, Tensor[] weight_mats, Tensor[] us, Tensor[] vs,"
+      " Tensor[] sigmas) -> Tensor[]");
 }

@@ -779,6 +779,73 @@ if INNER:
         scale = 1 + ref_b.abs().amax()
         torch.testing.assert_close(out.double() / scale, ref_b.to(dtype).double() / scale, rtol=ULP[dtype], atol=2 * ULP[dtype])
 
+    LIB.emu_spectral_norm_apply_group.argtypes = [I64, P, P, I, I]
+
+    def sn_group(dtype, count, seed):
+        """count layers of one W dtype, shapes cycling over small odd ones, every third W transposed,
+        u / v of every fourth layer in float32."""
+        g = torch.Generator().manual_seed(seed)
+        shapes = [(3, 5), (17, 9), (1, 33), (40, 40), (6, 1)]
+        layers = []
+        for k in range(count):
+            rows, cols = shapes[k % len(shapes)]
+            w = torch.randn(cols, rows, generator=g).to(dtype).t() if k % 3 == 2 else torch.randn(rows, cols, generator=g).to(dtype)
+            grad = torch.randn(rows, cols, generator=g).to(dtype)
+            vdtype = torch.float32 if k % 4 == 3 else dtype
+            u = torch.nn.functional.normalize(torch.randn(rows, generator=g), dim=0).to(vdtype)
+            v = torch.nn.functional.normalize(torch.randn(cols, generator=g), dim=0).to(vdtype)
+            sigma = torch.tensor([1.0 + 0.25 * k])
+            layers.append((w, grad, u, v, sigma))
+        return layers
+
+    def run_group(layers, dtype, backward):
+        n = len(layers)
+        outs = [torch.full(w.shape, float("nan")).to(dtype) for w, *_ in layers]
+        ptrs = (ctypes.c_void_p * (6 * n))()
+        ints = (ctypes.c_int64 * (10 * n))()
+        for i, ((w, grad, u, v, sigma), out) in enumerate(zip(layers, outs)):
+            ptrs[6 * i: 6 * i + 6] = [ptr(w), ptr(grad), ptr(u), ptr(v), ptr(sigma), ptr(out)]
+            ints[10 * i: 10 * i + 10] = [w.shape[0], w.shape[1], w.stride(0), w.stride(1), grad.stride(0),
+                                         grad.stride(1), u.stride(0), v.stride(0), DTYPE_CODE[u.dtype],
+                                         DTYPE_CODE[v.dtype]]
+        LIB.emu_clear_launches()
+        check(LIB.emu_spectral_norm_apply_group(n, ptrs, ints, DTYPE_CODE[dtype], int(backward)),
+              "spectral_norm_apply_group")
+        return outs, launches()
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    def test_inner_spectral_norm_apply_group(dtype):
+        """The multi-tensor apply and its backward: one launch (backward two) for 3 and for 12 layers,
+        every layer's bits those of the per-layer launcher (a batch of one), close to float64."""
+        for count in (3, 12):
+            layers = sn_group(dtype, count, count)
+            outs, fwd = run_group(layers, dtype, False)
+            grads, bwd = run_group(layers, dtype, True)
+            tiles = sum(-(-w.numel() // 1024) for w, *_ in layers)
+            parts = sum(max(1, -(-w.numel() // 2048)) for w, *_ in layers)
+            assert fwd == [("spectral_norm.cu:apply_kernel", (tiles, 1, 1), (256, 1, 1))]
+            assert bwd == [("spectral_norm.cu:dot_partials_kernel", (parts, 1, 1), (256, 1, 1)),
+                           ("spectral_norm.cu:apply_backward_kernel", (tiles, 1, 1), (256, 1, 1))]
+            for (w, grad, u, v, sigma), out, gw in zip(layers, outs, grads):
+                rows, cols = w.shape
+                one = torch.full(w.shape, float("nan")).to(dtype)
+                check(LIB.emu_spectral_norm_apply(ptr(w), rows, cols, w.stride(0), w.stride(1), DTYPE_CODE[dtype],
+                                                  ptr(sigma), ptr(one)), "spectral_norm_apply")
+                assert torch.equal(out, one)
+                st = (ctypes.c_int64 * 4)(grad.stride(0), grad.stride(1), w.stride(0), w.stride(1))
+                check(LIB.emu_spectral_norm_apply_backward(ptr(grad), ptr(w), rows, cols, st, DTYPE_CODE[dtype],
+                                                           ptr(u), u.stride(0), DTYPE_CODE[u.dtype], ptr(v),
+                                                           v.stride(0), DTYPE_CODE[v.dtype], ptr(sigma), ptr(one)),
+                      "spectral_norm_apply_backward")
+                assert torch.equal(gw, one)
+                s = sigma.item()
+                torch.testing.assert_close(out.double(), (w.double() / s).to(dtype).double(), rtol=ULP[dtype], atol=1e-7)
+                g64, u64, v64 = grad.double(), u.double(), v.double()
+                ref_b = g64 / s - ((g64 * w.double()).sum() / s ** 2) * torch.outer(u64, v64)
+                scale = 1 + ref_b.abs().amax()
+                torch.testing.assert_close(gw.double() / scale, ref_b.to(dtype).double() / scale, rtol=ULP[dtype],
+                                           atol=2 * ULP[dtype])
+
     # -----------------------------------------------------------------------------------------
     # Launch counts and grids at GAN batch sizes (issue 14 changes these; this pins the CURRENT
     # design). Dry run: the launchers run on the host as usual, the emulator records each launch

@@ -162,3 +162,79 @@ def test_bad_arguments_raise():
     with pytest.raises(RuntimeError):  # a bad later layer leaves the earlier ones untouched
         op([w, w], [u, torch.randn(2, device="cuda")], [v, v.clone()], 1, EPS, True)
     assert torch.equal(u, u0) and torch.equal(v, v0)
+
+
+def group_layers(dtype):
+    """(W_mat, u, v, sigma) of make_layers' layers of one dtype (float64 takes the per-layer ops)."""
+    layers = make_layers(dtype, seed=3)
+    sigmas = run(layers, 1, "hook")
+    return [(w, u, v, s) for (w, u, v), s in zip(layers, sigmas)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_group_apply_is_the_per_layer_ops_bitwise(dtype):
+    """The multi-tensor apply (one launch) and its backward (two): every layer's bits those of
+    spectral_norm_apply / _backward, also for an expanded gradient."""
+    layers = group_layers(dtype)
+    ws, us, vs, ss = (list(x) for x in zip(*layers))
+    outs = torch.ops.fastgan.spectral_norm_apply_group(ws, ss)
+    grads = [torch.randn_like(w) for w in ws]
+    grads[0] = grads[0][:1, :1].expand_as(ws[0]) if ws[0].numel() else grads[0]
+    gws = torch.ops.fastgan.spectral_norm_apply_group_backward(grads, ws, us, vs, ss)
+    for (w, u, v, s), out, g, gw in zip(layers, outs, grads, gws):
+        assert torch.equal(out, torch.ops.fastgan.spectral_norm_apply(w, u, v, s))
+        assert torch.equal(gw, torch.ops.fastgan.spectral_norm_apply_backward(g, w, u, v, s))
+    torch.library.opcheck(torch.ops.fastgan.spectral_norm_apply_group, (ws, ss),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.fastgan.spectral_norm_apply_group_backward, (grads, ws, us, vs, ss),
+                          test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(RuntimeError, match=r"sigmas\[1\] must be one float32 element"):
+        torch.ops.fastgan.spectral_norm_apply_group(ws[:2], [ss[0], ss[1].double()])
+
+
+def test_grouped_step_replays_in_a_cuda_graph():
+    """The grouped step (multi-tensor power iteration on copies of u, v, group apply, its backward)
+    captured in a torch.cuda.CUDAGraph replays exactly: no per-call host-to-device copy or sync
+    (descriptors travel by value as kernel arguments)."""
+    layers = make_layers(torch.float32, seed=4)
+    ws = [w for w, _, _ in layers]
+    u0 = [u.clone() for _, u, _ in layers]
+    v0 = [v.clone() for _, _, v in layers]
+    grads = [torch.randn_like(w) for w in ws]
+
+    def step(us, vs):
+        sigmas = torch.ops.fastgan.spectral_norm_power_iteration_(ws, us, vs, 1, EPS, True)
+        outs = torch.ops.fastgan.spectral_norm_apply_group(ws, sigmas)
+        return outs + torch.ops.fastgan.spectral_norm_apply_group_backward(grads, ws, us, vs, sigmas)
+
+    us, vs = [u.clone() for u in u0], [v.clone() for v in v0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up, as torch.cuda.graphs asks
+        step([u.clone() for u in u0], [v.clone() for v in v0])
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step(us, vs)
+    for _ in range(2):
+        for buf, x in zip(us + vs, u0 + v0):
+            buf.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = step([u.clone() for u in u0], [v.clone() for v in v0])
+        for a, b in zip(captured, eager):
+            assert torch.equal(a, b)
+
+
+def test_triton_spectral_norm_refuses_graph_capture():
+    """Triton's per-call descriptor copy cannot be replayed: capture raises a clear error."""
+    pytest.importorskip("triton")
+    TS = _registry.triton_module("spectral_norm")
+
+    w = torch.randn(8, 5, device="cuda")
+    u, v = F.normalize(torch.randn(8, device="cuda"), dim=0), F.normalize(torch.randn(5, device="cuda"), dim=0)
+    TS.power_iteration_([w], [u], [v], 1, EPS, True)  # compiled outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph cannot replay"):
+        with torch.cuda.graph(graph):
+            TS.power_iteration_([w], [u], [v], 1, EPS, True)

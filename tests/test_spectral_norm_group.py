@@ -135,7 +135,7 @@ class _Small(torch.nn.Module):
         return self.b(F.relu(self.a(x))[:, :, None, None]).flatten(1)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "triton"] + (["cuda"] if torch.cuda.is_available() else []))
 def test_grouped_layers_called_after_a_backward(backend):
     # The group steps every layer at the model call; a layer the forward skipped, called after a
     # first backward (D.project_features after loss_real.backward()), still gets PyTorch's numbers

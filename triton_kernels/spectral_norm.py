@@ -241,6 +241,20 @@ def _check_layers(weight_mats, us, vs, op):
         _check_vector(vs[i], w, w.shape[1], "vs", i, op)
 
 
+def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-built descriptor table on the layers' device: pinned and non-blocking on a GPU (no host
+    synchronization). The tables hold this call's tensor addresses, so they are built and copied on
+    every call; under CUDA graph capture that copy would be captured from a reusable pinned block
+    whose contents later calls overwrite, so capture is refused rather than replaying stale tables."""
+    if device.type != "cuda":
+        return table
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("fastgan Triton spectral norm: its descriptor tables are copied host-to-device on every "
+                           "call, which a CUDA graph cannot replay; capture the CUDA backend's spectral norm "
+                           "(backend='cuda', descriptors passed by value) or run the Triton one outside the graph")
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 class _Plan:
     """One group of layers sharing (W dtype, u/v dtype): the descriptor table, both tile tables and
     eps (the bits of its float64) in ONE int64 device tensor: one host-to-device copy per call, from
@@ -261,9 +275,8 @@ class _Plan:
             row_tiles += [layer] * nr
         self.n_layers, self.n_col, self.n_row = len(items), len(col_tiles), len(row_tiles)
         eps_bits = struct.unpack("<q", struct.pack("<d", float(eps)))[0]
-        flat = torch.tensor([x for r in rows for x in r] + col_tiles + row_tiles + [eps_bits], dtype=torch.int64)
-        if device.type == "cuda":
-            flat = flat.pin_memory().to(device, non_blocking=True)
+        flat = _to_device(torch.tensor([x for r in rows for x in r] + col_tiles + row_tiles + [eps_bits],
+                                       dtype=torch.int64), device)
         self.table = flat
         self.desc = flat[: _NF * self.n_layers]
         self.col_layer = flat[_NF * self.n_layers: _NF * self.n_layers + self.n_col]
@@ -450,9 +463,7 @@ def _group_table(weight_mats, us, vs, sigmas, outs, grads, snap_offsets):
                      vs[layer].stride(0) if vs else 0, off_u, off_v, len(tiles), nt, outs[layer].data_ptr(),
                      sigmas[layer].data_ptr(), grads[layer].data_ptr() if grads else 0])
         tiles += [layer] * nt
-    flat = torch.tensor([x for r in rows for x in r] + tiles, dtype=torch.int64)
-    if weight_mats[0].device.type == "cuda":
-        flat = flat.pin_memory().to(weight_mats[0].device, non_blocking=True)
+    flat = _to_device(torch.tensor([x for r in rows for x in r] + tiles, dtype=torch.int64), weight_mats[0].device)
     return flat[: _GF * len(weight_mats)], flat[_GF * len(weight_mats):]
 
 

@@ -1,8 +1,9 @@
 // CUDA kernels of the fused spectral-norm ops (docs/semantics.md section 7, contract: fastgan/reference/spectral_norm.py).
 //
 // Multi-tensor power iteration: every layer of a model in a constant number of launches. The glue
-// passes a device array of per-layer descriptors (SnLayer: W's pointer, shape, strides and dtype,
-// u / v pointers, strides and dtypes, and planned offsets). Work is split into tiles of kTile
+// fills per-layer descriptors (SnLayer: W's pointer, shape, strides and dtype, u / v pointers,
+// strides and dtypes); the launcher plans them and passes them BY VALUE as one kernel argument
+// (SnBatch, see spectral_norm.h: no descriptor copy per call, CUDA-graph safe). Work is split into tiles of kTile
 // outputs: a layer has ceil(cols / kTile) column tiles (outputs of W^T u) and ceil(rows / kTile) row
 // tiles (outputs of W v), at least one of each; the descriptors hold the prefix sums of tiles per
 // layer, and a block finds its (layer, tile) from its flattened tile index by binary search. So many
@@ -23,10 +24,12 @@
 // reduction (W^T u of a row-major W); both coalesce for row-major and column-major W, any strides work.
 // Floor per step: 2 |W| elements read, 4 |W| flops.
 //
-// apply: out = W / sigma, elementwise (any input strides, contiguous output).
-// apply_backward: <G, W> as per-block partial sums (fixed grid for a given shape, fixed order), then
-// an elementwise kernel whose every block reduces the partials in the same fixed order and writes
-// G / sigma - (<G, W> / sigma^2) u v^T.
+// apply (multi-tensor, one launch for all layers of one dtype): block (layer, tile of kApplyTile
+// elements) writes out = W / sigma (any input strides, contiguous output).
+// apply_backward (multi-tensor, two launches): <G, W> as per-layer block partial sums (a fixed number
+// per shape, fixed order), then an elementwise kernel whose every block of a layer reduces that
+// layer's partials in the same fixed order and writes G / sigma - (<G, W> / sigma^2) u v^T. A layer's
+// bits do not depend on the other layers of the call. One layer = a batch of one (the per-layer ops).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -46,6 +49,7 @@ constexpr int kThreads = kTile * kWarps;        // 256
 constexpr int kPerWarp = kTile / kWarps;        // outputs per warp in the lane-over-reduction layout
 constexpr int64_t kMaxGrid = int64_t{1} << 20;  // grid-stride loops beyond this
 constexpr int kMaxPartials = 1024;              // blocks of the <G, W> reduction
+constexpr int64_t kApplyTile = 4 * kThreads;    // elements per block of the apply kernels
 
 // Element idx of a vector of runtime dtype.
 __device__ __forceinline__ float load(const void* p, DType t, int64_t idx) {
@@ -211,11 +215,12 @@ __device__ void tile_matvec(const PassView& p, int64_t o0, float* ys, float (*re
 // u_o y_o with u the working u (= p.y, which this mode leaves untouched).
 template <bool kCols>
 __global__ void __launch_bounds__(kThreads)
-    matvec_kernel(const SnLayer* layers, int64_t num_layers, int64_t total, float* ws, int64_t off_partials,
-                  int dot_mode) {
+    matvec_kernel(const __grid_constant__ SnLayerBatch b, float* ws, int dot_mode) {
   __shared__ float ys[kTile];
   __shared__ float red[kWarps][kTile + 1];
-  float* partials = ws + off_partials;
+  const SnLayer* layers = b.layer;
+  const int64_t num_layers = b.plan.num_layers, total = kCols ? b.plan.col_tiles : b.plan.row_tiles;
+  float* partials = ws + b.plan.off_partials;
   for (int64_t g = blockIdx.x; g < total; g += gridDim.x) {
     const SnLayer& L = layers[find_layer<kCols>(layers, num_layers, g)];
     const PassView p = view<kCols>(L, ws);
@@ -256,10 +261,11 @@ enum : int { kNormalize = 1, kSigmaFromNorm = 2, kSigmaFromSum = 4 };
 // kSigmaFromNorm: sigma = s / max(sqrt(s), eps); kSigmaFromSum: sigma = s (the n == 0 dot product).
 template <bool kCols>
 __global__ void __launch_bounds__(kThreads)
-    norm_kernel(const SnLayer* layers, int64_t num_layers, int64_t total, float* ws, int64_t off_partials, float eps,
-                int flags) {
+    norm_kernel(const __grid_constant__ SnLayerBatch b, float* ws, float eps, int flags) {
   __shared__ float red[kThreads];
-  const float* partials = ws + off_partials;
+  const SnLayer* layers = b.layer;
+  const int64_t num_layers = b.plan.num_layers, total = kCols ? b.plan.col_tiles : b.plan.row_tiles;
+  const float* partials = ws + b.plan.off_partials;
   for (int64_t g = blockIdx.x; g < total; g += gridDim.x) {
     const SnLayer& L = layers[find_layer<kCols>(layers, num_layers, g)];
     const PassView p = view<kCols>(L, ws);
@@ -289,7 +295,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // Working float32 copies of v (column tiles 0 .. col_tiles) and u (then the row tiles); kTile threads.
 __global__ void __launch_bounds__(kTile)
-    load_kernel(const SnLayer* layers, int64_t num_layers, int64_t col_tiles, int64_t row_tiles, float* ws) {
+    load_kernel(const __grid_constant__ SnLayerBatch b, float* ws) {
+  const SnLayer* layers = b.layer;
+  const int64_t num_layers = b.plan.num_layers, col_tiles = b.plan.col_tiles, row_tiles = b.plan.row_tiles;
   for (int64_t g = blockIdx.x; g < col_tiles + row_tiles; g += gridDim.x) {
     if (g < col_tiles) {
       const SnLayer& L = layers[find_layer<true>(layers, num_layers, g)];
@@ -318,66 +326,92 @@ __device__ __forceinline__ void coords(int64_t e, int64_t cols, bool small, int6
 
 __device__ __forceinline__ bool is_contiguous(const SnMatrix& a) { return a.stride_c == 1 && a.stride_r == a.cols; }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) apply_kernel(SnMatrix w, const float* sigma, T* out, int64_t numel) {
-  const float s = *sigma;
-  const T* wp = static_cast<const T*>(w.p);
-  const bool contiguous = is_contiguous(w), small = numel <= int64_t{0xffffffff};
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < numel; e += step) {
-    int64_t idx = e;
-    if (!contiguous) {
-      int64_t i, j;
-      coords(e, w.cols, small, i, j);
-      idx = i * w.stride_r + j * w.stride_c;
+// The layer owning flattened item g (an element tile, or a <G, W> partial with kParts): the last layer
+// whose first item is <= g (every layer has >= 1 of each).
+template <bool kParts>
+__device__ __forceinline__ const SnApplyLayer& find_apply_layer(const SnApplyBatch& b, int64_t g) {
+  int64_t lo = 0, hi = b.plan.num_layers - 1;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if ((kParts ? b.layer[mid].first_part : b.layer[mid].first_tile) <= g) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
     }
-    out[e] = from_float<T>(to_float(wp[idx]) / s);
+  }
+  return b.layer[lo];
+}
+
+// Element index of W's element e (row-major order) for W's strides.
+__device__ __forceinline__ int64_t strided(const SnMatrix& a, int64_t e, bool small) {
+  if (is_contiguous(a)) return e;
+  int64_t i, j;
+  coords(e, a.cols, small, i, j);
+  return i * a.stride_r + j * a.stride_c;
+}
+
+// out_i = W_i / sigma_i: block = (layer, tile of kApplyTile elements), grid-stride over the tiles.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) apply_kernel(const __grid_constant__ SnApplyBatch b) {
+  for (int64_t t = blockIdx.x; t < b.plan.tiles; t += gridDim.x) {
+    const SnApplyLayer& L = find_apply_layer<false>(b, t);
+    const int64_t numel = L.w.rows * L.w.cols;
+    const bool small = numel <= int64_t{0xffffffff};
+    const float s = *L.sigma;
+    const T* wp = static_cast<const T*>(L.w.p);
+    T* out = static_cast<T*>(L.out);
+    const int64_t e0 = (t - L.first_tile) * kApplyTile;
+    for (int64_t e = e0 + threadIdx.x; e < numel && e < e0 + kApplyTile; e += kThreads) {
+      out[e] = from_float<T>(to_float(wp[strided(L.w, e, small)]) / s);
+    }
   }
 }
 
-// partials[blockIdx.x] = this block's share of <G, W> (grid-stride, fixed tree order).
+// partials[first_part + p] = block p's share of <G, W> of its layer: elements p * kThreads + t +
+// k * parts * kThreads (fixed for a shape, so the sum's order is that of the layer alone), fixed tree order.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) dot_partials_kernel(SnMatrix g, SnMatrix w, int64_t numel, float* partials) {
+__global__ void __launch_bounds__(kThreads) dot_partials_kernel(const __grid_constant__ SnApplyBatch b, float* partials) {
   __shared__ float red[kThreads];
-  const T* gp = static_cast<const T*>(g.p);
-  const T* wp = static_cast<const T*>(w.p);
-  const bool gc = is_contiguous(g), wc = is_contiguous(w), small = numel <= int64_t{0xffffffff};
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  float acc = 0.f;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < numel; e += step) {
-    int64_t ig = e, iw = e;
-    if (!gc || !wc) {
-      int64_t i, j;
-      coords(e, w.cols, small, i, j);
-      if (!gc) ig = i * g.stride_r + j * g.stride_c;
-      if (!wc) iw = i * w.stride_r + j * w.stride_c;
+  for (int64_t q = blockIdx.x; q < b.plan.parts; q += gridDim.x) {
+    const SnApplyLayer& L = find_apply_layer<true>(b, q);
+    const int64_t numel = L.w.rows * L.w.cols;
+    const bool small = numel <= int64_t{0xffffffff};
+    const T* gp = static_cast<const T*>(L.g.p);
+    const T* wp = static_cast<const T*>(L.w.p);
+    const int64_t step = L.parts * kThreads;
+    float acc = 0.f;
+    for (int64_t e = (q - L.first_part) * kThreads + threadIdx.x; e < numel; e += step) {
+      acc += to_float(gp[strided(L.g, e, small)]) * to_float(wp[strided(L.w, e, small)]);
     }
-    acc += to_float(gp[ig]) * to_float(wp[iw]);
+    acc = block_sum(acc, red);
+    if (threadIdx.x == 0) partials[q] = acc;
   }
-  acc = block_sum(acc, red);
-  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
-// out = G / sigma - (<G, W> / sigma^2) u v^T; every block sums the partials in the same order.
+// out = G / sigma - (<G, W> / sigma^2) u v^T; every block of a layer sums its partials in the same order.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    apply_backward_kernel(SnMatrix g, SnVector u, SnVector v, const float* sigma, const float* partials,
-                          int num_partials, T* out, int64_t numel) {
+    apply_backward_kernel(const __grid_constant__ SnApplyBatch b, const float* partials) {
   __shared__ float red[kThreads];
-  float d = 0.f;
-  for (int i = threadIdx.x; i < num_partials; i += kThreads) d += partials[i];
-  d = block_sum(d, red);
-  const float s = *sigma;
-  const float c = d / (s * s);
-  const T* gp = static_cast<const T*>(g.p);
-  const bool gc = is_contiguous(g), small = numel <= int64_t{0xffffffff};
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < numel; e += step) {
-    int64_t i, j;
-    coords(e, g.cols, small, i, j);
-    const int64_t ig = gc ? e : i * g.stride_r + j * g.stride_c;
-    const float cu = c * load(u.p, u.dtype, i * u.stride);
-    out[e] = from_float<T>(to_float(gp[ig]) / s - cu * load(v.p, v.dtype, j * v.stride));
+  for (int64_t t = blockIdx.x; t < b.plan.tiles; t += gridDim.x) {
+    const SnApplyLayer& L = find_apply_layer<false>(b, t);
+    float d = 0.f;
+    for (int64_t i = threadIdx.x; i < L.parts; i += kThreads) d += partials[L.first_part + i];
+    d = block_sum(d, red);
+    const float s = *L.sigma;
+    const float c = d / (s * s);
+    const int64_t numel = L.w.rows * L.w.cols;
+    const bool small = numel <= int64_t{0xffffffff};
+    const T* gp = static_cast<const T*>(L.g.p);
+    T* out = static_cast<T*>(L.out);
+    const int64_t e0 = (t - L.first_tile) * kApplyTile;
+    for (int64_t e = e0 + threadIdx.x; e < numel && e < e0 + kApplyTile; e += kThreads) {
+      int64_t i, j;
+      coords(e, L.w.cols, small, i, j);
+      const int64_t ig = is_contiguous(L.g) ? e : i * L.g.stride_r + j * L.g.stride_c;
+      const float cu = c * load(L.u.p, L.u.dtype, i * L.u.stride);
+      out[e] = from_float<T>(to_float(gp[ig]) / s - cu * load(L.v.p, L.v.dtype, j * L.v.stride));
+    }
   }
 }
 
@@ -385,8 +419,6 @@ unsigned grid_of(int64_t work_items) {
   const int64_t g = work_items < 1 ? 1 : (work_items < kMaxGrid ? work_items : kMaxGrid);
   return static_cast<unsigned>(g);
 }
-
-unsigned elementwise_grid(int64_t numel) { return grid_of((numel + kThreads - 1) / kThreads); }
 
 // Blocks of the <G, W> reduction: a function of the shape only (never of the device), so the
 // reduction order, hence the result, is the same on every GPU.
@@ -397,9 +429,9 @@ int partial_blocks(int64_t numel) {
 
 bool valid_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 
-}  // namespace
 
-SnPlan spectral_norm_power_iteration_plan(SnLayer* layers, int64_t num_layers) {
+// Plans one batch (layers[0 .. num_layers), at most a batch's capacity) in place; returns its plan.
+SnPlan plan_batch(SnLayer* layers, int64_t num_layers) {
   SnPlan plan{};
   plan.num_layers = num_layers;
   int64_t off = 0;
@@ -419,87 +451,144 @@ SnPlan spectral_norm_power_iteration_plan(SnLayer* layers, int64_t num_layers) {
   return plan;
 }
 
-cudaError_t spectral_norm_power_iteration(const SnLayer* d_layers, const SnPlan& plan, float* workspace,
-                                          int64_t n_power_iterations, float eps, bool hook_order,
-                                          cudaStream_t stream) {
-  if (plan.num_layers == 0) return cudaSuccess;
-  if (n_power_iterations < 0 || d_layers == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
-  const int64_t L = plan.num_layers;
-  FASTGAN_LAUNCH(load_kernel, grid_of(plan.col_tiles + plan.row_tiles), kTile, 0, stream)(
-      d_layers, L, plan.col_tiles, plan.row_tiles, workspace);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  // v = nrm(W^T u) (the column pass) or u = nrm(W v) (the row pass), with `flags` for the norm.
-  auto cols_pass = [&](int flags) {
-    const unsigned grid = grid_of(plan.col_tiles);
-    FASTGAN_LAUNCH(matvec_kernel<true>, grid, kThreads, 0, stream)(
-        d_layers, L, plan.col_tiles, workspace, plan.off_partials, 0);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    FASTGAN_LAUNCH(norm_kernel<true>, grid, kThreads, 0, stream)(
-        d_layers, L, plan.col_tiles, workspace, plan.off_partials, eps, flags);
-    return cudaGetLastError();
-  };
-  auto rows_pass = [&](int flags, int dot_mode) {
-    const unsigned grid = grid_of(plan.row_tiles);
-    FASTGAN_LAUNCH(matvec_kernel<false>, grid, kThreads, 0, stream)(
-        d_layers, L, plan.row_tiles, workspace, plan.off_partials, dot_mode);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    FASTGAN_LAUNCH(norm_kernel<false>, grid, kThreads, 0, stream)(
-        d_layers, L, plan.row_tiles, workspace, plan.off_partials, eps, flags);
-    return cudaGetLastError();
-  };
-  if (n_power_iterations == 0) return rows_pass(kSigmaFromSum, 1);  // sigma = <u, W v>, one pass
-  for (int64_t k = 0; k < n_power_iterations; ++k) {
-    const int last = k == n_power_iterations - 1 ? kSigmaFromNorm : 0;
-    if (hook_order) {
-      err = cols_pass(kNormalize);
-      if (err == cudaSuccess) err = rows_pass(kNormalize | last, 0);
-    } else {
-      err = rows_pass(kNormalize, 0);
-      if (err == cudaSuccess) err = cols_pass(kNormalize | last);
-    }
+// Calls fn(batch) for each batch of layers[0 .. num_layers) in order (the layers copied in by value).
+template <typename Batch, typename Layer, typename Fn>
+cudaError_t for_each_batch(Layer* layers, int64_t num_layers, Fn fn) {
+  for (int64_t first = 0; first < num_layers; first += Batch::kCapacity) {
+    Batch b{};
+    const int64_t count = num_layers - first < Batch::kCapacity ? num_layers - first : Batch::kCapacity;
+    for (int64_t l = 0; l < count; ++l) b.layer[l] = layers[first + l];
+    b.plan.num_layers = count;
+    const cudaError_t err = fn(b);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
 }
 
-cudaError_t spectral_norm_apply(const SnMatrix& w, const float* sigma, void* out, cudaStream_t stream) {
-  if (w.rows < 0 || w.cols < 0 || !valid_dtype(w.dtype)) return cudaErrorInvalidValue;
-  const int64_t numel = w.rows * w.cols;
-  if (numel == 0) return cudaSuccess;
-  return dispatch(w.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    FASTGAN_LAUNCH(apply_kernel<T>, elementwise_grid(numel), kThreads, 0, stream)(
-        w, sigma, static_cast<T*>(out), numel);
-    return cudaGetLastError();
+}  // namespace
+
+int64_t spectral_norm_power_iteration_workspace(SnLayer* layers, int64_t num_layers) {
+  int64_t ws = 0;
+  for (int64_t first = 0; first < num_layers; first += SnLayerBatch::kCapacity) {
+    const int64_t count = num_layers - first < SnLayerBatch::kCapacity ? num_layers - first : SnLayerBatch::kCapacity;
+    const int64_t w = plan_batch(layers + first, count).workspace;
+    ws = w > ws ? w : ws;
+  }
+  return ws;
+}
+
+cudaError_t spectral_norm_power_iteration(SnLayer* layers, int64_t num_layers, float* workspace,
+                                          int64_t n_power_iterations, float eps, bool hook_order,
+                                          cudaStream_t stream) {
+  if (num_layers == 0) return cudaSuccess;
+  if (n_power_iterations < 0 || layers == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
+  return for_each_batch<SnLayerBatch>(layers, num_layers, [&](SnLayerBatch& b) {
+    b.plan = plan_batch(b.layer, b.plan.num_layers);
+    const SnPlan& plan = b.plan;
+    FASTGAN_LAUNCH(load_kernel, grid_of(plan.col_tiles + plan.row_tiles), kTile, 0, stream)(b, workspace);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    // v = nrm(W^T u) (the column pass) or u = nrm(W v) (the row pass), with `flags` for the norm.
+    auto cols_pass = [&](int flags) {
+      const unsigned grid = grid_of(plan.col_tiles);
+      FASTGAN_LAUNCH(matvec_kernel<true>, grid, kThreads, 0, stream)(b, workspace, 0);
+      cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+      FASTGAN_LAUNCH(norm_kernel<true>, grid, kThreads, 0, stream)(b, workspace, eps, flags);
+      return cudaGetLastError();
+    };
+    auto rows_pass = [&](int flags, int dot_mode) {
+      const unsigned grid = grid_of(plan.row_tiles);
+      FASTGAN_LAUNCH(matvec_kernel<false>, grid, kThreads, 0, stream)(b, workspace, dot_mode);
+      cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+      FASTGAN_LAUNCH(norm_kernel<false>, grid, kThreads, 0, stream)(b, workspace, eps, flags);
+      return cudaGetLastError();
+    };
+    if (n_power_iterations == 0) return rows_pass(kSigmaFromSum, 1);  // sigma = <u, W v>, one pass
+    for (int64_t k = 0; k < n_power_iterations; ++k) {
+      const int last = k == n_power_iterations - 1 ? kSigmaFromNorm : 0;
+      if (hook_order) {
+        err = cols_pass(kNormalize);
+        if (err == cudaSuccess) err = rows_pass(kNormalize | last, 0);
+      } else {
+        err = rows_pass(kNormalize, 0);
+        if (err == cudaSuccess) err = cols_pass(kNormalize | last);
+      }
+      if (err != cudaSuccess) return err;
+    }
+    return cudaSuccess;
   });
 }
 
-int64_t spectral_norm_apply_backward_workspace(int64_t rows, int64_t cols) {
-  return partial_blocks(rows < 0 || cols < 0 ? 0 : rows * cols);
+namespace {
+
+// Plans one apply batch: element tiles and (backward) <G, W> partials per layer. Returns false on a
+// bad layer (shape, dtype, or a dtype other than the batch's first W's).
+bool plan_apply(SnApplyBatch& b, DType dtype, bool backward) {
+  b.plan.tiles = 0;
+  b.plan.parts = 0;
+  for (int64_t l = 0; l < b.plan.num_layers; ++l) {
+    SnApplyLayer& L = b.layer[l];
+    if (L.w.rows < 0 || L.w.cols < 0 || L.w.dtype != dtype) return false;
+    if (backward && (L.g.rows != L.w.rows || L.g.cols != L.w.cols || L.g.dtype != dtype || L.u.size != L.w.rows ||
+                     L.v.size != L.w.cols || !valid_dtype(L.u.dtype) || !valid_dtype(L.v.dtype))) {
+      return false;
+    }
+    const int64_t numel = L.w.rows * L.w.cols;
+    L.first_tile = b.plan.tiles;
+    b.plan.tiles += numel <= 0 ? 1 : (numel + kApplyTile - 1) / kApplyTile;
+    L.parts = partial_blocks(numel);
+    L.first_part = b.plan.parts;
+    b.plan.parts += L.parts;
+  }
+  return true;
 }
 
-cudaError_t spectral_norm_apply_backward(const SnMatrix& grad, const SnMatrix& w, const SnVector& u,
-                                         const SnVector& v, const float* sigma, float* workspace, void* out,
-                                         cudaStream_t stream) {
-  if (w.rows < 0 || w.cols < 0 || grad.rows != w.rows || grad.cols != w.cols || grad.dtype != w.dtype ||
-      u.size != w.rows || v.size != w.cols || !valid_dtype(w.dtype) || !valid_dtype(u.dtype) ||
-      !valid_dtype(v.dtype)) {
-    return cudaErrorInvalidValue;
+}  // namespace
+
+cudaError_t spectral_norm_apply(SnApplyLayer* layers, int64_t num_layers, cudaStream_t stream) {
+  if (num_layers == 0) return cudaSuccess;
+  if (layers == nullptr || !valid_dtype(layers[0].w.dtype)) return cudaErrorInvalidValue;
+  const DType dtype = layers[0].w.dtype;
+  return for_each_batch<SnApplyBatch>(layers, num_layers, [&](SnApplyBatch& b) {
+    if (!plan_apply(b, dtype, false)) return cudaErrorInvalidValue;
+    return dispatch(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      FASTGAN_LAUNCH(apply_kernel<T>, grid_of(b.plan.tiles), kThreads, 0, stream)(b);
+      return cudaGetLastError();
+    });
+  });
+}
+
+int64_t spectral_norm_apply_backward_workspace(const SnApplyLayer* layers, int64_t num_layers) {
+  int64_t ws = 0;  // the largest batch's partials (batches run one after another on the stream)
+  for (int64_t first = 0; first < num_layers; first += SnApplyBatch::kCapacity) {
+    int64_t parts = 0;
+    for (int64_t l = first; l < num_layers && l < first + SnApplyBatch::kCapacity; ++l) {
+      const SnMatrix& w = layers[l].w;
+      parts += partial_blocks(w.rows < 0 || w.cols < 0 ? 0 : w.rows * w.cols);
+    }
+    ws = parts > ws ? parts : ws;
   }
-  const int64_t numel = w.rows * w.cols;
-  if (numel == 0) return cudaSuccess;
-  const int parts = partial_blocks(numel);
-  return dispatch(w.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    FASTGAN_LAUNCH(dot_partials_kernel<T>, parts, kThreads, 0, stream)(grad, w, numel, workspace);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    FASTGAN_LAUNCH(apply_backward_kernel<T>, elementwise_grid(numel), kThreads, 0, stream)(
-        grad, u, v, sigma, workspace, parts, static_cast<T*>(out), numel);
-    return cudaGetLastError();
+  return ws;
+}
+
+cudaError_t spectral_norm_apply_backward(SnApplyLayer* layers, int64_t num_layers, float* workspace,
+                                         cudaStream_t stream) {
+  if (num_layers == 0) return cudaSuccess;
+  if (layers == nullptr || workspace == nullptr || !valid_dtype(layers[0].w.dtype)) return cudaErrorInvalidValue;
+  const DType dtype = layers[0].w.dtype;
+  return for_each_batch<SnApplyBatch>(layers, num_layers, [&](SnApplyBatch& b) {
+    if (!plan_apply(b, dtype, true)) return cudaErrorInvalidValue;
+    return dispatch(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      FASTGAN_LAUNCH(dot_partials_kernel<T>, grid_of(b.plan.parts), kThreads, 0, stream)(b, workspace);
+      cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+      FASTGAN_LAUNCH(apply_backward_kernel<T>, grid_of(b.plan.tiles), kThreads, 0, stream)(b, workspace);
+      return cudaGetLastError();
+    });
   });
 }
 

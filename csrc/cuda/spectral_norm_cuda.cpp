@@ -1,7 +1,8 @@
 // TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/spectral_norm.cu.
-// Compiled only in CUDA builds. The multi-tensor power iteration builds one array of per-layer
-// descriptors on the host (pinned), copies it to the device asynchronously on the current stream,
-// and runs every layer in a constant number of launches (4 per step, plus one). float64 layers (rare:
+// Compiled only in CUDA builds. The multi-tensor power iteration and apply fill per-layer descriptors
+// on the host, which the launchers pass to the kernels by value (no host-to-device copy, no host
+// sync: CUDA-graph safe, see csrc/cuda/spectral_norm.h), and run every layer in a constant number of
+// launches (power iteration: 4 per step, plus one; apply: one; its backward: two). float64 layers (rare:
 // gradchecks, tests) run a per-layer loop of ATen ops in float64 instead, as the contract asks for
 // float64 math there.
 #include <ATen/ATen.h>
@@ -10,7 +11,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -166,17 +166,10 @@ std::vector<at::Tensor> spectral_norm_power_iteration_cuda(at::TensorList weight
     layers.push_back(L);
   }
   if (layers.empty()) return sigmas;
-  const cuda::SnPlan plan = cuda::spectral_norm_power_iteration_plan(layers.data(), static_cast<int64_t>(layers.size()));
-  // Descriptors: pinned host buffer, asynchronous copy on the current stream (the caching host
-  // allocator keeps the pinned block alive until the copy has run).
-  const int64_t bytes = static_cast<int64_t>(layers.size() * sizeof(cuda::SnLayer));
-  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), layers.data(), static_cast<size_t>(bytes));
-  at::Tensor dev = at::empty({bytes}, w0.options().dtype(at::kByte));
-  dev.copy_(host, /*non_blocking=*/true);
-  at::Tensor workspace = at::empty({plan.workspace}, w0.options().dtype(at::kFloat));
-  auto err = cuda::spectral_norm_power_iteration(reinterpret_cast<const cuda::SnLayer*>(dev.data_ptr()), plan,
-                                                 workspace.data_ptr<float>(), n_power_iterations,
+  const int64_t num = static_cast<int64_t>(layers.size());
+  at::Tensor workspace =
+      at::empty({cuda::spectral_norm_power_iteration_workspace(layers.data(), num)}, w0.options().dtype(at::kFloat));
+  auto err = cuda::spectral_norm_power_iteration(layers.data(), num, workspace.data_ptr<float>(), n_power_iterations,
                                                  static_cast<float>(eps), hook_order, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(err));
   return sigmas;
@@ -197,7 +190,11 @@ at::Tensor spectral_norm_apply_cuda(const at::Tensor& weight_mat, const at::Tens
   const cuda::SnMatrix w = kernel_matrix(weight_mat, op, "weight_mat");
   const at::Tensor s = sigma.detach().reshape({}).to(at::kFloat).contiguous();
   at::Tensor out = at::empty({w.rows, w.cols}, weight_mat.options());
-  auto err = cuda::spectral_norm_apply(w, s.data_ptr<float>(), out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  cuda::SnApplyLayer L{};
+  L.w = w;
+  L.sigma = s.data_ptr<float>();
+  L.out = out.data_ptr();
+  auto err = cuda::spectral_norm_apply(&L, 1, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(err));
   return out;
 }
@@ -231,17 +228,111 @@ at::Tensor spectral_norm_apply_backward_cuda(const at::Tensor& grad, const at::T
   const cuda::SnVector vv = kernel_vector(v, op, "v");
   const at::Tensor s = sigma.detach().reshape({}).to(at::kFloat).contiguous();
   at::Tensor out = at::empty({w.rows, w.cols}, weight_mat.options());
+  cuda::SnApplyLayer L{w, gm, uu, vv, s.data_ptr<float>(), out.data_ptr()};
   at::Tensor workspace =
-      at::empty({cuda::spectral_norm_apply_backward_workspace(w.rows, w.cols)}, weight_mat.options().dtype(at::kFloat));
-  auto err = cuda::spectral_norm_apply_backward(gm, w, uu, vv, s.data_ptr<float>(), workspace.data_ptr<float>(),
-                                                out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+      at::empty({cuda::spectral_norm_apply_backward_workspace(&L, 1)}, weight_mat.options().dtype(at::kFloat));
+  auto err = cuda::spectral_norm_apply_backward(&L, 1, workspace.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(err));
   return out;
+}
+
+// The group's checks: one float16 / bfloat16 / float32 dtype on one CUDA device, a 1-element sigma each.
+void check_group(at::TensorList weight_mats, at::TensorList sigmas, const char* op) {
+  TORCH_CHECK(weight_mats.size() == sigmas.size(), op, ": weight_mats and sigmas must have the same length, got ",
+              weight_mats.size(), " and ", sigmas.size());
+  for (size_t i = 0; i < weight_mats.size(); ++i) {
+    const at::Tensor& w = weight_mats[i];
+    const std::string wn = indexed("weight_mats", i);
+    check_matrix(w, op, wn);
+    TORCH_CHECK(w.scalar_type() != at::kDouble, op, ": ", wn, " must be float16, bfloat16 or float32 (float64 layers "
+                "take the per-layer spectral_norm_apply), got ", w.scalar_type());
+    TORCH_CHECK(w.device() == weight_mats[0].device() && w.scalar_type() == weight_mats[0].scalar_type(), op, ": ", wn,
+                " must have weight_mats[0]'s device and dtype (", weight_mats[0].device(), ", ",
+                weight_mats[0].scalar_type(), "), got ", w.device(), ", ", w.scalar_type());
+    TORCH_CHECK(sigmas[i].numel() == 1 && sigmas[i].device() == w.device() && sigmas[i].scalar_type() == at::kFloat,
+                op, ": ", indexed("sigmas", i), " must be one float32 element on ", wn, "'s device, got shape ",
+                sigmas[i].sizes(), ", ", sigmas[i].scalar_type(), " on ", sigmas[i].device());
+  }
+}
+
+// Contiguous outputs of the weights' shapes: views of ONE fresh buffer (one allocation per call).
+std::vector<at::Tensor> group_outputs(at::TensorList weight_mats) {
+  int64_t total = 0;
+  for (const at::Tensor& w : weight_mats) total += w.numel();
+  at::Tensor flat = at::empty({total}, weight_mats[0].options());
+  std::vector<at::Tensor> outs;
+  int64_t off = 0;
+  for (const at::Tensor& w : weight_mats) {
+    outs.push_back(flat.narrow(0, off, w.numel()).view(w.sizes()));
+    off += w.numel();
+  }
+  return outs;
+}
+
+std::vector<at::Tensor> spectral_norm_apply_group_cuda(at::TensorList weight_mats, at::TensorList sigmas) {
+  constexpr const char* op = "spectral_norm_apply_group";
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_group(weight_mats, sigmas, op);
+  if (weight_mats.empty()) return {};
+  c10::cuda::CUDAGuard guard(weight_mats[0].device());
+  std::vector<at::Tensor> outs = group_outputs(weight_mats);
+  std::vector<cuda::SnApplyLayer> layers(weight_mats.size());
+  for (size_t i = 0; i < weight_mats.size(); ++i) {
+    layers[i].w = kernel_matrix(weight_mats[i], op, indexed("weight_mats", i));
+    layers[i].sigma = sigmas[i].data_ptr<float>();
+    layers[i].out = outs[i].data_ptr();
+  }
+  auto err = cuda::spectral_norm_apply(layers.data(), static_cast<int64_t>(layers.size()),
+                                       c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(err));
+  return outs;
+}
+
+std::vector<at::Tensor> spectral_norm_apply_group_backward_cuda(at::TensorList grads, at::TensorList weight_mats,
+                                                                at::TensorList us, at::TensorList vs,
+                                                                at::TensorList sigmas) {
+  constexpr const char* op = "spectral_norm_apply_group_backward";
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_group(weight_mats, sigmas, op);
+  const size_t k = weight_mats.size();
+  TORCH_CHECK(grads.size() == k && us.size() == k && vs.size() == k, op,
+              ": grads, weight_mats, us and vs must have the same length, got ", grads.size(), ", ", k, ", ",
+              us.size(), " and ", vs.size());
+  if (k == 0) return {};
+  c10::cuda::CUDAGuard guard(weight_mats[0].device());
+  std::vector<at::Tensor> gs(k);
+  std::vector<cuda::SnApplyLayer> layers(k);
+  for (size_t i = 0; i < k; ++i) {
+    const at::Tensor& w = weight_mats[i];
+    const std::string wn = indexed("weight_mats", i), gn = indexed("grads", i);
+    TORCH_CHECK(grads[i].sizes() == w.sizes() && grads[i].device() == w.device(), op, ": ", gn, " must have ", wn,
+                "'s shape ", w.sizes(), " and device ", w.device(), ", got ", grads[i].sizes(), " on ",
+                grads[i].device());
+    check_vector(us[i], w, w.size(0), op, indexed("us", i), wn);
+    check_vector(vs[i], w, w.size(1), op, indexed("vs", i), wn);
+    gs[i] = grads[i].scalar_type() == w.scalar_type() ? grads[i] : grads[i].to(w.scalar_type());
+    layers[i].w = kernel_matrix(w, op, wn);
+    layers[i].g = kernel_matrix(gs[i], op, gn);
+    layers[i].u = kernel_vector(us[i], op, indexed("us", i));
+    layers[i].v = kernel_vector(vs[i], op, indexed("vs", i));
+    layers[i].sigma = sigmas[i].data_ptr<float>();
+  }
+  std::vector<at::Tensor> outs = group_outputs(weight_mats);
+  for (size_t i = 0; i < k; ++i) layers[i].out = outs[i].data_ptr();
+  const int64_t num = static_cast<int64_t>(k);
+  at::Tensor workspace = at::empty({cuda::spectral_norm_apply_backward_workspace(layers.data(), num)},
+                                   weight_mats[0].options().dtype(at::kFloat));
+  auto err = cuda::spectral_norm_apply_backward(layers.data(), num, workspace.data_ptr<float>(),
+                                                c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(err));
+  return outs;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("spectral_norm_apply_group", &spectral_norm_apply_group_cuda);
+  m.impl("spectral_norm_apply_group_backward", &spectral_norm_apply_group_backward_cuda);
   m.impl("spectral_norm_power_iteration_", &spectral_norm_power_iteration_cuda);
   m.impl("spectral_norm_apply", &spectral_norm_apply_cuda);
   m.impl("spectral_norm_apply_backward", &spectral_norm_apply_backward_cuda);

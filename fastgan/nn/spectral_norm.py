@@ -188,7 +188,7 @@ class _PendingStep:
         # the layer's call has the same grad mode (the node is recorded iff grad mode and the
         # weight's requires_grad were on then), else W / sigma is built again at the call.
         self.out = out
-        self.node = node  # Triton: the _TritonGroupApply state shared by the group's layers
+        self.node = node  # Triton, CUDA: the _GroupApply state shared by the group's layers
 
     def commit(self, module: torch.nn.Module, hook: "SpectralNormHook"):
         name = hook.name
@@ -212,37 +212,48 @@ class _PendingStep:
 
 
 class _GroupNode:
-    """Shared by the layers of one Triton group apply: spent once its backward has run."""
+    """Shared by the layers of one group apply (Triton, CUDA): spent once its backward has run."""
     __slots__ = ("spent",)
 
     def __init__(self):
         self.spent = False
 
 
-class _TritonGroupApply(torch.autograd.Function):
-    """W_i / sigma_i of a group's layers (one dtype) in one Triton launch (apply_group), its backward
-    in two, as ONE autograd node for all of them. A backward through any of them frees what the node
-    saved (without retain_graph), so it marks `state.spent`: a layer that commits after that (called
-    after a first backward, e.g. D.project_features after loss_real.backward()) builds its own
-    W / sigma instead of using this node's output."""
+class _GroupApply(torch.autograd.Function):
+    """W_i / sigma_i of a group's layers (one dtype) in one launch, its backward in two, as ONE
+    autograd node for all of them: Triton (apply_group, which snapshots u, v) or CUDA
+    (fastgan::spectral_norm_apply_group; u, v are the group's own copies, saved as they are). A
+    backward through any of them frees what the node saved (without retain_graph), so it marks
+    `state.spent`: a layer that commits after that (called after a first backward, e.g.
+    D.project_features after loss_real.backward()) builds its own W / sigma instead of using this
+    node's output."""
 
     @staticmethod
-    def forward(ctx, state, n, *tensors):
+    def forward(ctx, state, triton, n, *tensors):
         mats, us, vs, sigmas = (list(tensors[i * n:(i + 1) * n]) for i in range(4))
-        res = torch.ops.fastgan.spectral_norm_apply_group_triton(mats, us, vs, sigmas)
-        ctx.state, ctx.n = state, n
-        ctx.save_for_backward(*mats, *sigmas, res[-1])
+        ctx.state, ctx.triton, ctx.n = state, triton, n
         ctx.set_materialize_grads(False)
-        return tuple(res[:-1])
+        if triton:
+            res = torch.ops.fastgan.spectral_norm_apply_group_triton(mats, us, vs, sigmas)
+            ctx.save_for_backward(*mats, *sigmas, res[-1])
+            return tuple(res[:-1])
+        ctx.save_for_backward(*mats, *sigmas, *us, *vs)
+        return tuple(torch.ops.fastgan.spectral_norm_apply_group(mats, sigmas))
 
     @staticmethod
     def backward(ctx, *grads):
         ctx.state.spent = True
         n, saved = ctx.n, ctx.saved_tensors
-        mats, sigmas, snapshot = list(saved[:n]), list(saved[n:2 * n]), saved[-1]
-        gs = [torch.zeros_like(w) if g is None else g.contiguous() for g, w in zip(grads, mats)]
-        grad_ws = torch.ops.fastgan.spectral_norm_apply_group_triton_backward(gs, mats, snapshot, sigmas)
-        return (None, None, *[gw if g is not None else None for gw, g in zip(grad_ws, grads)], *[None] * (3 * n))
+        mats, sigmas = list(saved[:n]), list(saved[n:2 * n])
+        gs = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, mats)]
+        if ctx.triton:
+            gs = [g.contiguous() for g in gs]
+            grad_ws = torch.ops.fastgan.spectral_norm_apply_group_triton_backward(gs, mats, saved[-1], sigmas)
+        else:  # any strides of G (an expanded gradient of a sum is read as it is)
+            grad_ws = torch.ops.fastgan.spectral_norm_apply_group_backward(gs, mats, list(saved[2 * n:3 * n]),
+                                                                           list(saved[3 * n:]), sigmas)
+        return (None, None, None, *[gw if g is not None else None for gw, g in zip(grad_ws, grads)],
+                *[None] * (3 * n))
 
 
 def _flat_clones(tensors):
@@ -264,7 +275,7 @@ class SpectralNormGroup:
     fused backward, one autograd node per layer, in C++: the per-layer Python and dispatch of the
     apply were most of a small model's step); on Triton the multi-tensor power iteration (4 launches
     per step) and one apply_group launch for all W / sigma (backward: two launches), see
-    _TritonGroupApply. A commit under another grad mode than the group's call builds W / sigma again.
+    _GroupApply. A commit under another grad mode than the group's call builds W / sigma again.
 
     The numerics are those of each layer's own hook (torch.nn.utils.spectral_norm) for every call
     pattern: a layer the forward skips keeps its u, v (its pending step is dropped or committed at its
@@ -299,6 +310,9 @@ class SpectralNormGroup:
                                                module._buffers[name + "_v"]))
         for (device, n, eps), items in groups.items():
             backend = _spectral_backend(self.backend, device)
+            if backend == "cuda" and ops.cuda_kernels_registered():
+                self._gpu_step(items, n, eps, triton=False)
+                continue
             if backend in ("cpu", "cuda") and ops.ensure_cxx():
                 # One C++ call for the whole step: power iteration on copies of u, v and every W / sigma.
                 outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in items], [u for _, _, u, _ in items],
@@ -308,7 +322,7 @@ class SpectralNormGroup:
                     hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend, out)
                 continue
             if backend == "triton":
-                self._triton_step(items, n, eps)
+                self._gpu_step(items, n, eps, triton=True)
                 continue
             mats = [ref.weight_to_matrix(w.detach(), h.dim) for h, w, _, _ in items]
             us = [u.clone(memory_format=torch.contiguous_format) for _, _, u, _ in items]
@@ -318,14 +332,24 @@ class SpectralNormGroup:
                 hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend)
 
     @staticmethod
-    def _triton_step(items, n, eps) -> None:
-        """Triton: one multi-tensor power iteration (4 launches per step) on copies of u, v (one
-        multi-tensor copy), then per (weight dtype, u dtype) one apply_group launch for every
-        W / sigma (backward: two), independent of the number of layers."""
+    def _gpu_step(items, n, eps, triton) -> None:
+        """Triton or CUDA: one multi-tensor power iteration (4 launches per step) on copies of u, v
+        (one multi-tensor copy), then per (weight dtype, u dtype) one group apply launch for every
+        W / sigma (backward: two), independent of the number of layers (CUDA: up to a kernel
+        argument's worth of layers per launch, csrc/cuda/spectral_norm.h). CUDA float64 layers
+        (gradchecks) take the C++ group step (per-layer float64 ATen math)."""
+        backend = "triton" if triton else "cuda"
         by_dtype = {}
         for item in items:
             by_dtype.setdefault((item[1].dtype, item[2].dtype, item[3].dtype), []).append(item)
-        for (_, u_dtype, v_dtype), part in by_dtype.items():
+        for (w_dtype, u_dtype, v_dtype), part in by_dtype.items():
+            if not triton and w_dtype == torch.float64:
+                outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in part], [u for _, _, u, _ in part],
+                                                      [v for _, _, _, v in part], [h.dim for h, _, _, _ in part],
+                                                      n, eps, "hook")
+                for (hook, weight, u, v), out, u_new, v_new, sigma in zip(part, outs, us, vs, sigmas):
+                    hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend, out)
+                continue
             k = len(part)
             copies = ([u for _, _, u, _ in part] + [v for _, _, _, v in part] if u_dtype == v_dtype else None)
             if copies is not None:
@@ -335,11 +359,11 @@ class SpectralNormGroup:
                           for t in [u for _, _, u, _ in part] + [v for _, _, _, v in part]]
             us, vs = copies[:k], copies[k:]
             mats = [ref.weight_to_matrix(w, h.dim) for h, w, _, _ in part]
-            sigmas = ops.power_iteration([m.detach() for m in mats], us, vs, n, eps, "hook", "triton")
+            sigmas = ops.power_iteration([m.detach() for m in mats], us, vs, n, eps, "hook", backend)
             node = _GroupNode()
-            outs = _TritonGroupApply.apply(node, k, *mats, *us, *vs, *sigmas)
+            outs = _GroupApply.apply(node, triton, k, *mats, *us, *vs, *sigmas)
             for (hook, weight, u, v), out, u_new, v_new, sigma in zip(part, outs, us, vs, sigmas):
-                hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, "triton",
+                hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend,
                                              matrix_to_weight(out, weight.shape, hook.dim), node)
 
     _armed = False  # this model call's step is done (read by fastgan.integrations' forward wrapper)

@@ -25,6 +25,10 @@ Registered ops:
         a SpectralNormGroup's training step in one C++ call (csrc/ops/spectral_norm_autograd.cpp, on
         top of the two ops above, CPU and CUDA): the power iteration on copies of u, v, then every
         layer's W / sigma in its weight's own shape, one autograd node per layer.
+  torch.ops.fastgan.spectral_norm_apply_group / _backward
+        CUDA only (csrc/cuda/spectral_norm_cuda.cpp): W_i / sigma_i of a group of layers of one dtype
+        in one launch, its backward in two (outputs: views of one buffer); SpectralNormGroup's CUDA
+        step runs them inside its own autograd node (fastgan/nn/spectral_norm.py _GroupApply).
   torch.ops.fastgan.spectral_norm_power_iteration_triton_ / spectral_norm_apply_triton / _backward
         Triton (triton_kernels/spectral_norm.py), Python custom ops with explicit fakes; the power
         iteration is multi-tensor: 4 launches per step for all layers of a call.
@@ -69,6 +73,14 @@ def _fake_group_step(weights, us, vs, dims, n_power_iterations, eps, hook_order)
             + _fake_power_iteration(weights, us, vs, n_power_iterations, eps, hook_order))
 
 
+def _fake_apply_group_cuda(weight_mats, sigmas):
+    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+
+
+def _fake_apply_group_backward_cuda(grads, weight_mats, us, vs, sigmas):
+    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+
+
 def _setup_context(ctx, inputs, output):
     weight_mat, u, v, sigma = inputs
     # u and v must be clones owned by this graph (the caller's job): the buffers change in place at
@@ -95,6 +107,8 @@ def _register_cxx() -> None:
     # The autograd of fastgan::spectral_norm_apply is a C++ autograd kernel
     # (csrc/ops/spectral_norm_autograd.cpp; a Python wrapper costs more than the op on small layers).
     torch.library.register_fake("fastgan::spectral_norm_group_step")(_fake_group_step)
+    torch.library.register_fake("fastgan::spectral_norm_apply_group")(_fake_apply_group_cuda)
+    torch.library.register_fake("fastgan::spectral_norm_apply_group_backward")(_fake_apply_group_backward_cuda)
     _OPS.update(power_iteration=torch.ops.fastgan.spectral_norm_power_iteration_.default,
                 apply=torch.ops.fastgan.spectral_norm_apply.default,
                 group_step=torch.ops.fastgan.spectral_norm_group_step.default)
@@ -228,7 +242,8 @@ def cuda_kernels_registered() -> bool:
         return False
     has = torch._C._dispatch_has_kernel_for_dispatch_key
     return all(has("fastgan::" + name, "CUDA")
-               for name in ("spectral_norm_power_iteration_", "spectral_norm_apply", "spectral_norm_apply_backward"))
+               for name in ("spectral_norm_power_iteration_", "spectral_norm_apply", "spectral_norm_apply_backward",
+                            "spectral_norm_apply_group", "spectral_norm_apply_group_backward"))
 
 
 def power_iteration(weight_mats: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],

@@ -127,28 +127,55 @@ int emu_spectral_norm_power_iteration(int64_t num_layers, void* const* ptrs, con
     L.u_dtype = static_cast<DType>(q[7]);
     L.v_dtype = static_cast<DType>(q[8]);
   }
-  const SnPlan plan = spectral_norm_power_iteration_plan(layers.data(), num_layers);
-  std::vector<float> ws = nan_workspace(plan.workspace);
-  return spectral_norm_power_iteration(layers.data(), plan, ws.data(), n_power_iterations, eps, hook_order != 0,
+  std::vector<float> ws = nan_workspace(spectral_norm_power_iteration_workspace(layers.data(), num_layers));
+  return spectral_norm_power_iteration(layers.data(), num_layers, ws.data(), n_power_iterations, eps, hook_order != 0,
                                        nullptr);
 }
 
 int emu_spectral_norm_apply(const void* w, int64_t rows, int64_t cols, int64_t stride_r, int64_t stride_c, int dtype,
                             const float* sigma, void* out) {
-  const SnMatrix m{w, rows, cols, stride_r, stride_c, static_cast<DType>(dtype)};
-  return spectral_norm_apply(m, sigma, out, nullptr);
+  SnApplyLayer L{};
+  L.w = SnMatrix{w, rows, cols, stride_r, stride_c, static_cast<DType>(dtype)};
+  L.sigma = sigma;
+  L.out = out;
+  return spectral_norm_apply(&L, 1, nullptr);
 }
 
 // mats: grad and w (same dtype, each with its strides); vecs: u and v.
 int emu_spectral_norm_apply_backward(const void* g, const void* w, int64_t rows, int64_t cols, const int64_t* strides,
                                      int dtype, const void* u, int64_t stride_u, int u_dtype, const void* v,
                                      int64_t stride_v, int v_dtype, const float* sigma, void* out) {
-  const SnMatrix gm{g, rows, cols, strides[0], strides[1], static_cast<DType>(dtype)};
-  const SnMatrix wm{w, rows, cols, strides[2], strides[3], static_cast<DType>(dtype)};
-  const SnVector uu{u, rows, stride_u, static_cast<DType>(u_dtype)};
-  const SnVector vv{v, cols, stride_v, static_cast<DType>(v_dtype)};
-  std::vector<float> ws = nan_workspace(spectral_norm_apply_backward_workspace(rows, cols));
-  return spectral_norm_apply_backward(gm, wm, uu, vv, sigma, ws.data(), out, nullptr);
+  SnApplyLayer L{};
+  L.g = SnMatrix{g, rows, cols, strides[0], strides[1], static_cast<DType>(dtype)};
+  L.w = SnMatrix{w, rows, cols, strides[2], strides[3], static_cast<DType>(dtype)};
+  L.u = SnVector{u, rows, stride_u, static_cast<DType>(u_dtype)};
+  L.v = SnVector{v, cols, stride_v, static_cast<DType>(v_dtype)};
+  L.sigma = sigma;
+  L.out = out;
+  std::vector<float> ws = nan_workspace(spectral_norm_apply_backward_workspace(&L, 1));
+  return spectral_norm_apply_backward(&L, 1, ws.data(), nullptr);
+}
+
+// The multi-tensor apply (backward != 0: its backward) of num_layers layers of one dtype. Layer i:
+// ptrs[6 i ..] = w, g, u, v, sigma, out; ints[10 i ..] = rows, cols, w stride_r, stride_c, g stride_r,
+// stride_c, u stride, v stride, u dtype, v dtype (g, u, v: backward only).
+int emu_spectral_norm_apply_group(int64_t num_layers, void* const* ptrs, const int64_t* ints, int dtype, int backward) {
+  std::vector<SnApplyLayer> layers(static_cast<size_t>(num_layers));
+  const DType t = static_cast<DType>(dtype);
+  for (int64_t i = 0; i < num_layers; ++i) {
+    SnApplyLayer& L = layers[static_cast<size_t>(i)];
+    void* const* p = ptrs + 6 * i;
+    const int64_t* q = ints + 10 * i;
+    L.w = SnMatrix{p[0], q[0], q[1], q[2], q[3], t};
+    L.g = SnMatrix{p[1], q[0], q[1], q[4], q[5], t};
+    L.u = SnVector{p[2], q[0], q[6], static_cast<DType>(q[8])};
+    L.v = SnVector{p[3], q[1], q[7], static_cast<DType>(q[9])};
+    L.sigma = static_cast<const float*>(p[4]);
+    L.out = p[5];
+  }
+  if (!backward) return spectral_norm_apply(layers.data(), num_layers, nullptr);
+  std::vector<float> ws = nan_workspace(spectral_norm_apply_backward_workspace(layers.data(), num_layers));
+  return spectral_norm_apply_backward(layers.data(), num_layers, ws.data(), nullptr);
 }
 
 }  // extern "C"

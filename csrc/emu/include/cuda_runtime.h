@@ -22,6 +22,7 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
 #define __constant__ static
+#define __grid_constant__
 #define __restrict__ __restrict
 
 struct uint3 {
