@@ -50,6 +50,18 @@ def float64_backends():
     return ["cpu"] if torch.cuda.is_available() else ["cpu", "triton"]
 
 
+def gradcheck(fn, inputs, backend: str, **kwargs) -> bool:
+    """torch.autograd.gradcheck of a kernel backend's op. On Triton's CPU interpreter it runs in fast
+    mode (one random projection u^T J v per input, checked against finite differences in the same
+    direction, instead of every Jacobian entry): the interpreter pays for every kernel launch, and the
+    full check took 20-54 s per case there. A wrong Jacobian entry still fails fast mode (it changes
+    u^T J v for all but a measure-zero set of random directions), and the same kernels' gradients are
+    compared element by element with the float64 reference's in the value-and-gradient tests.
+    Tolerances are gradcheck's, the same in both modes."""
+    fast = backend == "triton" and not torch.cuda.is_available()
+    return torch.autograd.gradcheck(fn, inputs, fast_mode=fast, **kwargs)
+
+
 def backend_device(backend: str) -> torch.device:
     if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
         return torch.device("cuda")
