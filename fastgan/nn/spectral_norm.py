@@ -314,12 +314,7 @@ class SpectralNormGroup:
                 self._gpu_step(items, n, eps, triton=False)
                 continue
             if backend in ("cpu", "cuda") and ops.ensure_cxx():
-                # One C++ call for the whole step: power iteration on copies of u, v and every W / sigma.
-                outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in items], [u for _, _, u, _ in items],
-                                                      [v for _, _, _, v in items], [h.dim for h, _, _, _ in items],
-                                                      n, eps, "hook")
-                for (hook, weight, u, v), out, u_new, v_new, sigma in zip(items, outs, us, vs, sigmas):
-                    hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend, out)
+                self._cxx_step(items, n, eps, backend)
                 continue
             if backend == "triton":
                 self._gpu_step(items, n, eps, triton=True)
@@ -330,6 +325,16 @@ class SpectralNormGroup:
             sigmas = ops.power_iteration(mats, us, vs, n, eps, "hook", backend)
             for (hook, weight, u, v), u_new, v_new, sigma in zip(items, us, vs, sigmas):
                 hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend)
+
+    @staticmethod
+    def _cxx_step(items, n, eps, backend) -> None:
+        """One C++ call for the whole step (fastgan::spectral_norm_group_step): power iteration on
+        copies of u, v and every W / sigma, each with its fused backward."""
+        outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in items], [u for _, _, u, _ in items],
+                                              [v for _, _, _, v in items], [h.dim for h, _, _, _ in items],
+                                              n, eps, "hook")
+        for (hook, weight, u, v), out, u_new, v_new, sigma in zip(items, outs, us, vs, sigmas):
+            hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend, out)
 
     @staticmethod
     def _gpu_step(items, n, eps, triton) -> None:
@@ -344,11 +349,7 @@ class SpectralNormGroup:
             by_dtype.setdefault((item[1].dtype, item[2].dtype, item[3].dtype), []).append(item)
         for (w_dtype, u_dtype, v_dtype), part in by_dtype.items():
             if not triton and w_dtype == torch.float64:
-                outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in part], [u for _, _, u, _ in part],
-                                                      [v for _, _, _, v in part], [h.dim for h, _, _, _ in part],
-                                                      n, eps, "hook")
-                for (hook, weight, u, v), out, u_new, v_new, sigma in zip(part, outs, us, vs, sigmas):
-                    hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend, out)
+                SpectralNormGroup._cxx_step(part, n, eps, backend)
                 continue
             k = len(part)
             copies = ([u for _, _, u, _ in part] + [v for _, _, _, v in part] if u_dtype == v_dtype else None)
