@@ -56,8 +56,9 @@ TORCH_LIBRARY(fastgan, m) {
       " bool normalize, float eps, bool exclude_self, int self_offset, int[] predicates, bool columns)"
       " -> (Tensor grad_a, Tensor grad_b, Tensor grad_extra)");
 
-  // ---- a whole loss on the CPU: kind "2c" | "d2d" | "ntxent" (stacked views) | "supcon", reduction
-  // "mean" | "sum" | "none"; proxy for 2c / d2d, labels (int64) except for ntxent; m_p: D2D's margin.
+  // ---- a whole loss on the CPU: kind "2c" | "d2d" | "ntxent" (stacked views) | "supcon" | "clip", reduction
+  // "mean" | "sum" | "none"; proxy for 2c / d2d / clip (CLIP's b), labels (int64) except for ntxent and clip;
+  // m_p: D2D's margin; eps: the norm clamp (CLIP: sqrt of its eps on the squared norm).
   // Besides the loss, what the backward reads (csrc/cpu/contrastive_loss.cpp). One C++ autograd node.
   m.def(
       "contrastive_loss(Tensor x, Tensor? proxy, Tensor? labels, str kind, float temperature, float m_p, float eps,"

@@ -1,4 +1,4 @@
-"""fastgan::contrastive_loss, the CPU backend's whole-loss op (2C, D2D-CE, NT-Xent stacked, SupCon):
+"""fastgan::contrastive_loss, the CPU backend's whole-loss op (2C, D2D-CE, NT-Xent stacked, SupCon, CLIP):
 values and gradients of the public functions against the float64 reference at odd sizes, N = 1 (2)
 and every reduction; that the public functions take the op; opcheck; torch.compile(fullgraph=True)."""
 import pytest
@@ -9,13 +9,13 @@ from fastgan import reference as R
 
 from conftest import GRAD_FLOOR, TOL, rel_err
 
-KINDS = ["2c", "d2d", "ntxent", "supcon"]
+KINDS = ["2c", "d2d", "ntxent", "supcon", "clip"]
 
 
 def _inputs(kind, n, d, gen, dtype=torch.float64, classes=3):
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    proxy = torch.randn(n, d, generator=gen, dtype=torch.float64) if kind in ("2c", "d2d") else None
-    labels = torch.randint(0, classes, (n,), generator=gen) if kind != "ntxent" else None
+    proxy = torch.randn(n, d, generator=gen, dtype=torch.float64) if kind in ("2c", "d2d", "clip") else None
+    labels = torch.randint(0, classes, (n,), generator=gen) if kind not in ("ntxent", "clip") else None
     return x.to(dtype), (proxy.to(dtype) if proxy is not None else None), labels
 
 
@@ -26,6 +26,8 @@ def _loss(kind, module, x, proxy, labels, reduction, **kw):
         return module.data2data_cross_entropy_loss(x, proxy, labels, 0.5, 0.98, reduction=reduction, **kw)
     if kind == "ntxent":
         return module.nt_xent_loss(x, 0.5, reduction=reduction, **kw)
+    if kind == "clip":  # proxy: b. t = 0.5: at N = 1 the gradient vanishes, its float32 rounding scales with 1 / t
+        return module.symmetric_infonce_loss(x, proxy, 0.5, reduction=reduction, **kw)
     return module.supcon_loss(x, labels, 0.1, reduction=reduction, **kw)
 
 
@@ -96,7 +98,7 @@ def test_opcheck(kind, gen):
         torch.library.opcheck(torch.ops.fastgan.contrastive_loss.default, _op_args(kind, gen, reduction, budget))
 
 
-@pytest.mark.parametrize("kind", ["2c", "supcon"])
+@pytest.mark.parametrize("kind", ["2c", "supcon", "clip"])
 def test_compile_fullgraph(kind, gen):
     x, proxy, labels = _inputs(kind, 10, 6, gen, torch.float32)
     x.requires_grad_()
@@ -107,3 +109,21 @@ def test_compile_fullgraph(kind, gen):
     want = _loss(kind, F, x2, proxy, labels, "mean", backend="cpu")
     (g2,) = torch.autograd.grad(want, [x2])
     assert torch.equal(out, want) and torch.equal(g, g2)
+
+
+def test_clip_zero_rows(gen):
+    # Zero rows of a and b: the norm clamp (CLIP's eps is on the squared norm; the op takes its
+    # sqrt), a zero logit row and column.
+    a, b, _ = _inputs("clip", 9, 7, gen, torch.float32)
+    a[2], b[5] = 0, 0
+    a.requires_grad_(), b.requires_grad_()
+    for reduction in ("mean", "none"):
+        out = F.symmetric_infonce_loss(a, b, 0.1, reduction=reduction, backend="cpu")
+        w = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        grads = torch.autograd.grad((out.double() * w).sum(), [a, b])
+        refs = [t.detach().double().requires_grad_() for t in (a, b)]
+        r = R.symmetric_infonce_loss(*refs, 0.1, reduction=reduction)
+        rgrads = torch.autograd.grad((r * w).sum(), refs)
+        assert rel_err(out, r) < TOL[torch.float32], (out, r)
+        for g, rg in zip(grads, rgrads):
+            assert rel_err(g, rg, GRAD_FLOOR) < TOL[torch.float32], (g, rg)

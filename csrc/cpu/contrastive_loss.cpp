@@ -1,5 +1,5 @@
-// CPU kernels of fastgan::contrastive_loss / _backward: 2C, D2D-CE, NT-Xent (stacked two views) and
-// SupCon as one op each way. At N = 64 the N x N work is ~12 MFLOP and the cost is per-call
+// CPU kernels of fastgan::contrastive_loss / _backward: 2C, D2D-CE, NT-Xent (stacked two views),
+// SupCon and CLIP (symmetric InfoNCE of x = a against proxy = b) as one op each way. At N = 64 the N x N work is ~12 MFLOP and the cost is per-call
 // overhead: the composition of pair_cosine + contrastive_lse_budget + about ten ATen ops with one
 // autograd node each (lse[:, 0] - lse[:, 1], where, logaddexp, relu, mean, ...). Here the same kernels run
 // from C++ and the combination and its gradient are written out, behind one C++ autograd node
@@ -7,8 +7,9 @@
 // compositions in fastgan/functional/contrastive.py (kept for the other backends and process groups).
 // Outputs besides the loss are what the backward reads: lse and rowmax (the LSE kernel's), scores
 // (its kept scores), pos (2C: p_i / t, the kernel's extra; D2D: cos(e_i, p_i); NT-Xent: the N / 2
-// cosines of the two views' pairs; SupCon: the same-class cosine sums) and n_pos (SupCon: |P(i)|,
-// int64; else empty).
+// cosines of the two views' pairs; SupCon: the same-class cosine sums; CLIP: cos(a_i, b_i)) and n_pos
+// (SupCon: |P(i)|, int64; else empty). CLIP's lse is (2N, 1): the rows' then the columns' (one sweep,
+// contrastive_lse_budget with columns), and its eps is the norm clamp (the caller's sqrt(eps)).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -27,7 +28,7 @@ using OptT = std::optional<at::Tensor>;
 using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 constexpr int64_t PRED_ALL = 0, PRED_SAME = 1, PRED_DIFF = 2;  // fastgan/reference/contrastive.py
 
-enum class Kind { C2, D2D, NTXent, SupCon };
+enum class Kind { C2, D2D, NTXent, SupCon, CLIP };
 enum class Reduction { Mean, Sum, None };
 
 Kind parse_kind(c10::string_view kind) {
@@ -35,7 +36,8 @@ Kind parse_kind(c10::string_view kind) {
   if (kind == "d2d") return Kind::D2D;
   if (kind == "ntxent") return Kind::NTXent;
   if (kind == "supcon") return Kind::SupCon;
-  TORCH_CHECK(false, "contrastive_loss: kind must be one of 2c, d2d, ntxent, supcon, got ", kind);
+  if (kind == "clip") return Kind::CLIP;
+  TORCH_CHECK(false, "contrastive_loss: kind must be one of 2c, d2d, ntxent, supcon, clip, got ", kind);
 }
 
 Reduction parse_reduction(c10::string_view r) {
@@ -45,16 +47,18 @@ Reduction parse_reduction(c10::string_view r) {
   TORCH_CHECK(false, "contrastive_loss: reduction must be one of mean, sum, none, got ", r);
 }
 
-Tensor3 lse_op(const at::Tensor& a, const OptT& la, const OptT& extra, double scale, double bias, bool relu,
-               double eps, at::IntArrayRef preds, int64_t budget) {
+// b = None (self-similarity, self excluded) but for CLIP: b = proxy, nothing excluded, columns too.
+Tensor3 lse_op(const at::Tensor& a, const OptT& b, const OptT& la, const OptT& extra, double scale, double bias,
+               bool relu, double eps, at::IntArrayRef preds, int64_t budget) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastgan::contrastive_lse_budget", "")
                        .typed<Tensor3(const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&, double,
                                       double, bool, bool, double, bool, int64_t, at::IntArrayRef, bool, int64_t)>();
-  return op.call(a, std::nullopt, la, la, extra, scale, bias, relu, true, eps, true, 0, preds, false, budget);
+  const bool both = b.has_value();
+  return op.call(a, b, la, la, extra, scale, bias, relu, true, eps, !both, 0, preds, both, budget);
 }
 
-Tensor3 lse_backward_op(const at::Tensor& g, const at::Tensor& a, const OptT& la, const OptT& extra,
+Tensor3 lse_backward_op(const at::Tensor& g, const at::Tensor& a, const OptT& b, const OptT& la, const OptT& extra,
                         const at::Tensor& lse, const at::Tensor& scores, double scale, double bias, bool relu,
                         double eps, at::IntArrayRef preds) {
   static auto op = c10::Dispatcher::singleton()
@@ -62,7 +66,8 @@ Tensor3 lse_backward_op(const at::Tensor& g, const at::Tensor& a, const OptT& la
                        .typed<Tensor3(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&,
                                       const OptT&, const at::Tensor&, const at::Tensor&, double, double, bool, bool,
                                       double, bool, int64_t, at::IntArrayRef, bool)>();
-  return op.call(g, a, std::nullopt, la, la, extra, lse, scores, scale, bias, relu, true, eps, true, 0, preds, false);
+  const bool both = b.has_value();
+  return op.call(g, a, b, la, la, extra, lse, scores, scale, bias, relu, true, eps, !both, 0, preds, both);
 }
 
 at::Tensor pair_op(const at::Tensor& x, const at::Tensor& y, double eps) {
@@ -99,7 +104,7 @@ LseArgs lse_args(Kind kind, double t, double m_p) {
 // Per-row combination and its gradient as plain loops over N (one pass each way instead of about
 // ten ATen ops, each with its own dispatch and allocation). Inputs are contiguous, of the compute
 // dtype T. pos: 2C none (its positive is the kernel's extra), D2D c_i = cos(e_i, p_i), NT-Xent the
-// halves' cosines (N / 2), SupCon the same-class cosine sums.
+// halves' cosines (N / 2), SupCon the same-class cosine sums, CLIP c_i = cos(a_i, b_i).
 template <typename T>
 inline T logaddexp(T a, T b) {  // torch.logaddexp's value, -inf in one argument included
   if (std::isinf(a) && a < 0) return b;
@@ -128,6 +133,11 @@ void per_row(Kind kind, int64_t n, int64_t k, const T* lse, const T* rowmax, con
       case Kind::SupCon:
         per[i] = n_pos[i] > 0 ? l0 - pos[i] / (static_cast<T>(n_pos[i]) * static_cast<T>(t)) : T(0);
         break;
+      case Kind::CLIP: {  // (row LSE - diag) + (column LSE - diag), diag = c_i / t
+        const T diag = pos[i] / static_cast<T>(t);
+        per[i] = (l0 - diag) + (lse[(n + i) * k] - diag);
+        break;
+      }
     }
   }
 }
@@ -158,6 +168,11 @@ void per_row_backward(Kind kind, int64_t n, int64_t k, const T* g, const T* lse,
         grad_lse[i] = n_pos[i] > 0 ? g[i] : T(0);
         grad_pos[i] = n_pos[i] > 0 ? -g[i] / (static_cast<T>(n_pos[i]) * tt) : T(0);
         break;
+      case Kind::CLIP:
+        grad_lse[i] = g[i];
+        grad_lse[n + i] = g[i];
+        grad_pos[i] = -2 * g[i] / tt;
+        break;
     }
   }
 }
@@ -184,9 +199,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const Kind kind = parse_kind(kind_name);
   const Reduction reduction = parse_reduction(reduction_name);
   TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, "contrastive_loss: x must be a non-empty 2-D tensor, got ", x.sizes());
-  TORCH_CHECK((kind == Kind::C2 || kind == Kind::D2D) == proxy.has_value(),
-              "contrastive_loss: proxy is required by 2c and d2d only");
-  TORCH_CHECK((kind != Kind::NTXent) == labels.has_value(), "contrastive_loss: labels are required except by ntxent");
+  TORCH_CHECK((kind == Kind::C2 || kind == Kind::D2D || kind == Kind::CLIP) == proxy.has_value(),
+              "contrastive_loss: proxy is required by 2c, d2d and clip only");
+  TORCH_CHECK((kind != Kind::NTXent && kind != Kind::CLIP) == labels.has_value(),
+              "contrastive_loss: labels are required except by ntxent and clip");
+  TORCH_CHECK(kind != Kind::CLIP || proxy->sizes() == x.sizes(), "contrastive_loss: clip needs proxy of x's shape ",
+              x.sizes(), ", got ", proxy->sizes());
   TORCH_CHECK(kind != Kind::NTXent || x.size(0) % 2 == 0, "contrastive_loss: ntxent needs an even number of rows");
   const int64_t n = x.size(0), h = n / 2;
   const LseArgs la = lse_args(kind, t, m_p);
@@ -195,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (kind == Kind::C2) {
     pos = pair_op(x, *proxy, eps).div_(t);
     extra = pos;
-  } else if (kind == Kind::D2D) {
+  } else if (kind == Kind::D2D || kind == Kind::CLIP) {
     pos = pair_op(x, *proxy, eps);
   } else if (kind == Kind::NTXent) {
     pos = pair_op(x.narrow(0, 0, h), x.narrow(0, h, h), eps);  // row i's partner: (i + N/2) mod N
@@ -205,7 +223,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double)>();
     std::tie(pos, n_pos) = op.call(x, *labels, eps);
   }
-  auto [lse, rowmax, scores] = lse_op(x, labels, extra, la.scale, la.bias, la.relu, eps, la.preds, score_budget);
+  const OptT cols = kind == Kind::CLIP ? proxy : std::nullopt;
+  auto [lse, rowmax, scores] = lse_op(x, cols, labels, extra, la.scale, la.bias, la.relu, eps, la.preds, score_budget);
   lse = lse.contiguous();
   auto per = at::empty({n}, lse.options());
   auto empty = at::empty({0}, lse.options());
@@ -245,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
     if (reduction == Reduction::Mean) s /= mean_count(kind, n, n_pos);
     g = at::full({n}, s, lse.options());
   }
-  auto grad_lse = at::empty({n, k}, lse.options());
+  auto grad_lse = at::empty({lse.size(0), k}, lse.options());  // CLIP: 2N rows
   auto grad_pos = at::empty({kind == Kind::NTXent ? h : n}, lse.options());
   AT_DISPATCH_FLOATING_TYPES(lse.scalar_type(), "contrastive_loss_backward_cpu", [&] {
     per_row_backward<scalar_t>(kind, n, k, g.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
@@ -255,9 +274,9 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
   });
   OptT extra;
   if (kind == Kind::C2) extra = pos;
-  auto [grad_x, unused_b, grad_extra] =
-      lse_backward_op(grad_lse, x, labels, extra, lse, scores, la.scale, la.bias, la.relu, eps, la.preds);
-  (void)unused_b;
+  const OptT cols = kind == Kind::CLIP ? proxy : std::nullopt;
+  auto [grad_x, grad_b, grad_extra] =
+      lse_backward_op(grad_lse, x, cols, labels, extra, lse, scores, la.scale, la.bias, la.relu, eps, la.preds);
   at::Tensor grad_proxy;
   switch (kind) {
     case Kind::C2:
@@ -275,6 +294,12 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
       break;
     }
     case Kind::SupCon: grad_x.add_(same_class_op_backward(grad_pos, x, *labels, eps)); break;
+    case Kind::CLIP: {
+      auto [gx, gp] = pair_backward_op(grad_pos, x, *proxy, eps);
+      grad_x.add_(gx);
+      grad_proxy = grad_b.add_(gp);
+      break;
+    }
   }
   return {grad_x, grad_proxy.defined() ? grad_proxy : at::empty({0}, x.options())};
 }

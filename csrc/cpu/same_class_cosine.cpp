@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "cpu/common.h"
+#include "cpu/vec_math.h"
 
 #include <algorithm>
 #include <numeric>
@@ -46,10 +47,8 @@ template <typename T>
 void normalized(const T* x, T* xh, T* inv, T* nrm, int64_t n, int64_t d, T eps) {
   at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      T ss = 0;
       const T* xr = x + i * d;
-      for (int64_t k = 0; k < d; ++k) ss += xr[k] * xr[k];
-      nrm[i] = std::sqrt(ss);
+      nrm[i] = std::sqrt(vec::dot(xr, xr, d));
       inv[i] = T(1) / std::max(nrm[i], eps);
       for (int64_t k = 0; k < d; ++k) xh[i * d + k] = xr[k] * inv[i];
     }
@@ -77,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> same_class_cosine_sum_cpu(const at::Tensor& x
     T* p = pos.data_ptr<T>();
     const int64_t segs = static_cast<int64_t>(starts.size()) - 1;
     at::parallel_for(0, segs, 1, [&](int64_t s0, int64_t s1) {
-      std::vector<T> c(d);
+      std::vector<T> c(d), w(d);
       for (int64_t s = s0; s < s1; ++s) {
         std::fill(c.begin(), c.end(), T(0));
         for (int64_t k = starts[s]; k < starts[s + 1]; ++k) {
@@ -87,9 +86,8 @@ std::tuple<at::Tensor, at::Tensor> same_class_cosine_sum_cpu(const at::Tensor& x
         for (int64_t k = starts[s]; k < starts[s + 1]; ++k) {
           const int64_t i = order[k];
           const T* hr = h + i * d;
-          T acc = 0;
-          for (int64_t q = 0; q < d; ++q) acc += hr[q] * (c[q] - hr[q]);
-          p[i] = acc;
+          for (int64_t q = 0; q < d; ++q) w[q] = c[q] - hr[q];  // the class sum without i, then one dot
+          p[i] = vec::dot(hr, w.data(), d);
           np[i] = starts[s + 1] - starts[s] - 1;
         }
       }
@@ -137,12 +135,8 @@ at::Tensor same_class_cosine_sum_backward_cpu(const at::Tensor& grad, const at::
           const int64_t j = order[k];
           const T* hr = h + j * d;
           // U = inv_j dx^_j, then dx_j = U - [||x_j|| > eps] x^_j (x^_j . U) (common.h's rows).
-          T proj = 0;
-          for (int64_t q = 0; q < d; ++q) {
-            u[q] = inv[j] * (gp[j] * (c[q] - 2 * hr[q]) + gc[q]);
-            proj += hr[q] * u[q];
-          }
-          if (!(nrm[j] > e)) proj = 0;
+          for (int64_t q = 0; q < d; ++q) u[q] = inv[j] * (gp[j] * (c[q] - 2 * hr[q]) + gc[q]);
+          const T proj = nrm[j] > e ? vec::dot(hr, u.data(), d) : T(0);
           T* o = out + j * d;
           for (int64_t q = 0; q < d; ++q) o[q] = u[q] - hr[q] * proj;
         }

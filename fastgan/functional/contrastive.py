@@ -436,7 +436,7 @@ def symmetric_infonce_loss(
     """CLIP-style symmetric InfoNCE, docs/semantics.md section 5: CE(logits, arange) + CE(logits^T, arange), the two
     means summed, logits = nrm(a) nrm(b)^T / t with nrm(x) = x * rsqrt(max(sum x^2, eps)) (XMC-GAN).
     Rows and columns come from one call of the fused kernel (two with a process group); the diagonal
-    is plain autograd."""
+    is plain autograd. On the "cpu" backend without a process group the whole loss is one op each way."""
     _features(a, "a")
     C.check_nonempty(a, "a")
     _features(b, "b", a.shape[0])
@@ -448,9 +448,11 @@ def symmetric_infonce_loss(
     if be == "reference" and process_group is None:
         return ref.symmetric_infonce_loss(a, b, t, eps, reduction)
     a, b = C.promote(a, b)  # each kernel call reads both
+    norm_eps = math.sqrt(eps)  # rsqrt(max(|x|^2, eps)) == 1 / max(|x|, sqrt(eps))
+    if _whole_loss_op(be, a, process_group):
+        return contrastive_loss(a, b, None, "clip", t, 0.0, norm_eps, reduction)
     b_all, _, layout, group = _columns(b, None, process_group, gradient)
     a_all = D.gather(a, group, layout)[0] if layout else a
-    norm_eps = math.sqrt(eps)  # rsqrt(max(|x|^2, eps)) == 1 / max(|x|, sqrt(eps))
     diag = _positive_logit(a, b, norm_eps, t, be)
     if _fused_mean(layout, reduction, be):
         # The two directions' (N, 1) LSEs straight into one combine: no selects, no ATen arithmetic.

@@ -1,4 +1,4 @@
-"""contrastive_loss: 2C, D2D-CE, NT-Xent (stacked two views) and SupCon as one CPU op each way.
+"""contrastive_loss: 2C, D2D-CE, NT-Xent (stacked two views), SupCon and CLIP as one CPU op each way.
 
 Registered op: torch.ops.fastgan.contrastive_loss / _backward, C++ schema (csrc/fastgan.cpp), CPU
 kernels (csrc/cpu/contrastive_loss.cpp), C++ autograd (csrc/ops/contrastive_autograd.cpp); fakes here.
@@ -14,13 +14,14 @@ from ._registry import ensure_cxx, on_extension_loaded
 from .contrastive_lse import _budget_for, _fake_budget_forward, _lse_dtype
 
 # The LSE predicates each kind asks of the kernel (csrc/cpu/contrastive_loss.cpp:lse_args).
-_N_PREDICATES = {"2c": 2, "d2d": 1, "ntxent": 1, "supcon": 1}
+_N_PREDICATES = {"2c": 2, "d2d": 1, "ntxent": 1, "supcon": 1, "clip": 1}
 
 
 def _fake_forward(x, proxy, labels, kind, temperature, m_p, eps, reduction, score_budget):
     n, ct = x.shape[0], _lse_dtype(x)
-    lse, rowmax, scores = _fake_budget_forward(x, None, labels, labels, None, 1.0, 0.0, False, True, eps, True, 0,
-                                               [0] * _N_PREDICATES[kind], False, score_budget)
+    clip = kind == "clip"  # a = x against b = proxy, rows and columns: lse (2N, 1)
+    lse, rowmax, scores = _fake_budget_forward(x, proxy if clip else None, labels, labels, None, 1.0, 0.0, False, True,
+                                               eps, not clip, 0, [0] * _N_PREDICATES[kind], clip, score_budget)
     loss = x.new_empty((n,) if reduction == "none" else (), dtype=ct)
     pos = x.new_empty((n // 2,) if kind == "ntxent" else (n,), dtype=ct)
     n_pos = x.new_empty((n,) if kind == "supcon" else (0,), dtype=torch.int64)
@@ -38,8 +39,9 @@ def _register_cxx():
 
 
 def contrastive_loss(x, proxy, labels, kind: str, temperature: float, m_p: float, eps: float, reduction: str):
-    """The loss `kind` ("2c", "d2d", "ntxent", "supcon") of CPU tensors, arguments validated by the
-    public function: x (N, D) (ntxent: the two views stacked), proxy (2c, d2d), int64 labels (not ntxent)."""
+    """The loss `kind` ("2c", "d2d", "ntxent", "supcon", "clip") of CPU tensors, arguments validated by the
+    public function: x (N, D) (ntxent: the two views stacked), proxy (2c, d2d; clip: b, x's shape and dtype),
+    int64 labels (not ntxent, clip). eps is the norm clamp (clip: the sqrt of its eps on the squared norm)."""
     ensure_cxx()
     return torch.ops.fastgan.contrastive_loss.default(x, proxy, labels, kind, temperature, m_p, eps, reduction,
                                                        _budget_for(x))[0]
