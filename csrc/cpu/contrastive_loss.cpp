@@ -16,6 +16,8 @@
 
 #include <ATen/Dispatch.h>
 
+#include "ops/contrastive_calls.h"
+
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -50,40 +52,17 @@ Reduction parse_reduction(c10::string_view r) {
 // b = None (self-similarity, self excluded) but for CLIP: b = proxy, nothing excluded, columns too.
 Tensor3 lse_op(const at::Tensor& a, const OptT& b, const OptT& la, const OptT& extra, double scale, double bias,
                bool relu, double eps, at::IntArrayRef preds, int64_t budget) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::contrastive_lse_budget", "")
-                       .typed<Tensor3(const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&, double,
-                                      double, bool, bool, double, bool, int64_t, at::IntArrayRef, bool, int64_t)>();
   const bool both = b.has_value();
-  return op.call(a, b, la, la, extra, scale, bias, relu, true, eps, !both, 0, preds, both, budget);
+  return calls::contrastive_lse_budget(a, b, la, la, extra, scale, bias, relu, true, eps, !both, 0, preds, both,
+                                       budget);
 }
 
 Tensor3 lse_backward_op(const at::Tensor& g, const at::Tensor& a, const OptT& b, const OptT& la, const OptT& extra,
                         const at::Tensor& lse, const at::Tensor& scores, double scale, double bias, bool relu,
                         double eps, at::IntArrayRef preds) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::contrastive_lse_budget_backward", "")
-                       .typed<Tensor3(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&,
-                                      const OptT&, const at::Tensor&, const at::Tensor&, double, double, bool, bool,
-                                      double, bool, int64_t, at::IntArrayRef, bool)>();
   const bool both = b.has_value();
-  return op.call(g, a, b, la, la, extra, lse, scores, scale, bias, relu, true, eps, !both, 0, preds, both);
-}
-
-at::Tensor pair_op(const at::Tensor& x, const at::Tensor& y, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::pair_cosine", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(x, y, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor> pair_backward_op(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y,
-                                                    double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::pair_cosine_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, double)>();
-  return op.call(g, x, y, eps);
+  return calls::contrastive_lse_budget_backward(g, a, b, la, la, extra, lse, scores, scale, bias, relu, true, eps,
+                                                !both, 0, preds, both);
 }
 
 // Each loss's LSE call: (scale, bias, relu, predicates) of z = scale s_ij + bias.
@@ -211,12 +190,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor pos, n_pos;
   OptT extra;
   if (kind == Kind::C2) {
-    pos = pair_op(x, *proxy, eps).div_(t);
+    pos = calls::pair_cosine(x, *proxy, eps).div_(t);
     extra = pos;
   } else if (kind == Kind::D2D || kind == Kind::CLIP) {
-    pos = pair_op(x, *proxy, eps);
+    pos = calls::pair_cosine(x, *proxy, eps);
   } else if (kind == Kind::NTXent) {
-    pos = pair_op(x.narrow(0, 0, h), x.narrow(0, h, h), eps);  // row i's partner: (i + N/2) mod N
+    pos = calls::pair_cosine(x.narrow(0, 0, h), x.narrow(0, h, h), eps);  // row i's partner: (i + N/2) mod N
   } else {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("fastgan::same_class_cosine_sum", "")
@@ -282,20 +261,20 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
     case Kind::C2:
     case Kind::D2D: {
       auto gc = kind == Kind::C2 ? grad_extra.div(t).contiguous() : grad_pos;  // 2C: extra = c / t
-      auto [gx, gp] = pair_backward_op(gc, x, *proxy, eps);
+      auto [gx, gp] = calls::pair_cosine_backward(gc, x, *proxy, eps);
       grad_x.add_(gx);
       grad_proxy = gp;
       break;
     }
     case Kind::NTXent: {
-      auto [g1, g2] = pair_backward_op(grad_pos, x.narrow(0, 0, h), x.narrow(0, h, h), eps);
+      auto [g1, g2] = calls::pair_cosine_backward(grad_pos, x.narrow(0, 0, h), x.narrow(0, h, h), eps);
       grad_x.narrow(0, 0, h).add_(g1);
       grad_x.narrow(0, h, h).add_(g2);
       break;
     }
     case Kind::SupCon: grad_x.add_(same_class_op_backward(grad_pos, x, *labels, eps)); break;
     case Kind::CLIP: {
-      auto [gx, gp] = pair_backward_op(grad_pos, x, *proxy, eps);
+      auto [gx, gp] = calls::pair_cosine_backward(grad_pos, x, *proxy, eps);
       grad_x.add_(gx);
       grad_proxy = grad_b.add_(gp);
       break;

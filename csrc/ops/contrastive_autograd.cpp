@@ -9,6 +9,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ops/contrastive_calls.h"
+
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,34 +25,6 @@ using OptT = std::optional<at::Tensor>;
 inline OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : std::nullopt; }
 inline at::Tensor undef(const OptT& t) { return t.has_value() ? *t : at::Tensor(); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_lse(const at::Tensor& a, const OptT& b, const OptT& la,
-                                                        const OptT& lb, const OptT& extra, double scale, double bias,
-                                                        bool relu, bool normalize, double eps, bool exclude_self,
-                                                        int64_t self_offset, at::IntArrayRef predicates, bool columns,
-                                                        int64_t score_budget) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::contrastive_lse_budget", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&, double, double, bool,
-                           bool, double, bool, int64_t, at::IntArrayRef, bool, int64_t)>();
-  return op.call(a, b, la, lb, extra, scale, bias, relu, normalize, eps, exclude_self, self_offset, predicates, columns,
-                 score_budget);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_lse_backward(
-    const at::Tensor& g, const at::Tensor& a, const OptT& b, const OptT& la, const OptT& lb, const OptT& extra,
-    const at::Tensor& lse, const at::Tensor& scores, double scale, double bias, bool relu, bool normalize, double eps,
-    bool exclude_self, int64_t self_offset, at::IntArrayRef predicates, bool columns) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::contrastive_lse_budget_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&,
-                           const at::Tensor&, const at::Tensor&, double, double, bool, bool, double, bool, int64_t,
-                           at::IntArrayRef, bool)>();
-  return op.call(g, a, b, la, lb, extra, lse, scores, scale, bias, relu, normalize, eps, exclude_self, self_offset,
-                 predicates, columns);
-}
-
 class ContrastiveLseBudget : public torch::autograd::Function<ContrastiveLseBudget> {
  public:
   static tensor_list forward(AutogradContext* ctx, const at::Tensor& a, const OptT& b, const OptT& la, const OptT& lb,
@@ -58,8 +32,9 @@ class ContrastiveLseBudget : public torch::autograd::Function<ContrastiveLseBudg
                              bool exclude_self, int64_t self_offset, at::IntArrayRef predicates, bool columns,
                              int64_t score_budget) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [lse, rowmax, scores] = call_lse(a, b, la, lb, extra, scale, bias, relu, normalize, eps, exclude_self,
-                                          self_offset, predicates, columns, score_budget);
+    auto [lse, rowmax, scores] = calls::contrastive_lse_budget(a, b, la, lb, extra, scale, bias, relu, normalize, eps,
+                                                               exclude_self, self_offset, predicates, columns,
+                                                               score_budget);
     ctx->mark_non_differentiable({rowmax, scores});  // rowmax: D2D-CE's detached shift
     ctx->save_for_backward({a, undef(b), undef(la), undef(lb), undef(extra), lse, scores});
     ctx->saved_data["scale"] = scale;
@@ -80,11 +55,10 @@ class ContrastiveLseBudget : public torch::autograd::Function<ContrastiveLseBudg
     if (!grads[0].defined()) return out;
     const auto& d = ctx->saved_data;
     const auto preds = d.at("predicates").toIntVector();
-    auto [ga, gb, ge] = call_lse_backward(grads[0].contiguous(), s[0], opt(s[1]), opt(s[2]), opt(s[3]), opt(s[4]), s[5],
-                                          s[6], d.at("scale").toDouble(), d.at("bias").toDouble(),
-                                          d.at("relu").toBool(), d.at("normalize").toBool(), d.at("eps").toDouble(),
-                                          d.at("exclude_self").toBool(), d.at("self_offset").toInt(), preds,
-                                          d.at("columns").toBool());
+    auto [ga, gb, ge] = calls::contrastive_lse_budget_backward(
+        grads[0].contiguous(), s[0], opt(s[1]), opt(s[2]), opt(s[3]), opt(s[4]), s[5], s[6], d.at("scale").toDouble(),
+        d.at("bias").toDouble(), d.at("relu").toBool(), d.at("normalize").toBool(), d.at("eps").toDouble(),
+        d.at("exclude_self").toBool(), d.at("self_offset").toInt(), preds, d.at("columns").toBool());
     out[0] = ga;
     if (s[1].defined()) out[1] = gb;  // b = None: the whole gradient is in ga
     if (s[4].defined()) out[4] = ge;
@@ -101,34 +75,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_autograd(
   return {r[0], r[1], r[2]};
 }
 
-at::Tensor call_pair(const at::Tensor& x, const at::Tensor& y, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::pair_cosine", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(x, y, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_pair_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y,
-                                                      double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::pair_cosine_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, double)>();
-  return op.call(g, x, y, eps);
-}
-
 class PairCosine : public torch::autograd::Function<PairCosine> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, double eps) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({x, y});
     ctx->saved_data["eps"] = eps;
-    return call_pair(x, y, eps);
+    return calls::pair_cosine(x, y, eps);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto s = ctx->get_saved_variables();
-    auto [gx, gy] = call_pair_backward(grads[0].contiguous(), s[0], s[1], ctx->saved_data["eps"].toDouble());
+    auto [gx, gy] = calls::pair_cosine_backward(grads[0].contiguous(), s[0], s[1], ctx->saved_data["eps"].toDouble());
     return {gx, gy, at::Tensor()};
   }
 };

@@ -1,0 +1,64 @@
+// Typed dispatcher calls of the contrastive kernels' ops, shared by the C++ autograd nodes
+// (contrastive_autograd.cpp) and the whole-loss op (cpu/contrastive_loss.cpp). Through the
+// dispatcher, not the CPU functions directly, so that fake and functional tensors (torch.compile,
+// opcheck) reach the registered fakes.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fastgan {
+namespace calls {
+
+using OptT = std::optional<at::Tensor>;
+using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// fastgan::contrastive_lse_budget: (lse, rowmax, kept scores).
+inline Tensor3 contrastive_lse_budget(const at::Tensor& a, const OptT& b, const OptT& la, const OptT& lb,
+                                      const OptT& extra, double scale, double bias, bool relu, bool normalize,
+                                      double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
+                                      bool columns, int64_t score_budget) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::contrastive_lse_budget", "")
+                       .typed<Tensor3(const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&, double,
+                                      double, bool, bool, double, bool, int64_t, at::IntArrayRef, bool, int64_t)>();
+  return op.call(a, b, la, lb, extra, scale, bias, relu, normalize, eps, exclude_self, self_offset, predicates, columns,
+                 score_budget);
+}
+
+// fastgan::contrastive_lse_budget_backward: (grad_a, grad_b, grad_extra).
+inline Tensor3 contrastive_lse_budget_backward(const at::Tensor& g, const at::Tensor& a, const OptT& b,
+                                               const OptT& la, const OptT& lb, const OptT& extra,
+                                               const at::Tensor& lse, const at::Tensor& scores, double scale,
+                                               double bias, bool relu, bool normalize, double eps, bool exclude_self,
+                                               int64_t self_offset, at::IntArrayRef predicates, bool columns) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::contrastive_lse_budget_backward", "")
+                       .typed<Tensor3(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&,
+                                      const OptT&, const at::Tensor&, const at::Tensor&, double, double, bool, bool,
+                                      double, bool, int64_t, at::IntArrayRef, bool)>();
+  return op.call(g, a, b, la, lb, extra, lse, scores, scale, bias, relu, normalize, eps, exclude_self, self_offset,
+                 predicates, columns);
+}
+
+// fastgan::pair_cosine: cos(x_i, y_i), each norm clamped at eps.
+inline at::Tensor pair_cosine(const at::Tensor& x, const at::Tensor& y, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::pair_cosine", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  return op.call(x, y, eps);
+}
+
+inline std::tuple<at::Tensor, at::Tensor> pair_cosine_backward(const at::Tensor& g, const at::Tensor& x,
+                                                               const at::Tensor& y, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::pair_cosine_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, double)>();
+  return op.call(g, x, y, eps);
+}
+
+}  // namespace calls
+}  // namespace fastgan
