@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include "cpu/gemm.h"
 
 #include <algorithm>
 #include <cmath>
@@ -44,11 +45,11 @@ void for_each_upper_pair(int64_t n, const F& pair) {
 
 // A A^T for a contiguous (n, d) a: symmetric, so from n >= 512 only the 256-row blocks on and above
 // the diagonal are multiplied (about half the flops of one product) and mirrored by a transposed
-// copy. Below that one product is cheaper than the extra calls.
+// copy. Below that one product (cpu/gemm.h: oneDNN where it runs) is cheaper than the extra calls.
 inline at::Tensor self_product(const at::Tensor& a_t) {
   const int64_t n = a_t.size(0);
   constexpr int64_t kSym = 256;
-  if (n < 2 * kSym) return at::mm(a_t, a_t.t());
+  if (n < 2 * kSym) return gemm(a_t, a_t.t());
   at::Tensor Z = at::empty({n, n}, a_t.options());
   for (int64_t i0 = 0; i0 < n; i0 += kSym) {
     const int64_t bi = std::min(kSym, n - i0);

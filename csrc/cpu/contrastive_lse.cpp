@@ -518,7 +518,7 @@ void cols_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, c
 template <typename T>
 at::Tensor all_logits(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
                       const Params& prm) {
-  at::Tensor Z = a_t.is_same(b_t) ? self_product(a_t) : at::mm(a_t, b_t.t());
+  at::Tensor Z = a_t.is_same(b_t) ? self_product(a_t) : gemm(a_t, b_t.t());
   const int64_t n = Z.size(0), m = Z.size(1);
   T* z = Z.data_ptr<T>();
   const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
@@ -633,7 +633,7 @@ inline double bounded_shift(const Params& prm) { return std::abs(prm.scale) + pr
 template <typename T>
 at::Tensor bounded_both_forward(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
                                 const Params& prm, T* lse, T* rowmax) {
-  at::Tensor E = a_t.is_same(b_t) ? self_product(a_t) : gemm(a_t, b_t.t());  // cpu/gemm.h: oneDNN where it runs
+  at::Tensor E = a_t.is_same(b_t) ? self_product(a_t) : gemm(a_t, b_t.t());
   const int64_t n = E.size(0), m = E.size(1);
   T* e = E.data_ptr<T>();
   const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
@@ -904,13 +904,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
       TORCH_CHECK(scores.scalar_type() == ct, "contrastive_lse_budget_backward: scores dtype mismatch");
       if (bounded_both(prm, columns, extra.has_value())) {
         at::Tensor G = bounded_both_gradient<T>(scores, in.inv_a, in.inv_b, prm, W, L);  // scores hold E
-        U = gemm(G, b_t);  // cpu/gemm.h: oneDNN where it runs
+        U = gemm(G, b_t);
         V = gemm(G.t(), a_t);
         if (b_is_a) U.add_(V);
         return;
       }
       if (bounded_self(prm, b_is_a, columns)) {
-        U = at::mm(bounded_self_gradient<T>(scores, in, prm, W, L), a_t);  // scores hold E
+        U = gemm(bounded_self_gradient<T>(scores, in, prm, W, L), a_t);  // scores hold E
         return;
       }
       if (b_is_a && !columns && self_offset == 0) {
@@ -918,17 +918,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
         // term at column i, i.e. the columns' term of score_gradient with the rows' own weights and
         // LSEs (z_ji = z_ij up to rounding): one pass forms G + G^T, one product.
         at::Tensor H = score_gradient<T>(scores, in, prm, W, L, W, L);
-        U = at::mm(H, a_t);
+        U = gemm(H, a_t);
         return;
       }
       at::Tensor G = score_gradient<T>(scores, in, prm, W, L, columns ? W + n * K : nullptr,
                                        columns ? L + n * K : nullptr);
       if (b_is_a) {
         symmetrize_<T>(G);  // dA = G A + G^T A = (G + G^T) A: one product
-        U = at::mm(G, a_t);
+        U = gemm(G, a_t);
       } else {
-        U = at::mm(G, b_t);
-        V = at::mm(G.t(), a_t);
+        U = gemm(G, b_t);
+        V = gemm(G.t(), a_t);
       }
     } else {
       U = at::zeros_like(a_t);

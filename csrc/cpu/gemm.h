@@ -1,9 +1,10 @@
-// Float32 matrix products of the CPU kernels through oneDNN (shipped inside libtorch_cpu) where it
-// runs, else at::mm. Why: at::mm sends float32 to MKL's sgemm, which on AMD CPUs takes its AVX2
-// path; oneDNN picks its kernels by ISA, so on an AVX-512 AMD EPYC the three 1024 x 768 x 1024
-// products of a CLIP step take 8 ms each instead of 18 ms (1 thread; within 1.1e-6 of float64,
-// as MKL's 4e-7: both float32 with float32 accumulation). oneDNN follows torch's float32 matmul
-// precision exactly as at::mm does (bf16 only under set_float32_matmul_precision("medium")).
+// Float32 matrix products of the CPU kernels (the kept-scores paths of contrastive_lse, the small
+// self product) through oneDNN (shipped inside libtorch_cpu) where it runs, else at::mm. Why: at::mm
+// sends float32 to MKL's sgemm, which on AMD CPUs takes its AVX2 path; oneDNN picks its kernels by
+// ISA, so on an AVX-512 AMD EPYC the three 1024 x 768 x 1024 products of a CLIP step take 8 ms each
+// instead of 18 ms, and a 64 x 512 x 64 product 31 us instead of 46 us (1 thread; within 1.1e-6 of
+// float64, as MKL's 4e-7: both float32 with float32 accumulation). oneDNN follows torch's float32
+// matmul precision exactly as at::mm does (bf16 only under set_float32_matmul_precision("medium")).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
@@ -23,14 +24,18 @@ TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tenso
 
 namespace fastgan {
 
-// a (n x k) @ b (k x m), each contiguous or a transposed contiguous view, into a new contiguous
+// Contiguous, or the transpose of a contiguous matrix: the layouts oneDNN takes without a copy.
+inline bool blas_layout(const at::Tensor& x) { return x.is_contiguous() || x.t().is_contiguous(); }
+
+// a (n x k) @ b (k x m) (any other layout goes to at::mm), into a new contiguous
 // (n x m) tensor. oneDNN refuses CPUs without AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT: the first
 // refusal is remembered and every later call goes to at::mm.
 inline at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
 #if AT_MKLDNN_ENABLED()
   static std::atomic<bool> usable{true};
   if (usable.load(std::memory_order_relaxed) && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
-      a.size(0) > 0 && a.size(1) > 0 && b.size(1) > 0 && at::globalContext().userEnabledMkldnn()) {
+      a.size(0) > 0 && a.size(1) > 0 && b.size(1) > 0 && blas_layout(a) && blas_layout(b) &&
+      at::globalContext().userEnabledMkldnn()) {
     at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
     try {
       at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
