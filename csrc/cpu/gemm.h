@@ -27,25 +27,38 @@ namespace fastgan {
 // Contiguous, or the transpose of a contiguous matrix: the layouts oneDNN takes without a copy.
 inline bool blas_layout(const at::Tensor& x) { return x.is_contiguous() || x.t().is_contiguous(); }
 
-// a (n x k) @ b (k x m) (any other layout goes to at::mm), into a new contiguous
-// (n x m) tensor. oneDNN refuses CPUs without AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT: the first
-// refusal is remembered and every later call goes to at::mm.
-inline at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+// out = beta * out + a @ b, beta 0 or 1, for a (n x k), b (k x m) and out (n x m). oneDNN takes
+// float32 operands that are contiguous or transposed-contiguous and a contiguous out; anything else
+// goes to at::mm_out / addmm_. oneDNN refuses CPUs without AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT
+// before it writes anything: the first refusal is remembered and every later call goes to ATen.
+// Inside an at::parallel_for task it runs on the calling thread, as MKL does there.
+inline void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
 #if AT_MKLDNN_ENABLED()
   static std::atomic<bool> usable{true};
   if (usable.load(std::memory_order_relaxed) && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
-      a.size(0) > 0 && a.size(1) > 0 && b.size(1) > 0 && blas_layout(a) && blas_layout(b) &&
-      at::globalContext().userEnabledMkldnn()) {
-    at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+      out.scalar_type() == at::kFloat && a.size(0) > 0 && a.size(1) > 0 && b.size(1) > 0 && blas_layout(a) &&
+      blas_layout(b) && out.is_contiguous() && at::globalContext().userEnabledMkldnn()) {
     try {
-      at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
-      return out;
+      at::native::mkldnn_matmul(a, b, out, beta, 1.0f);
+      return;
     } catch (const c10::Error&) {
       usable.store(false, std::memory_order_relaxed);
     }
   }
 #endif
-  return at::mm(a, b);
+  if (beta == 0.0f) {
+    at::Tensor o = out;
+    at::mm_out(o, a, b);
+  } else {
+    out.addmm_(a, b);
+  }
+}
+
+// a @ b into a new contiguous (n x m) tensor (gemm_out's paths).
+inline at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  gemm_out(out, a, b, 0.0f);
+  return out;
 }
 
 }  // namespace fastgan

@@ -87,7 +87,7 @@ inline void column_norms(const at::Tensor& lj, double eps, at::Tensor& inv_l, at
 template <typename T>
 void score_block(const Prep& p, const at::Tensor& lj, at::Tensor& z, bool normalize, double eps, at::Tensor& inv_l,
                  at::Tensor& norm_l) {
-  at::mm_out(z, p.mt, lj);
+  gemm_out(z, p.mt, lj, 0.0f);  // cpu/gemm.h: oneDNN where it runs
   const int64_t n = z.size(0), hw = z.size(1);
   T* zp = z.data_ptr<T>();
   const T* s = p.row_scale.data_ptr<T>();
@@ -268,13 +268,13 @@ void backward_impl(const at::Tensor& l, const Prep& p, bool normalize, double ep
         if (normalize) z.mul_(inv_l.unsqueeze(0));  // D = dS * s_i * b_jk
         // grad_l[j] = M^T D (- the normalization term); grad_m partial += D L_j^T.
         at::Tensor gl = out_direct ? grad_l.select(0, j) : gscratch;
-        at::mm_out(gl, mtc, z);
+        gemm_out(gl, mtc, z, 0.0f);
         if (normalize) {
           auto coef = inv_l * inv_l * cl_t * (norm_l > eps).to(inv_l.scalar_type());
           gl.addcmul_(lj, coef.unsqueeze(0), -1);
         }
         if (!out_direct) grad_l.select(0, j).copy_(gl);
-        Pt.addmm_(lj, z.t());
+        gemm_out(Pt, lj, z.t(), 1.0f);
       }
     }
   });
