@@ -1,5 +1,6 @@
 // CPU kernels of fastgan::contrastive_loss / _backward: 2C, D2D-CE, NT-Xent (stacked two views),
-// SupCon and CLIP (symmetric InfoNCE of x = a against proxy = b) as one op each way. At N = 64 the N x N work is ~12 MFLOP and the cost is per-call
+// SupCon and CLIP (symmetric InfoNCE of x = a against proxy = b) as one op each way. At N = 64 the
+// N x N work is ~12 MFLOP and the cost is per-call
 // overhead: the composition of pair_cosine + contrastive_lse_budget + about ten ATen ops with one
 // autograd node each (lse[:, 0] - lse[:, 1], where, logaddexp, relu, mean, ...). Here the same kernels run
 // from C++ and the combination and its gradient are written out, behind one C++ autograd node
@@ -165,13 +166,6 @@ double mean_count(Kind kind, int64_t n, const at::Tensor& n_pos) {
   return static_cast<double>(std::max<int64_t>(c, 1));
 }
 
-at::Tensor same_class_op_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& labels, double eps) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastgan::same_class_cosine_sum_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(g, x, labels, eps);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_loss_cpu(
     const at::Tensor& x, const OptT& proxy, const OptT& labels, c10::string_view kind_name, double t, double m_p,
     double eps, c10::string_view reduction_name, int64_t score_budget) {
@@ -197,10 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else if (kind == Kind::NTXent) {
     pos = calls::pair_cosine(x.narrow(0, 0, h), x.narrow(0, h, h), eps);  // row i's partner: (i + N/2) mod N
   } else {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("fastgan::same_class_cosine_sum", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double)>();
-    std::tie(pos, n_pos) = op.call(x, *labels, eps);
+    std::tie(pos, n_pos) = calls::same_class_cosine_sum(x, *labels, eps);
   }
   const OptT cols = kind == Kind::CLIP ? proxy : std::nullopt;
   auto [lse, rowmax, scores] = lse_op(x, cols, labels, extra, la.scale, la.bias, la.relu, eps, la.preds, score_budget);
@@ -272,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
       grad_x.narrow(0, h, h).add_(g2);
       break;
     }
-    case Kind::SupCon: grad_x.add_(same_class_op_backward(grad_pos, x, *labels, eps)); break;
+    case Kind::SupCon: grad_x.add_(calls::same_class_cosine_sum_backward(grad_pos, x, *labels, eps)); break;
     case Kind::CLIP: {
       auto [gx, gp] = calls::pair_cosine_backward(grad_pos, x, *proxy, eps);
       grad_x.add_(gx);

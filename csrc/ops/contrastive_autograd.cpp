@@ -99,10 +99,7 @@ class SameClassCosineSum : public torch::autograd::Function<SameClassCosineSum> 
  public:
   static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& labels, double eps) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("fastgan::same_class_cosine_sum", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double)>();
-    auto [pos, n_pos] = op.call(x, labels, eps);
+    auto [pos, n_pos] = calls::same_class_cosine_sum(x, labels, eps);
     ctx->mark_non_differentiable({n_pos});
     ctx->save_for_backward({x, labels});
     ctx->saved_data["eps"] = eps;
@@ -110,12 +107,10 @@ class SameClassCosineSum : public torch::autograd::Function<SameClassCosineSum> 
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("fastgan::same_class_cosine_sum_backward", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
     auto s = ctx->get_saved_variables();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    return {op.call(grads[0].contiguous(), s[0], s[1], ctx->saved_data["eps"].toDouble()), at::Tensor(), at::Tensor()};
+    return {calls::same_class_cosine_sum_backward(grads[0].contiguous(), s[0], s[1], ctx->saved_data["eps"].toDouble()),
+            at::Tensor(), at::Tensor()};
   }
 };
 

@@ -1,7 +1,7 @@
-// Typed dispatcher calls of the contrastive kernels' ops, shared by the C++ autograd nodes
-// (contrastive_autograd.cpp) and the whole-loss op (cpu/contrastive_loss.cpp). Through the
-// dispatcher, not the CPU functions directly, so that fake and functional tensors (torch.compile,
-// opcheck) reach the registered fakes.
+// Typed dispatcher calls of the contrastive kernels' ops (LSE, pair cosine, same-class sums), shared
+// by the C++ autograd nodes (contrastive_autograd.cpp) and the whole-loss op (cpu/contrastive_loss.cpp).
+// Through the dispatcher, not the CPU functions directly, so that fake and functional tensors
+// (torch.compile, opcheck) reach the registered fakes.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -58,6 +58,23 @@ inline std::tuple<at::Tensor, at::Tensor> pair_cosine_backward(const at::Tensor&
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                  const at::Tensor&, double)>();
   return op.call(g, x, y, eps);
+}
+
+// fastgan::same_class_cosine_sum: (sum_{p != i, y_p = y_i} cos(x_i, x_p), that count) per row.
+inline std::tuple<at::Tensor, at::Tensor> same_class_cosine_sum(const at::Tensor& x, const at::Tensor& labels,
+                                                                double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::same_class_cosine_sum", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double)>();
+  return op.call(x, labels, eps);
+}
+
+inline at::Tensor same_class_cosine_sum_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& labels,
+                                                 double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::same_class_cosine_sum_backward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
+  return op.call(g, x, labels, eps);
 }
 
 }  // namespace calls
