@@ -66,19 +66,24 @@ def _fake_apply_backward(grad, weight_mat, u, v, sigma):
     return torch.empty(weight_mat.shape, dtype=weight_mat.dtype, device=weight_mat.device)
 
 
+def _like_weights(weight_mats):
+    # The fakes' one tensor shaped as each weight (the group ops and their backwards, both backends).
+    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+
+
 def _fake_group_step(weights, us, vs, dims, n_power_iterations, eps, hook_order):
-    return ([torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weights]
+    return (_like_weights(weights)
             + [torch.empty_like(u, memory_format=torch.contiguous_format) for u in us]
             + [torch.empty_like(v, memory_format=torch.contiguous_format) for v in vs]
             + _fake_power_iteration(weights, us, vs, n_power_iterations, eps, hook_order))
 
 
 def _fake_apply_group_cuda(weight_mats, sigmas):
-    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+    return _like_weights(weight_mats)
 
 
 def _fake_apply_group_backward_cuda(grads, weight_mats, us, vs, sigmas):
-    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+    return _like_weights(weight_mats)
 
 
 def _setup_context(ctx, inputs, output):
@@ -172,13 +177,13 @@ def spectral_norm_apply_group_triton_backward(grads: List[torch.Tensor], weight_
 @spectral_norm_apply_group_triton.register_fake
 def _fake_apply_group(weight_mats, us, vs, sigmas):
     total = sum(w.shape[0] + w.shape[1] for w in weight_mats)
-    return ([torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+    return (_like_weights(weight_mats)
             + [weight_mats[0].new_empty(total, dtype=_sigma_dtype(weight_mats[0]))])
 
 
 @spectral_norm_apply_group_triton_backward.register_fake
 def _fake_apply_group_backward(grads, weight_mats, snapshot, sigmas):
-    return [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weight_mats]
+    return _like_weights(weight_mats)
 
 
 def _group_setup_context(ctx, inputs, output):
