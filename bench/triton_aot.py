@@ -184,7 +184,7 @@ def loss_terms_cases():
 
 
 def run_loss_terms(c):
-    # The loss terms around contrastive_lse: pair cosine (shifted), LSE combine, D2D-CE epilogue.
+    # The loss terms around contrastive_lse: pair cosine (shifted), LSE combine, D2D-CE epilogue, SupCon's terms.
     dt = DTYPES[c["dtype"]]
     x, y = torch.randn(96, 100).to(dt), torch.randn(96, 100).to(dt)
     cos = LT.pair_cosine_forward(x, y, 1e-8, 2.0, 48)
@@ -195,6 +195,14 @@ def run_loss_terms(c):
     LT.combine_backward(g, lse, cos, cos, [1.0, -1.0], -1.0, 1.0, 0.01)
     LT.d2d_forward(lse[:, :1].contiguous(), rowmax, cos, 0.98, 0.5, 0.01)
     LT.d2d_backward(g, lse[:, :1].contiguous(), rowmax, cos, 0.98, 0.5, 0.01)
+    # SupCon's same-class cosine sums (D = 100 and the widest, 1536: the backward's D blocks) and epilogue.
+    labels = torch.arange(96) % 7
+    for d in (100, 1536):
+        f = torch.randn(96, d).to(dt)
+        pos, n_pos, nrm, inv = LT.same_class_cosine_forward(f, labels, 1e-8)
+        LT.same_class_cosine_backward(torch.ones_like(pos), f, labels, nrm, inv, 1e-8)
+    loss, den = LT.supcon_forward(lse[:, :1].contiguous(), pos, n_pos, 0.1, True)
+    LT.supcon_backward(g, den, lse[:, :1].contiguous(), pos, n_pos, 0.1)
 
 
 OPS = (("contrastive_lse", contrastive_cases, run_contrastive), ("cosine_similarity_matrix", cosine_cases, run_cosine),

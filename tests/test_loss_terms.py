@@ -9,7 +9,10 @@ from fastgan.benchmark import cases as C
 from fastgan.benchmark import perf_model as P
 from fastgan.ops import loss_terms as T
 
-from conftest import TOL, rel_err
+from fastgan import reference as R
+from fastgan.functional import supcon_loss
+
+from conftest import TOL, gradcheck, rel_err
 
 
 @pytest.mark.parametrize("shift", [0, 3])
@@ -51,6 +54,74 @@ def test_combine_against_float64(gen):
         assert a.shape == b.shape and rel_err(a, b) < 1e-12
 
 
+def _same_class_dense(x, labels, eps):
+    """(pos, n_pos) of the same-class cosine sums from the N x N mask, float64 autograd."""
+    xn = R.contrastive.normalize_rows(x, eps)
+    mask = (labels[:, None] == labels[None, :]) & ~torch.eye(x.shape[0], dtype=torch.bool)
+    return ((xn @ xn.T) * mask).sum(dim=1), mask.sum(dim=1)
+
+
+# Labels: several classes (one of them a singleton), one class, all distinct. N: one row block, odd
+# with a partial block, three blocks (the interpreter's 32-row tiles), one row.
+LABELINGS = {"mixed": lambda n: (torch.arange(n) * 7) % 5 + (torch.arange(n) == n - 1) * 9,
+             "one_class": lambda n: torch.zeros(n, dtype=torch.int64),
+             "distinct": lambda n: torch.arange(n).flip(0) * 3 - 4}
+
+
+@pytest.mark.parametrize("labeling", list(LABELINGS))
+@pytest.mark.parametrize("n", [1, 37, 70])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_same_class_cosine_sum_against_float64(labeling, n, dtype, gen):
+    d = 70  # two D slices, two D blocks in the backward
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    if n > 3 and dtype != torch.float16:  # a zero row's gradient is ~1/eps: beyond half precision
+        x[2] = 0
+    labels = LABELINGS[labeling](n)
+    xs = x.to(dtype).requires_grad_()
+    pos, n_pos = T.same_class_cosine_sum(xs, labels, 1e-8)
+    x64 = xs.detach().double().requires_grad_()
+    want, want_n = _same_class_dense(x64, labels, 1e-8)
+    assert pos.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert n_pos.dtype == torch.int64 and torch.equal(n_pos, want_n)
+    tol = TOL[dtype]
+    assert rel_err(pos, want) < tol
+    w = torch.randn(n, generator=gen, dtype=torch.float64)
+    (gx,) = torch.autograd.grad((pos * w.to(pos)).sum(), xs)
+    (wx,) = torch.autograd.grad((want * w).sum(), x64)
+    assert gx.dtype == dtype
+    assert rel_err(gx, wx) < 5 * tol
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("labeling", list(LABELINGS))
+@pytest.mark.parametrize("n", [1, 37])
+def test_supcon_triton_against_reference(reduction, labeling, n, gen):
+    # The whole Triton path (sweep, contrastive_lse, epilogue) in float64, zero row included.
+    x = torch.randn(n, 19, generator=gen, dtype=torch.float64)
+    if n > 3:
+        x[2] = 0
+    labels = LABELINGS[labeling](n)
+    xs, x64 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = supcon_loss(xs, labels, 0.3, reduction=reduction, backend="triton")
+    want = R.supcon_loss(x64, labels, 0.3, 1e-8, reduction)
+    assert out.shape == want.shape and rel_err(out, want) < 1e-12
+    w = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    (gx,) = torch.autograd.grad((out * w).sum(), xs)
+    (wx,) = torch.autograd.grad((want * w).sum(), x64)
+    assert rel_err(gx, wx) < 1e-12
+
+
+def test_supcon_terms_gradcheck(gen):
+    x = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3])
+    assert gradcheck(lambda x: T.same_class_cosine_sum(x, labels, 1e-8)[0], (x,), "triton")
+    lse = torch.randn(7, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True)
+    n_pos = torch.tensor([2, 1, 2, 0, 1, 2, 0])
+    for mean in (True, False):
+        assert gradcheck(lambda lse, pos: T.supcon_epilogue(lse, pos, n_pos, 0.3, mean), (lse, pos), "triton")
+
+
 def test_opcheck(gen):
     x = torch.randn(9, 20, generator=gen)
     y = torch.randn(9, 20, generator=gen, dtype=torch.float64)
@@ -62,6 +133,12 @@ def test_opcheck(gen):
     rowmax[0] = float("-inf")  # no j != i: the shift is taken as 0
     lse1 = lse[:, :1].detach().contiguous().requires_grad_()
     torch.library.opcheck(torch.ops.fastgan.d2d_epilogue_triton.default, (lse1, rowmax, pos, 0.98, 0.5, 0.1))
+    feats = torch.randn(9, 20, generator=gen, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 3, 0])
+    torch.library.opcheck(torch.ops.fastgan.same_class_cosine_sum_triton.default, (feats, labels, 1e-8))
+    n_pos = torch.tensor([3, 1, 3, 0, 1, 3, 1, 1, 3])
+    for mean in (True, False):
+        torch.library.opcheck(torch.ops.fastgan.supcon_epilogue_triton.default, (lse1, pos, n_pos, 0.5, mean))
 
 
 def test_d2d_epilogue_against_float64(gen):
@@ -83,7 +160,7 @@ def test_d2d_epilogue_against_float64(gen):
         assert rel_err(a, b) < 1e-12
 
 
-@pytest.mark.parametrize("op", ["2c", "d2d", "ntxent", "clip"])
+@pytest.mark.parametrize("op", ["2c", "d2d", "ntxent", "clip", "supcon"])
 def test_compile_fullgraph_triton(op):
     xs, ys = C.make_inputs(C.Case(op, (12, 8), "cpu", torch.float32))
     fused, reference = C.LOSS[op]
@@ -103,7 +180,7 @@ def test_compile_fullgraph_triton(op):
 # (Triton launches, ATen ops) of one forward + backward on the Triton path, the same at every N (the
 # ATen ops: the backward's seed ones_like and autograd's accumulation adds where one tensor feeds
 # several inputs). docs/gpu_predictions.md and perf_model.ASSUMED_LAUNCHES use these counts.
-PINNED = {"2c": (12, 3), "ntxent": (12, 4), "clip": (24, 5), "d2d": (12, 3)}
+PINNED = {"2c": (12, 3), "ntxent": (12, 4), "clip": (24, 5), "d2d": (12, 3), "supcon": (13, 3)}
 
 
 @pytest.mark.parametrize("op", list(PINNED))

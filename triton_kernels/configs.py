@@ -112,10 +112,26 @@ _CONTRASTIVE = {
 
 def contrastive(arch, dtype, d):
     """(constexprs, launch options) of the contrastive_lse kernels for an (N, d) input on `arch`."""
-    c = _CONTRASTIVE[(arch, dtype in _HALF)]
+    return _tiles(_CONTRASTIVE[(arch, dtype in _HALF)], d)
+
+
+def _tiles(c, d):
+    # A table row for an (N, d) input: the D slice at most the power of two >= d, BLOCK_DU up to its cap.
     cfg = dict(BLOCK_N=c["BLOCK_N"], BLOCK_M=c["BLOCK_M"], BLOCK_D=min(c["BLOCK_D"], pow2_clamp(d, 16, 64)),
                BLOCK_DU=pow2_clamp(d, 16, c["DU_CAP"]))
     return cfg, dict(num_warps=c["num_warps"], num_stages=c["num_stages"])
+
+
+# loss_terms' same-class cosine sums (SupCon's positive term): the contrastive_lse tiles, with the
+# backward's accumulator (BLOCK_N x BLOCK_DU, float32 operands for every input type) capped at 64 and
+# D slices of at most 32: with contrastive_lse's 64 (half, sm_80) the backward spilled 24-32 bytes at
+# D = 100 (bench/triton_aot.py --only loss_terms); with these no configuration spills.
+_SAME_CLASS = {k: dict(c, BLOCK_D=min(c["BLOCK_D"], 32), DU_CAP=64) for k, c in _CONTRASTIVE.items()}
+
+
+def same_class_cosine(arch, dtype, d):
+    """(constexprs, launch options) of the same-class cosine kernels for an (N, d) input on `arch`."""
+    return _tiles(_SAME_CLASS[(arch, dtype in _HALF)], d)
 
 
 # infonce_lse: (arch, half?) -> BLOCK_M images x BLOCK_K flattened columns score tiles over BLOCK_R

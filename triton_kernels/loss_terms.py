@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .contrastive_lse import _compute_dtype, _f32_parts, _from_parts, _tl_dtype
+from . import configs
+from .contrastive_lse import _compute_dtype, _f32_parts, _fp32_precision, _from_parts, _logits, _norms, _tl_dtype
 
 _ROWS, _COLS = 16, 64  # rows per program, D slice of the pair-cosine kernels
 _COMBINE_BLOCK = 256  # rows per step of the single combine program
@@ -42,15 +43,27 @@ def _pair_sums(x_ptr, y_ptr, rows, yrows, live, D, sx, sxd, sy, syd, BLOCK_R: tl
 
 
 @triton.jit
-def _pair_cosine_kernel(x_ptr, y_ptr, out_ptr, N, D, sx, sxd, sy, syd, shift, eps0, eps1, eps2, sc0, sc1, sc2,
-                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr):
+def _pair_prologue(x_ptr, y_ptr, N, D, sx, sxd, sy, syd, shift, eps0, eps1, eps2, BLOCK_R: tl.constexpr,
+                   BLOCK_C: tl.constexpr, CT: tl.constexpr):
+    # The program's rows, their shifted y rows, eps, the norms ||x||, ||y||, their clamped inverses
+    # ix = 1 / max(||x||, eps), iy, and cos = (x . y) ix iy (the value of functional._pair_cosine): the
+    # common part of the forward and the backward.
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     live = rows < N
     yrows = (rows + shift) % N
     dot, xx, yy = _pair_sums(x_ptr, y_ptr, rows, yrows, live, D, sx, sxd, sy, syd, BLOCK_R, BLOCK_C, CT)
     eps = _from_parts(eps0, eps1, eps2, CT)
-    # As (x . y) / (max(||x||, eps) max(||y||, eps)), the formula of functional._pair_cosine.
-    cos = dot / (tl.maximum(tl.sqrt(xx), eps) * tl.maximum(tl.sqrt(yy), eps))
+    nx, ny = tl.sqrt(xx), tl.sqrt(yy)
+    ix = 1.0 / tl.maximum(nx, eps)
+    iy = 1.0 / tl.maximum(ny, eps)
+    return rows, live, yrows, eps, nx, ny, ix, iy, dot * ix * iy
+
+
+@triton.jit
+def _pair_cosine_kernel(x_ptr, y_ptr, out_ptr, N, D, sx, sxd, sy, syd, shift, eps0, eps1, eps2, sc0, sc1, sc2,
+                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr):
+    rows, live, yrows, eps, nx, ny, ix, iy, cos = _pair_prologue(x_ptr, y_ptr, N, D, sx, sxd, sy, syd, shift,
+                                                                 eps0, eps1, eps2, BLOCK_R, BLOCK_C, CT)
     tl.store(out_ptr + rows, cos * _from_parts(sc0, sc1, sc2, CT), mask=live)
 
 
@@ -60,15 +73,8 @@ def _pair_cosine_backward_kernel(g_ptr, x_ptr, y_ptr, gx_ptr, gy_ptr, N, D, sg, 
                                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr):
     # With c = (x . y) ix iy, ix = 1 / max(||x||, eps):
     #   dc/dx = ix (iy y - [||x|| > eps] c ix x),  dc/dy = iy (ix x - [||y|| > eps] c iy y).
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    live = rows < N
-    yrows = (rows + shift) % N
-    dot, xx, yy = _pair_sums(x_ptr, y_ptr, rows, yrows, live, D, sx, sxd, sy, syd, BLOCK_R, BLOCK_C, CT)
-    eps = _from_parts(eps0, eps1, eps2, CT)
-    nx, ny = tl.sqrt(xx), tl.sqrt(yy)
-    ix = 1.0 / tl.maximum(nx, eps)
-    iy = 1.0 / tl.maximum(ny, eps)
-    c = dot * ix * iy
+    rows, live, yrows, eps, nx, ny, ix, iy, c = _pair_prologue(x_ptr, y_ptr, N, D, sx, sxd, sy, syd, shift,
+                                                               eps0, eps1, eps2, BLOCK_R, BLOCK_C, CT)
     g = tl.load(g_ptr + rows * sg, mask=live, other=0.0).to(CT) * _from_parts(sc0, sc1, sc2, CT)
     cx = tl.where(nx > eps, c * ix, 0.0)
     cy = tl.where(ny > eps, c * iy, 0.0)
@@ -241,3 +247,190 @@ def d2d_backward(grad, lse, rowmax, cos, m_p, t, scale):
             grad, lse, rowmax, cos, glse, gcos, n, *_f32_parts(m_p), *_f32_parts(1.0 / t), *_f32_parts(scale),
             BLOCK=_COMBINE_BLOCK, CT=_tl_dtype(lse.dtype))
     return glse, gcos
+
+
+# ---------------------------------------------------------------- SupCon's positive term and epilogue
+# pos_i = sum_{p != i, y_p = y_i} cos(x_i, x_p) and n_pos_i = |{p != i, y_p = y_i}| as a masked sweep
+# of the N x N cosine tiles (the label equality is the mask): no sort, no searchsorted, no index_add,
+# no array indexed by label value, whatever the labels; two launches forward (the norms, the sweep), one
+# backward, no host sync. The CPU
+# backend's fastgan::same_class_cosine_sum (csrc/cpu/same_class_cosine.cpp) has the same semantics.
+# Cost: one more N x N x D product forward, two backward, against the ~60 ATen launches of the sorted
+# composition (at GAN sizes a loss step costs its launches, issue 14). The norms come from
+# contrastive_lse's _norms_kernel (one launch, kept for the backward): computing them inside the sweep
+# took 210-255 registers and spilled (docs/triton_compile_table.md).
+
+
+@triton.jit
+def _same_class_tile(x_ptr, inv_ptr, lab_ptr, la, rows, c0, N, D, sx,
+                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CT: tl.constexpr,
+                     PREC: tl.constexpr):
+    # The column tile at c0: (cos(x_i, x_j) tile, the positive mask [j != i, y_j = y_i], the columns).
+    # contrastive_lse's score tile at scale 1, bias 0 (its product on the input type: tensor cores for
+    # half inputs, float32 accumulation).
+    cols = c0 + tl.arange(0, BLOCK_M)
+    cos = _logits(x_ptr, x_ptr, inv_ptr, inv_ptr, rows, cols, N, N, D, sx, sx, 1.0, 0.0, BLOCK_N, BLOCK_M, BLOCK_D,
+                  CT, PREC)
+    lb = tl.load(lab_ptr + cols, mask=cols < N, other=0)
+    pos = (la[:, None] == lb[None, :]) & (cols[None, :] < N) & (rows[:, None] < N) & (cols[None, :] != rows[:, None])
+    return cos, pos, cols
+
+
+@triton.jit
+def _same_class_cosine_kernel(x_ptr, inv_ptr, lab_ptr, pos_ptr, npos_ptr, N, D, sx,
+                              BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                              CT: tl.constexpr, PREC: tl.constexpr):
+    # Program i: rows block i against every column tile, in column order (deterministic).
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = rows < N
+    la = tl.load(lab_ptr + rows, mask=live, other=0)
+    pos = tl.zeros((BLOCK_N,), CT)
+    cnt = tl.zeros((BLOCK_N,), tl.int32)
+    for c0 in range(0, N, BLOCK_M):
+        cos, m, cols = _same_class_tile(x_ptr, inv_ptr, lab_ptr, la, rows, c0, N, D, sx, BLOCK_N, BLOCK_M, BLOCK_D,
+                                        CT, PREC)
+        pos += tl.sum(tl.where(m, cos, 0.0), axis=1)
+        cnt += tl.sum(m.to(tl.int32), axis=1)
+    tl.store(pos_ptr + rows, pos, mask=live)
+    tl.store(npos_ptr + rows, cnt.to(tl.int64), mask=live)
+
+
+@triton.jit
+def _same_class_cosine_backward_kernel(g_ptr, sg, x_ptr, nrm_ptr, inv_ptr, lab_ptr, gx_ptr, N, D, sx, eps0, eps1,
+                                       eps2, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                                       BLOCK_DU: tl.constexpr, CT: tl.constexpr, PREC: tl.constexpr):
+    # With x^ = x inv, inv = 1 / max(||x||, eps), and the mask M (symmetric):
+    #   dL/dx^_k = U_k = sum_j M_kj (g_k + g_j) x^_j,   x^_k . U_k = sum_j M_kj (g_k + g_j) cos_kj = r_k,
+    #   dx_k = inv_k (U_k - [||x_k|| > eps] x^_k r_k).
+    # Program (i, j) owns rows block i and D block j of dx: U's slice accumulates in registers over the
+    # column sweep (S recomputed over the full D per column tile, r_k from the same tiles), stored once.
+    # The product is float32 (float64) operands at the float32 matmul precision, whatever the input
+    # type: g is unbounded, so no half operand holds it.
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dus = tl.program_id(1) * BLOCK_DU + tl.arange(0, BLOCK_DU)
+    live = rows < N
+    la = tl.load(lab_ptr + rows, mask=live, other=0)
+    g_r = tl.load(g_ptr + rows * sg, mask=live, other=0.0).to(CT)
+    acc = tl.zeros((BLOCK_N, BLOCK_DU), CT)
+    r = tl.zeros((BLOCK_N,), CT)
+    for c0 in range(0, N, BLOCK_M):
+        cos, m, cols = _same_class_tile(x_ptr, inv_ptr, lab_ptr, la, rows, c0, N, D, sx, BLOCK_N, BLOCK_M, BLOCK_D,
+                                        CT, PREC)
+        g_c = tl.load(g_ptr + cols * sg, mask=cols < N, other=0.0).to(CT)
+        w = tl.where(m, g_r[:, None] + g_c[None, :], 0.0)
+        r += tl.sum(w * cos, axis=1)
+        inv_c = tl.load(inv_ptr + cols, mask=cols < N, other=0.0)
+        b = tl.load(x_ptr + cols[:, None] * sx + dus[None, :], mask=(cols[:, None] < N) & (dus[None, :] < D),
+                    other=0.0).to(CT)
+        acc += tl.dot(w, b * inv_c[:, None], input_precision=PREC, out_dtype=CT)
+    mask = live[:, None] & (dus[None, :] < D)
+    inv_r = tl.load(inv_ptr + rows, mask=live, other=0.0)
+    x = tl.load(x_ptr + rows[:, None] * sx + dus[None, :], mask=mask, other=0.0).to(CT)
+    r = tl.where(tl.load(nrm_ptr + rows, mask=live, other=0.0) > _from_parts(eps0, eps1, eps2, CT), r, 0.0)
+    gx = inv_r[:, None] * (acc - x * inv_r[:, None] * r[:, None])
+    tl.store(gx_ptr + rows[:, None] * D + dus[None, :], gx.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+def _same_class_meta(x):
+    d = x.shape[1]
+    arch = configs.arch_of(x)
+    if arch is None:  # the interpreter: 32 x 32 tiles (CPU tests stay fast)
+        cfg = dict(BLOCK_N=32, BLOCK_M=32, BLOCK_D=configs.pow2_clamp(d, 16, 64), BLOCK_DU=configs.pow2_clamp(d, 16, 64))
+        launch = {}
+    else:
+        cfg, launch = configs.same_class_cosine(arch, x.dtype, d)
+    # float32 inputs follow torch.get_float32_matmul_precision(), float64 is IEEE; for half inputs the
+    # forward's half product has no choice and the backward's float32 operands (see its kernel) take
+    # TF32, whose 10-bit mantissa holds a half input's exactly.
+    return cfg, launch, _fp32_precision(x.dtype)
+
+
+def same_class_cosine_forward(x, labels, eps):
+    """(pos (N,) in the compute dtype, n_pos (N,) int64, ||x_i||, 1 / max(||x_i||, eps)): two launches,
+    the norms (contrastive_lse's kernel) and the sweep; the norms are kept for the backward."""
+    n, d = x.shape
+    ct = _compute_dtype(x)
+    x = x.contiguous()
+    pos = torch.empty((n,), dtype=ct, device=x.device)
+    n_pos = torch.empty((n,), dtype=torch.int64, device=x.device)
+    nrm, inv = _norms(x, True, eps, ct)
+    if n:
+        cfg, launch, prec = _same_class_meta(x)
+        cfg.pop("BLOCK_DU")
+        _same_class_cosine_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+            x, inv, labels.contiguous(), pos, n_pos, n, d, x.stride(0), CT=_tl_dtype(ct), PREC=prec, **cfg, **launch)
+    return pos, n_pos, nrm, inv
+
+
+def same_class_cosine_backward(grad, x, labels, nrm, inv, eps):
+    """grad_x (N, D) contiguous in x's dtype from the forward's norms: one launch, every element written once."""
+    n, d = x.shape
+    ct = _compute_dtype(x)
+    x = x.contiguous()
+    gx = torch.empty((n, d), dtype=x.dtype, device=x.device)
+    if n and d:
+        cfg, launch, prec = _same_class_meta(x)
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(d, cfg["BLOCK_DU"]))
+        _same_class_cosine_backward_kernel[grid](grad, grad.stride(0), x, nrm, inv, labels.contiguous(), gx, n, d,
+                                                 x.stride(0), *_f32_parts(eps), CT=_tl_dtype(ct), PREC=prec, **cfg,
+                                                 **launch)
+    return gx
+
+
+@triton.jit
+def _supcon_kernel(lse_ptr, slse, pos_ptr, npos_ptr, out_ptr, den_ptr, N, it0, it1, it2,
+                   MEAN: tl.constexpr, BLOCK: tl.constexpr, CT: tl.constexpr):
+    # One program, the rows in a fixed order: sum_i [n_i > 0] (lse_i - pos_i / (t n_i)), over the
+    # number of anchors with a positive (at least 1) for the mean, which stays on the device.
+    inv_t = _from_parts(it0, it1, it2, CT)
+    acc = tl.zeros((BLOCK,), CT)
+    cnt = tl.zeros((BLOCK,), CT)
+    for r0 in range(0, N, BLOCK):
+        rows = r0 + tl.arange(0, BLOCK)
+        live = rows < N
+        n = tl.load(npos_ptr + rows, mask=live, other=0)
+        has = n > 0
+        lse = tl.load(lse_ptr + rows * slse, mask=has, other=0.0).to(CT)
+        pos = tl.load(pos_ptr + rows, mask=has, other=0.0).to(CT)
+        acc += tl.where(has, lse - pos * inv_t / tl.maximum(n, 1).to(CT), 0.0)
+        cnt += has.to(CT)
+    if MEAN:
+        den = tl.maximum(tl.sum(cnt, axis=0), 1.0)
+    else:
+        den = tl.sum(cnt, axis=0) * 0.0 + 1.0
+    one = tl.arange(0, 1)
+    tl.store(out_ptr + one, tl.zeros((1,), CT) + tl.sum(acc, axis=0) / den)
+    tl.store(den_ptr + one, tl.zeros((1,), CT) + den)
+
+
+@triton.jit
+def _supcon_backward_kernel(g_ptr, den_ptr, npos_ptr, glse_ptr, gpos_ptr, N, it0, it1, it2, BLOCK: tl.constexpr,
+                            CT: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = rows < N
+    n = tl.load(npos_ptr + rows, mask=live, other=0)
+    has = n > 0
+    g = tl.load(g_ptr + rows * 0, mask=live, other=0.0).to(CT) / tl.load(den_ptr + rows * 0, mask=live, other=1.0)
+    tl.store(glse_ptr + rows, tl.where(has, g, 0.0), mask=live)
+    gp = tl.where(has, -g * _from_parts(it0, it1, it2, CT) / tl.maximum(n, 1).to(CT), 0.0)
+    tl.store(gpos_ptr + rows, gp.to(gpos_ptr.dtype.element_ty), mask=live)
+
+
+def supcon_forward(lse, pos, n_pos, t, mean):
+    """(0-dim loss, 0-dim denominator) in lse's dtype from lse (N, 1), pos (N,), n_pos (N,) int64: one launch."""
+    out = torch.empty((), dtype=lse.dtype, device=lse.device)
+    den = torch.empty((), dtype=lse.dtype, device=lse.device)
+    _supcon_kernel[(1,)](lse, lse.stride(0), pos, n_pos, out, den, lse.shape[0], *_f32_parts(1.0 / t),
+                         MEAN=bool(mean), BLOCK=_COMBINE_BLOCK, CT=_tl_dtype(lse.dtype))
+    return out, den
+
+
+def supcon_backward(grad, den, lse, pos, n_pos, t):
+    """(grad_lse shaped as lse, grad_pos): one launch."""
+    n = lse.shape[0]
+    glse = torch.empty(lse.shape, dtype=lse.dtype, device=lse.device)
+    gpos = torch.empty(pos.shape, dtype=pos.dtype, device=lse.device)
+    if n:
+        _supcon_backward_kernel[(triton.cdiv(n, _COMBINE_BLOCK),)](
+            grad, den, n_pos, glse, gpos, n, *_f32_parts(1.0 / t), BLOCK=_COMBINE_BLOCK, CT=_tl_dtype(lse.dtype))
+    return glse, gpos

@@ -221,7 +221,7 @@ def rates_dict(rates: Optional[Rates]) -> Dict[str, float]:
 # eager references and the untouched paths recounted the same way (infonce 18 / 32 was an older count).
 ASSUMED_LAUNCHES = {
     "cosine_similarity_matrix": (11, 42), "2c": (15, 108), "d2d": (15, 121), "ntxent": (16, 59),
-    "supcon": (84, 72), "clip": (29, 62), "infonce": (22, 37),
+    "supcon": (16, 72), "clip": (29, 62), "infonce": (22, 37),
 }
 
 

@@ -54,28 +54,26 @@ def _same_features(first: str, x: torch.Tensor, second: str, y: torch.Tensor) ->
     C.check_same_device(**{first: x, second: y})
 
 
-def _pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, backend: Optional[str] = None) -> torch.Tensor:
-    """cos(x_i, y_i) with each norm clamped at eps, as normalize_rows(x) . normalize_rows(y), but as
-    (x_i . y_i) / (max(||x_i||, eps) max(||y_i||, eps)): its backward makes about three passes over
-    N x D instead of ten (2.1 ms against 4.9 ms forward + backward at N=1024, D=768 on 2 cores).
-    Computed in float32 (float64 if either side is float64) whatever the two dtypes. On the "cpu"
-    backend one fused kernel each way (fastgan::pair_cosine: two ops instead of about twenty with
-    autograd, most of a small batch's cost)."""
-    if backend == "cpu" and x.device.type == "cpu":
-        return pair_cosine(x, y, eps)
-    if backend == "triton":
-        return T.pair_cosine(x, y, eps)
-    ct = compute_dtype(x.dtype, y.dtype)
-    x, y = x.to(ct), y.to(ct)
-    return (x * y).sum(dim=1) / (x.norm(dim=1).clamp_min(eps) * y.norm(dim=1).clamp_min(eps))
-
-
-def _positive_logit(x, y, eps, t, backend, shift=0):
-    """cos(x_i, y_{(i + shift) mod N}) / t. On Triton one launch each way (the scale and the shift inside
-    the kernel: no division, no rolled copy of y)."""
+def _pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, backend: Optional[str] = None, t: float = 1.0,
+                 shift: int = 0) -> torch.Tensor:
+    """cos(x_i, y_{(i + shift) mod N}) / t (the positive logits), each norm clamped at eps, as
+    normalize_rows(x) . normalize_rows(y), but as (x_i . y_i) / (max(||x_i||, eps) max(||y_i||, eps)):
+    its backward makes about three passes over N x D instead of ten (2.1 ms against 4.9 ms forward +
+    backward at N=1024, D=768 on 2 cores). Computed in float32 (float64 if either side is float64)
+    whatever the two dtypes. On the "cpu" backend one fused kernel each way (fastgan::pair_cosine: two
+    ops instead of about twenty with autograd, most of a small batch's cost); on Triton one launch each
+    way with the scale and the shift inside the kernel (no division, no rolled copy of y)."""
     if backend == "triton":
         return T.pair_cosine(x, y, eps, 1.0 / t, shift)
-    return _pair_cosine(x, y.roll(-shift, dims=0) if shift else y, eps, backend) / t
+    if shift:
+        y = y.roll(-shift, dims=0)
+    if backend == "cpu" and x.device.type == "cpu":
+        cos = pair_cosine(x, y, eps)
+    else:
+        ct = compute_dtype(x.dtype, y.dtype)
+        x, y = x.to(ct), y.to(ct)
+        cos = (x * y).sum(dim=1) / (x.norm(dim=1).clamp_min(eps) * y.norm(dim=1).clamp_min(eps))
+    return cos / t if t != 1.0 else cos
 
 
 def _fused_mean(layout, reduction, backend):
@@ -186,7 +184,7 @@ def conditional_contrastive_loss(
     if _whole_loss_op(be, embed, process_group):
         return contrastive_loss(embed, proxy, label, "2c", t, 0.0, eps, reduction)
     cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
-    extra = _positive_logit(embed, proxy, eps, t, be)
+    extra = _pair_cosine(embed, proxy, eps, be, t)
     lse, _ = contrastive_lse(embed, cols, label, col_label, extra, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL, PRED_SAME], be)
     if _fused_mean(layout, reduction, be):
@@ -316,7 +314,7 @@ def nt_xent_loss(
     if _whole_loss_op(be, z, process_group):
         return contrastive_loss(z, None, None, "ntxent", t, 0.0, eps, reduction)
     cols, _, layout, group = _columns(z, None, process_group, gradient)
-    pos = _positive_logit(z, z, eps, t, be, shift=z.shape[0] // 2)  # row i's positive: (i + N) mod 2N
+    pos = _pair_cosine(z, z, eps, be, t, shift=z.shape[0] // 2)  # row i's positive: (i + N) mod 2N
     lse, _ = contrastive_lse(z, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL], be)
     if _fused_mean(layout, reduction, be):
@@ -359,7 +357,7 @@ def _nt_xent_labels(z, labels, t, eps, reduction, be):
         total = terms.sum()
         return total / pos_mask.sum().clamp_min(1).to(total.dtype) if reduction == "mean" else total
     a_idx, p_idx = _positive_pairs(labels)
-    pos = _pair_cosine(z[a_idx], z[p_idx], eps, be) / t
+    pos = _pair_cosine(z[a_idx], z[p_idx], eps, be, t)
     per = ref.softplus(neg[a_idx, 0] - pos)
     if reduction == "mean":
         return per.sum() / max(per.shape[0], 1)
@@ -408,6 +406,15 @@ def supcon_loss(
         return ref.supcon_loss(features, labels, t, eps, reduction)
     if _whole_loss_op(be, features, process_group):
         return contrastive_loss(features, None, labels, "supcon", t, 0.0, eps, reduction)
+    if be == "triton" and process_group is None:
+        # The positive sums as a masked sweep of the cosine tiles and the epilogue with the mean: one
+        # launch each way each (fastgan/ops/loss_terms.py), no sort, no host sync.
+        pos, n_pos = T.same_class_cosine_sum(features, labels, eps)
+        lse, _ = contrastive_lse(features, features, None, None, None, 1.0 / t, 0.0, False, True, eps, True, 0,
+                                 [PRED_ALL], be)
+        if reduction != "none":
+            return T.supcon_epilogue(lse, pos, n_pos, t, reduction == "mean")
+        return torch.where(n_pos > 0, lse[:, 0] - pos / (t * n_pos.clamp_min(1).to(pos.dtype)), torch.zeros_like(pos))
     cols, col_labels, layout, group = _columns(features, labels, process_group, gradient)
     ct = compute_dtype(features.dtype)
     fn = normalize_rows(features.to(ct), eps)
@@ -453,7 +460,7 @@ def symmetric_infonce_loss(
         return contrastive_loss(a, b, None, "clip", t, 0.0, norm_eps, reduction)
     b_all, _, layout, group = _columns(b, None, process_group, gradient)
     a_all = D.gather(a, group, layout)[0] if layout else a
-    diag = _positive_logit(a, b, norm_eps, t, be)
+    diag = _pair_cosine(a, b, norm_eps, be, t)
     if _fused_mean(layout, reduction, be):
         # The two directions' (N, 1) LSEs straight into one combine: no selects, no ATen arithmetic.
         rows, _ = contrastive_lse(a, b, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)

@@ -5,6 +5,9 @@ around the fused log-sum-exp (docs/gpu_predictions.md).
 Registered ops (Python custom ops with explicit fakes, traceable by torch.compile):
   torch.ops.fastgan.pair_cosine_triton / _backward    scale cos(x_i, y_{(i + shift) mod N})
   torch.ops.fastgan.lse_combine_triton / _backward    scale sum_i (sum_k c_k x_ik + c1 y1_i + c2 y2_i)
+  torch.ops.fastgan.d2d_epilogue_triton / _backward   D2D-CE's relu / logaddexp epilogue with the mean
+  torch.ops.fastgan.same_class_cosine_sum_triton / _backward   SupCon's sum_{p != i, y_p = y_i} cos(x_i, x_p), n_pos
+  torch.ops.fastgan.supcon_epilogue_triton / _backward         SupCon's [n_i > 0] (lse_i - pos_i / (t n_i)), mean
 """
 from typing import List, Optional, Sequence
 
@@ -134,3 +137,99 @@ def d2d_epilogue(lse: torch.Tensor, rowmax: torch.Tensor, cos: torch.Tensor, m_p
     """scale sum_i [q_i + logaddexp(-q_i, lse_i - M_i)], q_i = relu((m_p - cos_i) / t), M_i the row max
     (0 where not finite, a constant): D2D-CE's epilogue on Triton, one launch each way."""
     return d2d_epilogue_triton(lse, rowmax, cos, float(m_p), float(temperature), float(scale))
+
+
+def _pos_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("fastgan::same_class_cosine_sum_triton", mutates_args=())
+def same_class_cosine_sum_triton(x: torch.Tensor, labels: torch.Tensor,
+                                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return triton_module("loss_terms").same_class_cosine_forward(x, labels, eps)
+
+
+@torch.library.custom_op("fastgan::same_class_cosine_sum_triton_backward", mutates_args=())
+def same_class_cosine_sum_triton_backward(grad: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
+                                          norms: torch.Tensor, inv_norms: torch.Tensor, eps: float) -> torch.Tensor:
+    return triton_module("loss_terms").same_class_cosine_backward(grad, x, labels, norms, inv_norms, eps)
+
+
+def _scc_fake(x, labels, eps):
+    def rows(dtype):
+        return x.new_empty((x.shape[0],), dtype=dtype)
+
+    return rows(_pos_dtype(x)), rows(torch.int64), rows(_pos_dtype(x)), rows(_pos_dtype(x))
+
+
+same_class_cosine_sum_triton.register_fake(_scc_fake)
+same_class_cosine_sum_triton_backward.register_fake(lambda grad, x, labels, norms, inv_norms, eps: torch.empty_like(x))
+
+
+def _scc_setup(ctx, inputs, output):
+    x, labels, eps = inputs
+    _, _, norms, inv_norms = output
+    ctx.save_for_backward(x, labels, norms, inv_norms)
+    ctx.eps = eps
+    ctx.mark_non_differentiable(norms, inv_norms)  # the backward's inputs, not results
+    ctx.set_materialize_grads(False)  # n_pos (integer) has no gradient; pos's may be absent
+
+
+def _scc_backward(ctx, grad_pos, *_):
+    if grad_pos is None:
+        return None, None, None
+    return same_class_cosine_sum_triton_backward(grad_pos, *ctx.saved_tensors, ctx.eps), None, None
+
+
+same_class_cosine_sum_triton.register_autograd(_scc_backward, setup_context=_scc_setup)
+
+
+def same_class_cosine_sum(x: torch.Tensor, labels: torch.Tensor, eps: float):
+    """(pos_i = sum_{p != i, y_p = y_i} cos(x_i, x_p) in the compute dtype, n_pos_i int64) on Triton: two
+    launches forward (the norms, the sweep), one backward, no sort and no host sync (inputs validated
+    by the caller; labels int64 on x's device)."""
+    pos, n_pos, _, _ = same_class_cosine_sum_triton(x, labels, float(eps))
+    return pos, n_pos
+
+
+@torch.library.custom_op("fastgan::supcon_epilogue_triton", mutates_args=())
+def supcon_epilogue_triton(lse: torch.Tensor, pos: torch.Tensor, n_pos: torch.Tensor, temperature: float,
+                           mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_module("loss_terms").supcon_forward(lse, pos, n_pos, temperature, mean)
+
+
+@torch.library.custom_op("fastgan::supcon_epilogue_triton_backward", mutates_args=())
+def supcon_epilogue_triton_backward(grad: torch.Tensor, den: torch.Tensor, lse: torch.Tensor, pos: torch.Tensor,
+                                    n_pos: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_module("loss_terms").supcon_backward(grad, den, lse, pos, n_pos, temperature)
+
+
+supcon_epilogue_triton.register_fake(
+    lambda lse, pos, n_pos, temperature, mean: (lse.new_empty(()), lse.new_empty(())))
+supcon_epilogue_triton_backward.register_fake(
+    lambda grad, den, lse, pos, n_pos, temperature: (torch.empty_like(lse), torch.empty_like(pos)))
+
+
+def _supcon_setup(ctx, inputs, output):
+    lse, pos, n_pos, temperature, _ = inputs
+    ctx.save_for_backward(output[1], lse, pos, n_pos)
+    ctx.temperature = temperature
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _supcon_backward(ctx, grad, grad_den):
+    if grad is None:
+        return None, None, None, None, None
+    glse, gpos = supcon_epilogue_triton_backward(grad, *ctx.saved_tensors, ctx.temperature)
+    return glse, gpos, None, None, None
+
+
+supcon_epilogue_triton.register_autograd(_supcon_backward, setup_context=_supcon_setup)
+
+
+def supcon_epilogue(lse: torch.Tensor, pos: torch.Tensor, n_pos: torch.Tensor, temperature: float,
+                    mean: bool) -> torch.Tensor:
+    """sum_i [n_i > 0] (lse_i - pos_i / (t n_i)), over the count of anchors with n_i > 0 (at least 1) when
+    `mean`: SupCon's epilogue on Triton, one launch each way (the count stays on the device)."""
+    return supcon_epilogue_triton(lse, pos, n_pos, float(temperature), bool(mean))[0]
