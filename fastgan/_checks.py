@@ -63,7 +63,7 @@ def common_dtype(*tensors: torch.Tensor) -> torch.dtype:
 def promote(*tensors: torch.Tensor):
     """The tensors cast to their common dtype (no copy for those already in it)."""
     dtype = common_dtype(*tensors)
-    return tuple(t.to(dtype) for t in tensors)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
 def autocast_off(fn):
@@ -120,7 +120,7 @@ def check_labels(label, name: str, n: int, device: torch.device, num_classes: Op
         lo, hi = int(label.min()), int(label.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} values must lie in [0, num_classes={num_classes}), got range [{lo}, {hi}]")
-    return label.to(torch.int64)
+    return label if label.dtype == torch.int64 else label.to(torch.int64)
 
 
 def check_same_device(**tensors) -> torch.device:

@@ -127,3 +127,46 @@ def test_clip_zero_rows(gen):
         assert rel_err(out, r) < TOL[torch.float32], (out, r)
         for g, rg in zip(grads, rgrads):
             assert rel_err(g, rg, GRAD_FLOOR) < TOL[torch.float32], (g, rg)
+
+
+@pytest.mark.parametrize("kind", ["ntxent", "supcon", "clip"])
+@pytest.mark.parametrize("path", ["from_scores", "recompute", "unbounded"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_positives_from_the_scores(kind, path, dtype, gen):
+    # NT-Xent's partner logits, SupCon's same-class sums and CLIP's diagonal are entries of the
+    # score matrix: where the kernel keeps the scores on its bounded path they are read off it and
+    # their gradient joins the score gradient ("from_scores"); with the budget at 0 ("recompute") or
+    # a temperature below 1/30 (no bounded shift: "unbounded") they come from their own kernels.
+    # All three against the float64 reference, with a zero row and (SupCon) a singleton class.
+    from fastgan.ops.contrastive_lse import set_score_budget
+
+    n, d = 38, 256  # D >= 256: the kept-scores path
+    x, proxy, labels = _inputs(kind, n, d, gen, dtype, classes=5)
+    x[3] = 0
+    if labels is not None:
+        labels[7] = 11  # a class of one: no positive, left out of the mean
+    t = 0.02 if path == "unbounded" else {"ntxent": 0.5, "supcon": 0.1, "clip": 0.1}[kind]
+    leaves = [v.requires_grad_() for v in (x, proxy) if v is not None]
+
+    def loss(module, xs, reduction):
+        if kind == "ntxent":
+            return module.nt_xent_loss(xs[0], t, reduction=reduction, **kw(module))
+        if kind == "clip":
+            return module.symmetric_infonce_loss(xs[0], xs[1], t, reduction=reduction, **kw(module))
+        return module.supcon_loss(xs[0], labels, t, reduction=reduction, **kw(module))
+
+    kw = lambda module: {"backend": "cpu"} if module is F else {}  # noqa: E731
+    old = set_score_budget(0 if path == "recompute" else 1 << 24)
+    try:
+        for reduction in ("mean", "none"):
+            out = loss(F, leaves, reduction)
+            w = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+            grads = torch.autograd.grad((out.double() * w).sum(), leaves)
+            refs = [v.detach().double().requires_grad_() for v in leaves]
+            r = loss(R, refs, reduction)
+            rgrads = torch.autograd.grad((r * w).sum(), refs)
+            assert rel_err(out, r) < TOL[dtype], (kind, path, out, r)
+            for g, rg in zip(grads, rgrads):
+                assert rel_err(g, rg, GRAD_FLOOR) < TOL[dtype], (kind, path, rel_err(g, rg, GRAD_FLOOR))
+    finally:
+        set_score_budget(old)

@@ -16,8 +16,41 @@ inline at::ScalarType compute_type(const at::Tensor& a) {
   return a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Rows per at::parallel_for task for a loop of about `work_per_row` element operations per row. A
+// task under kMinTaskWork elements (a few microseconds) gains less from a second thread than the
+// fork/join costs, and on a busy host the wake-up of an idle core can cost more than the whole loop
+// (a 64 x 512 loss step is ~20 such loops): small problems run on the calling thread.
+constexpr int64_t kMinTaskWork = 32768;
+inline int64_t row_grain(int64_t work_per_row, int64_t min_rows = 1) {
+  return std::max(min_rows, kMinTaskWork / std::max<int64_t>(work_per_row, 1));
+}
+
+template <typename T>
+void inverse_norm_rows(const T* x, int64_t n, int64_t d, T eps, T* out) {
+  at::parallel_for(0, n, row_grain(d, 16), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * d;
+      T ss = 0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t c = 0; c < d; ++c) ss += xr[c] * xr[c];
+      out[r] = T(1) / std::max(std::sqrt(ss), eps);
+    }
+  });
+}
+
+// 1 / max(||x_r||, eps) per row. On the CPU (contiguous float rows) one pass and one allocation
+// instead of the three ATen ops (norm, clamp, reciprocal) of the generic form.
 inline at::Tensor inverse_norms(const at::Tensor& x, bool normalize, double eps) {
   if (!normalize) return at::ones({x.size(0)}, x.options());
+  if (x.device().is_cpu() && x.dim() == 2 && x.is_contiguous() &&
+      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
+    auto inv = at::empty({x.size(0)}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "inverse_norms", [&] {
+      inverse_norm_rows(x.data_ptr<scalar_t>(), x.size(0), x.size(1), static_cast<scalar_t>(eps),
+                        inv.data_ptr<scalar_t>());
+    });
+    return inv;
+  }
   return x.norm(2, {1}).clamp_min(eps).reciprocal();
 }
 
@@ -94,7 +127,7 @@ inline void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, con
 // cancels to exactly 0 (inv^2 (x . U) x would leave a rounding residue).
 template <typename T>
 void normalization_backward_rows(const T* x, const T* U, const T* inv, T* out, int64_t n, int64_t d, double eps) {
-  at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, n, row_grain(2 * d, 16), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * d;
       const T* ur = U + r * d;
@@ -116,12 +149,14 @@ void normalization_backward_rows(const T* x, const T* U, const T* inv, T* out, i
 // dX = U - [||x|| > eps] x^ (x^ . U), x^ = x * inv: the normalization's backward. On the CPU two
 // passes per row (x^ . U and ||x||, then the update), parallel over rows; elsewhere (the CUDA glue)
 // ATen ops. The eager form costs about six passes over N x D, a few ms of a 2C step at N=1024, D=768.
+// in_place: the caller owns U (a temporary of its own) and the result may overwrite it, one
+// N x D buffer fewer (each row is read before it is written).
 inline at::Tensor normalization_backward(const at::Tensor& x, const at::Tensor& inv, const at::Tensor& U, bool normalize,
-                                  double eps) {
+                                  double eps, bool in_place = false) {
   if (!normalize) return U;
   if (x.device().is_cpu() && x.is_contiguous() && U.is_contiguous() && inv.is_contiguous() &&
       x.scalar_type() == U.scalar_type() && x.scalar_type() == inv.scalar_type() && x.dim() == 2) {
-    auto out = at::empty_like(U);
+    auto out = in_place ? U : at::empty_like(U);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "normalization_backward", [&] {
       normalization_backward_rows(x.data_ptr<scalar_t>(), U.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
                                   out.data_ptr<scalar_t>(), x.size(0), x.size(1), eps);

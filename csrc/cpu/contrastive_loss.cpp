@@ -7,16 +7,23 @@
 // (csrc/ops/contrastive_autograd.cpp). Semantics: docs/semantics.md sections 2-4, the Python
 // compositions in fastgan/functional/contrastive.py (kept for the other backends and process groups).
 // Outputs besides the loss are what the backward reads: lse and rowmax (the LSE kernel's), scores
-// (its kept scores), pos (2C: p_i / t, the kernel's extra; D2D: cos(e_i, p_i); NT-Xent: the N / 2
-// cosines of the two views' pairs; SupCon: the same-class cosine sums; CLIP: cos(a_i, b_i)) and n_pos
-// (SupCon: |P(i)|, int64; else empty). CLIP's lse is (2N, 1): the rows' then the columns' (one sweep,
-// contrastive_lse_budget with columns), and its eps is the norm clamp (the caller's sqrt(eps)).
+// (its kept scores), pos (2C: p_i / t, the kernel's extra; D2D: cos(e_i, p_i); NT-Xent: the logit
+// cos(z_i, z_{(i + N/2) mod N}) / t of each row's partner; SupCon: the same-class logit sums
+// sum_{p in P(i)} cos(x_i, x_p) / t; CLIP: cos(a_i, b_i) / t) and n_pos (SupCon: |P(i)|, int64; else
+// empty). CLIP's lse is (2N, 1): the rows' then the columns' (one sweep, contrastive_lse_budget with
+// columns), and its eps is the norm clamp (the caller's sqrt(eps)).
+// NT-Xent's, SupCon's and CLIP's positives are entries of the score matrix itself: where the kernel
+// keeps the scores on its bounded path (cpu/contrastive_lse.h: positive_in_scores) they are read off
+// in the same sweep and their gradient joins the score gradient before its one product, so the loss
+// is one product each way plus row passes; elsewhere (scores over the budget, t < 1/30) they come from
+// pair_cosine / same_class_cosine_sum as before, in the same units.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <ATen/Dispatch.h>
 
+#include "cpu/contrastive_lse.h"
 #include "ops/contrastive_calls.h"
 
 #include <algorithm>
@@ -48,22 +55,6 @@ Reduction parse_reduction(c10::string_view r) {
   if (r == "sum") return Reduction::Sum;
   if (r == "none") return Reduction::None;
   TORCH_CHECK(false, "contrastive_loss: reduction must be one of mean, sum, none, got ", r);
-}
-
-// b = None (self-similarity, self excluded) but for CLIP: b = proxy, nothing excluded, columns too.
-Tensor3 lse_op(const at::Tensor& a, const OptT& b, const OptT& la, const OptT& extra, double scale, double bias,
-               bool relu, double eps, at::IntArrayRef preds, int64_t budget) {
-  const bool both = b.has_value();
-  return calls::contrastive_lse_budget(a, b, la, la, extra, scale, bias, relu, true, eps, !both, 0, preds, both,
-                                       budget);
-}
-
-Tensor3 lse_backward_op(const at::Tensor& g, const at::Tensor& a, const OptT& b, const OptT& la, const OptT& extra,
-                        const at::Tensor& lse, const at::Tensor& scores, double scale, double bias, bool relu,
-                        double eps, at::IntArrayRef preds) {
-  const bool both = b.has_value();
-  return calls::contrastive_lse_budget_backward(g, a, b, la, la, extra, lse, scores, scale, bias, relu, true, eps,
-                                                !both, 0, preds, both);
 }
 
 // Each loss's LSE call: (scale, bias, relu, predicates) of z = scale s_ij + bias.
@@ -109,15 +100,9 @@ void per_row(Kind kind, int64_t n, int64_t k, const T* lse, const T* rowmax, con
         per[i] = q + logaddexp(-q, l0 - d2d_shift(rowmax[i]));
         break;
       }
-      case Kind::NTXent: per[i] = l0 - pos[i % (n / 2)] / static_cast<T>(t); break;
-      case Kind::SupCon:
-        per[i] = n_pos[i] > 0 ? l0 - pos[i] / (static_cast<T>(n_pos[i]) * static_cast<T>(t)) : T(0);
-        break;
-      case Kind::CLIP: {  // (row LSE - diag) + (column LSE - diag), diag = c_i / t
-        const T diag = pos[i] / static_cast<T>(t);
-        per[i] = (l0 - diag) + (lse[(n + i) * k] - diag);
-        break;
-      }
+      case Kind::NTXent: per[i] = l0 - pos[i]; break;
+      case Kind::SupCon: per[i] = n_pos[i] > 0 ? l0 - pos[i] / static_cast<T>(n_pos[i]) : T(0); break;
+      case Kind::CLIP: per[i] = (l0 - pos[i]) + (lse[(n + i) * k] - pos[i]); break;  // row LSE + column LSE - 2 diag
     }
   }
 }
@@ -127,8 +112,6 @@ template <typename T>
 void per_row_backward(Kind kind, int64_t n, int64_t k, const T* g, const T* lse, const T* rowmax, const T* pos,
                       const int64_t* n_pos, double t, double m_p, T* grad_lse, T* grad_pos) {
   const T tt = static_cast<T>(t);
-  if (kind == Kind::NTXent)
-    for (int64_t j = 0; j < n / 2; ++j) grad_pos[j] = -(g[j] + g[j + n / 2]) / tt;  // a pair shares one cosine
   for (int64_t i = 0; i < n; ++i) {
     switch (kind) {
       case Kind::C2:
@@ -143,17 +126,30 @@ void per_row_backward(Kind kind, int64_t n, int64_t k, const T* g, const T* lse,
         grad_pos[i] = q > 0 ? -w / tt : T(0);  // relu' (0 at 0, as torch)
         break;
       }
-      case Kind::NTXent: grad_lse[i] = g[i]; break;
+      case Kind::NTXent:
+        grad_lse[i] = g[i];
+        grad_pos[i] = -g[i];
+        break;
       case Kind::SupCon:
         grad_lse[i] = n_pos[i] > 0 ? g[i] : T(0);
-        grad_pos[i] = n_pos[i] > 0 ? -g[i] / (static_cast<T>(n_pos[i]) * tt) : T(0);
+        grad_pos[i] = n_pos[i] > 0 ? -g[i] / static_cast<T>(n_pos[i]) : T(0);
         break;
       case Kind::CLIP:
         grad_lse[i] = g[i];
         grad_lse[n + i] = g[i];
-        grad_pos[i] = -2 * g[i] / tt;
+        grad_pos[i] = -2 * g[i];
         break;
     }
+  }
+}
+
+// The positive logits the kernel can read off its kept scores (cpu/contrastive_lse.h).
+PositiveSet positive_set(Kind kind) {
+  switch (kind) {
+    case Kind::NTXent: return PositiveSet::Partner;
+    case Kind::SupCon: return PositiveSet::SameClass;
+    case Kind::CLIP: return PositiveSet::Diagonal;
+    default: return PositiveSet::None;
   }
 }
 
@@ -181,20 +177,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(kind != Kind::NTXent || x.size(0) % 2 == 0, "contrastive_loss: ntxent needs an even number of rows");
   const int64_t n = x.size(0), h = n / 2;
   const LseArgs la = lse_args(kind, t, m_p);
+  const PositiveSet pset = positive_set(kind);
+  const bool both = kind == Kind::CLIP;  // a = x against b = proxy, rows and columns
   at::Tensor pos, n_pos;
   OptT extra;
   if (kind == Kind::C2) {
     pos = calls::pair_cosine(x, *proxy, eps).div_(t);
     extra = pos;
-  } else if (kind == Kind::D2D || kind == Kind::CLIP) {
+  } else if (kind == Kind::D2D) {
     pos = calls::pair_cosine(x, *proxy, eps);
-  } else if (kind == Kind::NTXent) {
-    pos = calls::pair_cosine(x.narrow(0, 0, h), x.narrow(0, h, h), eps);  // row i's partner: (i + N/2) mod N
-  } else {
-    std::tie(pos, n_pos) = calls::same_class_cosine_sum(x, *labels, eps);
   }
-  const OptT cols = kind == Kind::CLIP ? proxy : std::nullopt;
-  auto [lse, rowmax, scores] = lse_op(x, cols, labels, extra, la.scale, la.bias, la.relu, eps, la.preds, score_budget);
+  auto [lse, rowmax, scores] =
+      contrastive_lse_budget_cpu(x, both ? proxy : std::nullopt, labels, labels, extra, la.scale, la.bias, la.relu,
+                                 true, eps, !both, 0, la.preds, both, score_budget, pset, &pos, &n_pos);
+  if (pset != PositiveSet::None && !pos.defined()) {  // not read off the scores: their own kernels, same units
+    if (kind == Kind::NTXent) {
+      auto c = calls::pair_cosine(x.narrow(0, 0, h), x.narrow(0, h, h), eps).div_(t);  // row i's partner: i + N/2
+      pos = at::cat({c, c});
+    } else if (kind == Kind::SupCon) {
+      std::tie(pos, n_pos) = calls::same_class_cosine_sum(x, *labels, eps);
+      pos.div_(t);
+    } else {
+      pos = calls::pair_cosine(x, *proxy, eps).div_(t);
+    }
+  }
   lse = lse.contiguous();
   auto per = at::empty({n}, lse.options());
   auto empty = at::empty({0}, lse.options());
@@ -235,18 +241,22 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
     g = at::full({n}, s, lse.options());
   }
   auto grad_lse = at::empty({lse.size(0), k}, lse.options());  // CLIP: 2N rows
-  auto grad_pos = at::empty({kind == Kind::NTXent ? h : n}, lse.options());
+  auto grad_pos = at::empty({n}, lse.options());
   AT_DISPATCH_FLOATING_TYPES(lse.scalar_type(), "contrastive_loss_backward_cpu", [&] {
     per_row_backward<scalar_t>(kind, n, k, g.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
                                rowmax.data_ptr<scalar_t>(), pos.numel() ? pos.data_ptr<scalar_t>() : nullptr,
                                n_pos.data_ptr<int64_t>(), t, m_p, grad_lse.data_ptr<scalar_t>(),
                                grad_pos.data_ptr<scalar_t>());
   });
+  const PositiveSet pset = positive_set(kind);
+  const bool both = kind == Kind::CLIP;
+  const bool fused = positive_in_scores(pset, scores.numel() > 0, !both, la.scale, la.bias, la.relu, true, !both, 0,
+                                        la.preds, both, false);
   OptT extra;
   if (kind == Kind::C2) extra = pos;
-  const OptT cols = kind == Kind::CLIP ? proxy : std::nullopt;
-  auto [grad_x, grad_b, grad_extra] =
-      lse_backward_op(grad_lse, x, cols, labels, extra, lse, scores, la.scale, la.bias, la.relu, eps, la.preds);
+  auto [grad_x, grad_b, grad_extra] = contrastive_lse_budget_backward_cpu(
+      grad_lse, x, both ? proxy : std::nullopt, labels, labels, extra, lse, scores, la.scale, la.bias, la.relu, true,
+      eps, !both, 0, la.preds, both, pset, fused ? grad_pos : at::Tensor());
   at::Tensor grad_proxy;
   switch (kind) {
     case Kind::C2:
@@ -257,19 +267,26 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
       grad_proxy = gp;
       break;
     }
-    case Kind::NTXent: {
-      auto [g1, g2] = calls::pair_cosine_backward(grad_pos, x.narrow(0, 0, h), x.narrow(0, h, h), eps);
-      grad_x.narrow(0, 0, h).add_(g1);
-      grad_x.narrow(0, h, h).add_(g2);
+    case Kind::NTXent:
+      if (!fused) {  // a pair shares one cosine: d / d c_j = (d / d pos_j + d / d pos_{j + N/2}) / t
+        auto gc = grad_pos.narrow(0, 0, h).add(grad_pos.narrow(0, h, h)).div_(t);
+        auto [g1, g2] = calls::pair_cosine_backward(gc, x.narrow(0, 0, h), x.narrow(0, h, h), eps);
+        grad_x.narrow(0, 0, h).add_(g1);
+        grad_x.narrow(0, h, h).add_(g2);
+      }
       break;
-    }
-    case Kind::SupCon: grad_x.add_(calls::same_class_cosine_sum_backward(grad_pos, x, *labels, eps)); break;
-    case Kind::CLIP: {
-      auto [gx, gp] = calls::pair_cosine_backward(grad_pos, x, *proxy, eps);
-      grad_x.add_(gx);
-      grad_proxy = grad_b.add_(gp);
+    case Kind::SupCon:
+      if (!fused) grad_x.add_(calls::same_class_cosine_sum_backward(grad_pos.div(t), x, *labels, eps));
       break;
-    }
+    case Kind::CLIP:
+      if (fused) {
+        grad_proxy = grad_b;
+      } else {
+        auto [gx, gp] = calls::pair_cosine_backward(grad_pos.div(t), x, *proxy, eps);
+        grad_x.add_(gx);
+        grad_proxy = grad_b.add_(gp);
+      }
+      break;
   }
   return {grad_x, grad_proxy.defined() ? grad_proxy : at::empty({0}, x.options())};
 }

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include "cpu/common.h"
+#include "cpu/contrastive_lse.h"
 #include "cpu/gemm.h"
 #include "cpu/vec_math.h"
 
@@ -311,20 +312,34 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<
 std::pair<at::Tensor, at::Tensor> class_ids(const std::optional<at::Tensor>& label_a,
                                             const std::optional<at::Tensor>& label_b) {
   if (!label_a.has_value() || !label_b.has_value()) return {at::Tensor(), at::Tensor()};
-  const int64_t n = label_a->size(0);
-  auto both = at::cat({label_a->detach().view(-1), label_b->detach().view(-1)});
-  // Labels that fit int32 are their own class ids (a cast keeps equality): one min/max pass instead
-  // of a sort. Only labels outside the int32 range are remapped through unique.
-  if (both.numel() > 0) {
-    auto [lo, hi] = at::aminmax(both);
-    if (lo.item<int64_t>() >= std::numeric_limits<int32_t>::min() &&
-        hi.item<int64_t>() <= std::numeric_limits<int32_t>::max()) {
-      auto ids = both.to(at::kInt);
-      return {ids.narrow(0, 0, n).contiguous(), ids.narrow(0, n, label_b->size(0)).contiguous()};
-    }
+  // Labels that fit int32 are their own class ids (a cast keeps equality): one range check and one
+  // cast per label, in plain loops (at N = 64 the ATen form, a cat, a min/max, two host reads, a
+  // cast and two narrow copies, cost as much as the exp pass). The same tensor for both sides
+  // (every self-similarity loss) is converted once. Labels outside int32 are remapped by unique.
+  auto a = label_a->detach().contiguous(), b = label_b->detach().contiguous();
+  const bool same = label_a->is_same(*label_b);
+  auto fits = [](const at::Tensor& l) {
+    const int64_t* p = l.data_ptr<int64_t>();
+    bool ok = true;
+    for (int64_t i = 0; i < l.numel(); ++i)
+      ok &= p[i] >= std::numeric_limits<int32_t>::min() && p[i] <= std::numeric_limits<int32_t>::max();
+    return ok;
+  };
+  auto cast = [](const at::Tensor& l) {
+    auto ids = at::empty({l.numel()}, l.options().dtype(at::kInt));
+    const int64_t* p = l.data_ptr<int64_t>();
+    int32_t* q = ids.data_ptr<int32_t>();
+    for (int64_t i = 0; i < l.numel(); ++i) q[i] = static_cast<int32_t>(p[i]);
+    return ids;
+  };
+  if (fits(a) && (same || fits(b))) {
+    auto ia = cast(a);
+    return {ia, same ? ia : cast(b)};
   }
+  const int64_t n = a.numel();
+  auto both = at::cat({a.view(-1), b.view(-1)});
   auto inverse = std::get<1>(at::_unique(both, /*sorted=*/true, /*return_inverse=*/true)).to(at::kInt);
-  return {inverse.narrow(0, 0, n).contiguous(), inverse.narrow(0, n, label_b->size(0)).contiguous()};
+  return {inverse.narrow(0, 0, n).contiguous(), inverse.narrow(0, n, b.numel()).contiguous()};
 }
 
 template <typename T>
@@ -429,7 +444,7 @@ void rows_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, c
                           const Params& prm, T* lse, T* rowmax) {
   const int64_t K = static_cast<int64_t>(prm.predicates.size());
   const T ninf = -std::numeric_limits<T>::infinity();
-  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, row_grain(m * K, 8), [&](int64_t i0, int64_t i1) {
     std::vector<T> fz(m), val(m);
     for (int64_t i = i0; i < i1; ++i) {
       const T mz = prepare_row(Z + i * m, fz.data(), m, self_column(prm, i, 0, m), prm.relu);
@@ -456,7 +471,7 @@ void cols_lse_from_scores(const T* Z, int64_t n, int64_t m, const int32_t* la, c
   const int64_t K = static_cast<int64_t>(prm.predicates.size());
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t chunks = std::max<int64_t>(1, std::min(threads, (m + 63) / 64));
+  const int64_t chunks = n * m < kMinTaskWork ? 1 : std::max<int64_t>(1, std::min(threads, (m + 63) / 64));
   at::parallel_for(0, chunks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       auto [c0, c1] = part(m, chunks, t, 16);
@@ -522,7 +537,7 @@ at::Tensor all_logits(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv
   const int64_t n = Z.size(0), m = Z.size(1);
   T* z = Z.data_ptr<T>();
   const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
-  at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, row_grain(m, 16), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const T sa = scale * inv_a[i];
       T* zr = z + i * m;
@@ -545,7 +560,7 @@ at::Tensor score_gradient(const at::Tensor& Z, const Inputs<T>& in, const Params
   at::Tensor G = at::empty_like(Z);
   const T* z = Z.data_ptr<T>();
   T* gout = G.data_ptr<T>();
-  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, row_grain(m * K, 8), [&](int64_t i0, int64_t i1) {
     std::vector<T> fz(m), g(m), e(m), sh(m);
     T* gp = g.data();
     T* ep = e.data();
@@ -632,13 +647,13 @@ inline double bounded_shift(const Params& prm) { return std::abs(prm.scale) + pr
 // added in part order: deterministic for a given thread count.
 template <typename T>
 at::Tensor bounded_both_forward(const at::Tensor& a_t, const at::Tensor& b_t, const T* inv_a, const T* inv_b,
-                                const Params& prm, T* lse, T* rowmax) {
+                                const Params& prm, T* lse, T* rowmax, T* diag /* z_ii (N = M), or null */) {
   at::Tensor E = a_t.is_same(b_t) ? self_product(a_t) : gemm(a_t, b_t.t());
   const int64_t n = E.size(0), m = E.size(1);
   T* e = E.data_ptr<T>();
   const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
   const T c0 = static_cast<T>(bounded_shift(prm));
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  const int64_t parts = n * m < kMinTaskWork ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
   std::vector<T> colsum(parts * m, T(0));
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -650,6 +665,7 @@ at::Tensor bounded_both_forward(const at::Tensor& a_t, const at::Tensor& b_t, co
 #pragma omp simd
         for (int64_t c = 0; c < m; ++c) er[c] = er[c] * sa * inv_b[c] + bias;  // z, as all_logits
         rowmax[i] = reduce_max(er, m);
+        if (diag) diag[i] = er[i];
 #pragma omp simd
         for (int64_t c = 0; c < m; ++c) er[c] -= c0;
         const T rs = exp_shifted(er, m, T(0), er);
@@ -670,7 +686,7 @@ at::Tensor bounded_both_forward(const at::Tensor& a_t, const at::Tensor& b_t, co
 // G_ij = scale inv_a_i inv_b_j E_ij (w_i exp(c - lse_i) + wc_j exp(c - lsec_j)) from the kept E.
 template <typename T>
 at::Tensor bounded_both_gradient(const at::Tensor& E, const T* inv_a, const T* inv_b, const Params& prm, const T* w,
-                                 const T* lse) {
+                                 const T* lse, const T* pw /* d loss / d z_ii (N = M), or null */) {
   const int64_t n = E.size(0), m = E.size(1);
   const T c0 = static_cast<T>(bounded_shift(prm)), scale = static_cast<T>(prm.scale);
   std::vector<T> q(m);  // the column factors wc_j exp(c - lsec_j)
@@ -679,13 +695,14 @@ at::Tensor bounded_both_gradient(const at::Tensor& E, const T* inv_a, const T* i
   const T* e = E.data_ptr<T>();
   T* g = G.data_ptr<T>();
   const T* qp = q.data();
-  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, row_grain(m, 8), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const T r = w[i] * std::exp(c0 - lse[i]), sa = scale * inv_a[i];
       const T* er = e + i * m;
       T* gr = g + i * m;
 #pragma omp simd
       for (int64_t c = 0; c < m; ++c) gr[c] = er[c] * (r + qp[c]) * sa * inv_b[c];
+      if (pw) gr[i] += pw[i] * sa * inv_b[i];
     }
   });
   return G;
@@ -704,14 +721,15 @@ inline bool bounded_self(const Params& prm, bool b_is_a, bool columns) {
 }
 
 template <typename T>
-at::Tensor bounded_self_forward(const at::Tensor& a_t, const Inputs<T>& in, const Params& prm, T* lse, T* rowmax) {
+at::Tensor bounded_self_forward(const at::Tensor& a_t, const Inputs<T>& in, const Params& prm, T* lse, T* rowmax,
+                                PositiveSet pset, T* psum, int64_t* pcount) {
   at::Tensor E = self_product(a_t);
   const int64_t n = E.size(0), K = static_cast<int64_t>(prm.predicates.size());
   T* e = E.data_ptr<T>();
   const T scale = static_cast<T>(prm.scale), bias = static_cast<T>(prm.bias);
   const T c0 = static_cast<T>(bounded_shift(prm)), ninf = -std::numeric_limits<T>::infinity();
   const T* inv = in.inv_a;
-  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, row_grain(n * K, 8), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const T sa = scale * inv[i];
       T* er = e + i * n;
@@ -719,6 +737,21 @@ at::Tensor bounded_self_forward(const at::Tensor& a_t, const Inputs<T>& in, cons
       for (int64_t c = 0; c < n; ++c) er[c] = er[c] * sa * inv[c] + bias;  // z, as all_logits
       const int64_t self = prm.exclude_self ? i : -1;
       rowmax[i] = self < 0 ? reduce_max(er, n) : std::max(reduce_max(er, i), reduce_max(er + i + 1, n - i - 1));
+      if (pset == PositiveSet::Partner) {
+        psum[i] = er[(i + n / 2) % n];
+      } else if (pset == PositiveSet::SameClass) {
+        const int32_t li = in.la[i];
+        T ps = 0;
+        int64_t cnt = 0;
+#pragma omp simd reduction(+ : ps, cnt)
+        for (int64_t c = 0; c < n; ++c) {
+          const bool on = in.lb[c] == li && c != i;
+          ps += on ? er[c] : T(0);
+          cnt += on;
+        }
+        psum[i] = ps;
+        pcount[i] = cnt;
+      }
 #pragma omp simd
       for (int64_t c = 0; c < n; ++c) er[c] -= c0;
       exp_shifted(er, n, T(0), er);
@@ -751,7 +784,7 @@ at::Tensor bounded_self_forward(const at::Tensor& a_t, const Inputs<T>& in, cons
 
 template <typename T>
 at::Tensor bounded_self_gradient(const at::Tensor& E, const Inputs<T>& in, const Params& prm, const T* w,
-                                 const T* lse) {
+                                 const T* lse, PositiveSet pset, const T* pw) {
   const int64_t n = E.size(0), K = static_cast<int64_t>(prm.predicates.size());
   const T c0 = static_cast<T>(bounded_shift(prm)), scale = static_cast<T>(prm.scale);
   const T ninf = -std::numeric_limits<T>::infinity();
@@ -766,7 +799,7 @@ at::Tensor bounded_self_gradient(const at::Tensor& E, const Inputs<T>& in, const
   const T* e = E.data_ptr<T>();
   T* h = H.data_ptr<T>();
   const T* inv = in.inv_a;
-  at::parallel_for(0, n, 8, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, row_grain(n * K, 8), [&](int64_t i0, int64_t i1) {
     std::vector<T> acc(n);
     T* ac = acc.data();
     for (int64_t i = i0; i < i1; ++i) {
@@ -790,6 +823,16 @@ at::Tensor bounded_self_gradient(const at::Tensor& E, const Inputs<T>& in, const
       T* hr = h + i * n;
 #pragma omp simd
       for (int64_t c = 0; c < n; ++c) hr[c] = er[c] * ac[c] * sa * inv[c];
+      // The positives' terms, symmetrized as the rest: row i's P_i holds z_ij and row j's P_j holds
+      // z_ji for the same pairs (the sets are symmetric), so H_ij gets pw_i + pw_j.
+      if (pset == PositiveSet::Partner) {
+        const int64_t j = (i + n / 2) % n;
+        hr[j] += (pw[i] + pw[j]) * sa * inv[j];
+      } else if (pset == PositiveSet::SameClass) {
+        const T pi = pw[i];
+#pragma omp simd
+        for (int64_t c = 0; c < n; ++c) hr[c] += in.lb[c] == li ? (pi + pw[c]) * sa * inv[c] : T(0);
+      }
       if (prm.exclude_self) hr[i] = 0;
     }
   });
@@ -818,11 +861,22 @@ Params swapped(const Params& prm) {
   return p;
 }
 
+}  // namespace
+
+bool positive_in_scores(PositiveSet set, bool scores_kept, bool b_is_a, double scale, double bias, bool relu,
+                        bool normalize, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
+                        bool columns, bool has_extra) {
+  if (set == PositiveSet::None || !scores_kept) return false;
+  Params prm{scale, bias, 0.0, relu, normalize, exclude_self, self_offset, std::vector<int64_t>(predicates.begin(), predicates.end())};
+  if (set == PositiveSet::Diagonal) return !b_is_a && bounded_both(prm, columns, has_extra);
+  return bounded_self(prm, b_is_a, columns);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_cpu(
     const at::Tensor& a, const std::optional<at::Tensor>& b_opt, const std::optional<at::Tensor>& label_a,
     const std::optional<at::Tensor>& label_b, const std::optional<at::Tensor>& extra, double scale, double bias,
     bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
-    bool columns, int64_t score_budget) {
+    bool columns, int64_t score_budget, PositiveSet positives, at::Tensor* pos, at::Tensor* count) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   std::vector<int64_t> preds(predicates.begin(), predicates.end());
   const bool b_is_a = !b_opt.has_value();  // b = None: the columns are a's rows (self-similarity)
@@ -841,15 +895,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_cpu(
   auto rowmax = at::empty({n}, a.options().dtype(ct));
   at::Tensor scores;
   Params prm{scale, bias, eps, relu, normalize, exclude_self, self_offset, preds};
+  const bool kept = keep_scores(n, m, c10::elementSize(ct), score_budget);
+  const bool take_pos = positive_in_scores(positives, kept, b_is_a, scale, bias, relu, normalize, exclude_self,
+                                           self_offset, preds, columns, extra.has_value());
+  TORCH_CHECK(!take_pos || (pos != nullptr && (positives != PositiveSet::SameClass || (count && la.defined()))),
+              "contrastive_lse_budget: positives need an output (and labels for SameClass)");
+  TORCH_CHECK(!take_pos || positives == PositiveSet::SameClass || n == m && (positives != PositiveSet::Partner || n % 2 == 0),
+              "contrastive_lse_budget: Diagonal needs N = M, Partner an even N");
+  if (take_pos) {
+    *pos = at::empty({n}, a.options().dtype(ct));
+    if (positives == PositiveSet::SameClass) *count = at::empty({n}, a.options().dtype(at::kLong));
+  }
   AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_budget_cpu", [&] {
     using T = scalar_t;
     const auto in = make_inputs<T>(a_t, b_t, inv_a, inv_b, la, lb, ex);
     T* L = lse.data_ptr<T>();
-    if (keep_scores(n, m, sizeof(T), score_budget) && bounded_both(prm, columns, extra.has_value())) {
-      scores = bounded_both_forward<T>(a_t, b_t, in.inv_a, in.inv_b, prm, L, rowmax.data_ptr<T>());  // E, not z
-    } else if (keep_scores(n, m, sizeof(T), score_budget) && bounded_self(prm, b_is_a, columns)) {
-      scores = bounded_self_forward<T>(a_t, in, prm, L, rowmax.data_ptr<T>());  // E, not z
-    } else if (keep_scores(n, m, sizeof(T), score_budget)) {
+    T* P = take_pos ? pos->data_ptr<T>() : nullptr;
+    if (kept && bounded_both(prm, columns, extra.has_value())) {
+      scores = bounded_both_forward<T>(a_t, b_t, in.inv_a, in.inv_b, prm, L, rowmax.data_ptr<T>(), P);  // E, not z
+    } else if (kept && bounded_self(prm, b_is_a, columns)) {
+      scores = bounded_self_forward<T>(a_t, in, prm, L, rowmax.data_ptr<T>(), take_pos ? positives : PositiveSet::None,
+                                       P, take_pos && count->defined() ? count->data_ptr<int64_t>() : nullptr);  // E
+    } else if (kept) {
       scores = all_logits<T>(a_t, b_t, in.inv_a, in.inv_b, prm);
       rows_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, in.extra, prm, L, rowmax.data_ptr<T>());
       if (columns) cols_lse_from_scores<T>(scores.data_ptr<T>(), n, m, in.la, in.lb, prm, L + n * K);
@@ -871,7 +938,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
     const std::optional<at::Tensor>& label_a, const std::optional<at::Tensor>& label_b,
     const std::optional<at::Tensor>& extra, const at::Tensor& lse, const at::Tensor& scores, double scale, double bias,
     bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
-    bool columns) {
+    bool columns, PositiveSet positives, const at::Tensor& pos_weight) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   std::vector<int64_t> preds(predicates.begin(), predicates.end());
   const bool b_is_a = !b_opt.has_value();
@@ -894,6 +961,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
   at::Tensor ex = extra.has_value() ? extra->detach().to(ct).contiguous() : at::Tensor();
   auto w = grad_lse.to(ct).contiguous(), l = lse.to(ct).contiguous();
   Params prm{scale, bias, eps, relu, normalize, exclude_self, self_offset, preds};
+  const bool fused_pos = pos_weight.defined();
+  TORCH_CHECK(!fused_pos || (positive_in_scores(positives, saved, b_is_a, scale, bias, relu, normalize, exclude_self,
+                                                self_offset, preds, columns, extra.has_value()) &&
+                             pos_weight.dim() == 1 && pos_weight.size(0) == n),
+              "contrastive_lse_budget_backward: pos_weight only where the forward took the positives from the scores");
+  at::Tensor pw = fused_pos ? pos_weight.to(ct).contiguous() : at::Tensor();
   at::Tensor U, V;  // raw-row gradients of a and b (before the normalization backward)
   AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_budget_backward_cpu", [&] {
     using T = scalar_t;
@@ -903,14 +976,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
     if (saved) {
       TORCH_CHECK(scores.scalar_type() == ct, "contrastive_lse_budget_backward: scores dtype mismatch");
       if (bounded_both(prm, columns, extra.has_value())) {
-        at::Tensor G = bounded_both_gradient<T>(scores, in.inv_a, in.inv_b, prm, W, L);  // scores hold E
+        at::Tensor G = bounded_both_gradient<T>(scores, in.inv_a, in.inv_b, prm, W, L,
+                                                fused_pos ? pw.data_ptr<T>() : nullptr);  // scores hold E
         U = gemm(G, b_t);
         V = gemm(G.t(), a_t);
         if (b_is_a) U.add_(V);
         return;
       }
       if (bounded_self(prm, b_is_a, columns)) {
-        U = gemm(bounded_self_gradient<T>(scores, in, prm, W, L), a_t);  // scores hold E
+        U = gemm(bounded_self_gradient<T>(scores, in, prm, W, L, fused_pos ? positives : PositiveSet::None,
+                                          fused_pos ? pw.data_ptr<T>() : nullptr),
+                 a_t);  // scores hold E
         return;
       }
       if (b_is_a && !columns && self_offset == 0) {
@@ -941,19 +1017,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
       if (b_is_a) U.add_(V);
     }
   });
-  auto grad_a = normalization_backward(a_t, inv_a, U, normalize, eps).to(a.scalar_type());
+  // U and V are this function's own buffers: the normalization backward overwrites them.
+  auto grad_a = normalization_backward(a_t, inv_a, U, normalize, eps, true).to(a.scalar_type());
   auto grad_b = b_is_a ? at::empty({0}, a.options())
-                       : normalization_backward(b_t, inv_b, V, normalize, eps).to(b.scalar_type());
+                       : normalization_backward(b_t, inv_b, V, normalize, eps, true).to(b.scalar_type());
   at::Tensor grad_extra;
   if (extra.has_value()) {
-    auto lr = l.narrow(0, 0, n), wr = w.narrow(0, 0, n);
-    auto p = (ex.unsqueeze(1) - lr).exp();
-    p = at::where(at::isfinite(lr), p, at::zeros_like(p));
-    grad_extra = (wr * p).sum(1).to(extra->scalar_type());
+    // d lse_ik / d extra_i = exp(extra_i - lse_ik) (0 where lse_ik is not finite), weighted and summed
+    // over k: one loop over N x K (the ATen form is eight ops).
+    grad_extra = at::empty({n}, ex.options());
+    AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_budget_grad_extra", [&] {
+      using T = scalar_t;
+      const T* W = w.data_ptr<T>();
+      const T* L = l.data_ptr<T>();
+      const T* X = ex.data_ptr<T>();
+      T* G = grad_extra.data_ptr<T>();
+      for (int64_t i = 0; i < n; ++i) {
+        T acc = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const T lk = L[i * K + k];
+          acc += W[i * K + k] * (std::isfinite(lk) ? std::exp(X[i] - lk) : T(0));
+        }
+        G[i] = acc;
+      }
+    });
+    grad_extra = grad_extra.to(extra->scalar_type());
   } else {
     grad_extra = at::zeros({n}, a.options().dtype(ct));
   }
   return {grad_a, grad_b, grad_extra};
+}
+
+namespace {
+
+// The registered ops: the kernels above without positives (the schema has none).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_op(
+    const at::Tensor& a, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& label_a,
+    const std::optional<at::Tensor>& label_b, const std::optional<at::Tensor>& extra, double scale, double bias,
+    bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
+    bool columns, int64_t score_budget) {
+  return contrastive_lse_budget_cpu(a, b, label_a, label_b, extra, scale, bias, relu, normalize, eps, exclude_self,
+                                    self_offset, predicates, columns, score_budget);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_op(
+    const at::Tensor& grad_lse, const at::Tensor& a, const std::optional<at::Tensor>& b,
+    const std::optional<at::Tensor>& label_a, const std::optional<at::Tensor>& label_b,
+    const std::optional<at::Tensor>& extra, const at::Tensor& lse, const at::Tensor& scores, double scale, double bias,
+    bool relu, bool normalize, double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates,
+    bool columns) {
+  return contrastive_lse_budget_backward_cpu(grad_lse, a, b, label_a, label_b, extra, lse, scores, scale, bias, relu,
+                                             normalize, eps, exclude_self, self_offset, predicates, columns);
 }
 
 }  // namespace
@@ -961,8 +1075,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("contrastive_lse", &contrastive_lse_cpu);
   m.impl("contrastive_lse_backward", &contrastive_lse_backward_cpu);
-  m.impl("contrastive_lse_budget", &contrastive_lse_budget_cpu);
-  m.impl("contrastive_lse_budget_backward", &contrastive_lse_budget_backward_cpu);
+  m.impl("contrastive_lse_budget", &contrastive_lse_budget_op);
+  m.impl("contrastive_lse_budget_backward", &contrastive_lse_budget_backward_op);
 }
 
 }  // namespace fastgan

@@ -45,7 +45,7 @@ void group_rows(const at::Tensor& labels, std::vector<int64_t>& order, std::vect
 
 template <typename T>
 void normalized(const T* x, T* xh, T* inv, T* nrm, int64_t n, int64_t d, T eps) {
-  at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, row_grain(d, 16), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = x + i * d;
       nrm[i] = std::sqrt(vec::dot(xr, xr, d));

@@ -36,6 +36,7 @@ class ContrastiveLseBudget : public torch::autograd::Function<ContrastiveLseBudg
                                                                exclude_self, self_offset, predicates, columns,
                                                                score_budget);
     ctx->mark_non_differentiable({rowmax, scores});  // rowmax: D2D-CE's detached shift
+    ctx->set_materialize_grads(false);  // no zero tensors for the unused outputs' gradients
     ctx->save_for_backward({a, undef(b), undef(la), undef(lb), undef(extra), lse, scores});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["bias"] = bias;
@@ -101,6 +102,7 @@ class SameClassCosineSum : public torch::autograd::Function<SameClassCosineSum> 
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [pos, n_pos] = calls::same_class_cosine_sum(x, labels, eps);
     ctx->mark_non_differentiable({n_pos});
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({x, labels});
     ctx->saved_data["eps"] = eps;
     return {pos, n_pos};
@@ -165,6 +167,9 @@ class ContrastiveLoss : public torch::autograd::Function<ContrastiveLoss> {
     auto [loss, lse, rowmax, pos, n_pos, scores] =
         op.call(x, proxy, labels, kind, temperature, m_p, eps, reduction, score_budget);
     ctx->mark_non_differentiable({lse, rowmax, pos, n_pos, scores});
+    // Only the loss is differentiable: without this the engine would allocate and zero five
+    // gradients (scores: N x N) on every backward only for them to be ignored.
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({x, undef(proxy), undef(labels), lse, rowmax, pos, n_pos, scores});
     ctx->saved_data["kind"] = std::string(kind);
     ctx->saved_data["temperature"] = temperature;

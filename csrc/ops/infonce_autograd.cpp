@@ -27,6 +27,7 @@ class InfonceLseBudget : public torch::autograd::Function<InfonceLseBudget> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [pos, neg, scores] = op.call(l, m, scale, self_logit, normalize, eps, score_budget);
     ctx->mark_non_differentiable({scores});
+    ctx->set_materialize_grads(false);  // the backward makes its own zeros where needed
     ctx->save_for_backward({l, m, neg, scores});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["self_logit"] = self_logit.has_value() ? c10::IValue(*self_logit) : c10::IValue();

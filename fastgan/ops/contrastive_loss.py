@@ -23,7 +23,7 @@ def _fake_forward(x, proxy, labels, kind, temperature, m_p, eps, reduction, scor
     lse, rowmax, scores = _fake_budget_forward(x, proxy if clip else None, labels, labels, None, 1.0, 0.0, False, True,
                                                eps, not clip, 0, [0] * _N_PREDICATES[kind], clip, score_budget)
     loss = x.new_empty((n,) if reduction == "none" else (), dtype=ct)
-    pos = x.new_empty((n // 2,) if kind == "ntxent" else (n,), dtype=ct)
+    pos = x.new_empty((n,), dtype=ct)
     n_pos = x.new_empty((n,) if kind == "supcon" else (0,), dtype=torch.int64)
     return loss, lse, rowmax, pos, n_pos, scores
 
