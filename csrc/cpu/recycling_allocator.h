@@ -10,7 +10,8 @@
 //
 // Blocks are only reused after their storage is freed (the DataPtr's deleter returns them), so a
 // tensor that is still referenced anywhere is never handed out again. At most kMaxCachedBytes of
-// free blocks are kept; a block freed above that goes back to the system. Allocations and frees
+// free blocks are kept: the most recently freed ones (a block freed beyond that sends the oldest
+// free blocks back to the system, so sizes a program stopped using do not stay). Allocations and frees
 // are reported to the profiler as c10's default CPU allocator does (torch.profiler's
 // profile_memory sees them).
 #pragma once
@@ -20,8 +21,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include <cstddef>
 #include <mutex>
-#include <unordered_map>
 #include <vector>
 
 namespace fastgan {
@@ -42,11 +43,15 @@ class RecyclingCPUAllocator final : public c10::Allocator {
     void* data = nullptr;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(nbytes);
-      if (it != free_.end() && !it->second.empty()) {
-        data = it->second.back();
-        it->second.pop_back();
-        cached_bytes_ -= nbytes;
+      // The most recently freed block of this size (a model's step frees and allocates the same
+      // sizes; the list holds tens of blocks).
+      for (size_t i = free_.size(); i-- > 0;) {
+        if (free_[i].nbytes == nbytes) {
+          data = free_[i].data;
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          cached_bytes_ -= nbytes;
+          break;
+        }
       }
     }
     if (data == nullptr) {
@@ -80,20 +85,33 @@ class RecyclingCPUAllocator final : public c10::Allocator {
     c10::profiledCPUMemoryReporter().Delete(data);
     char* base = static_cast<char*>(data) - kHeader;
     const size_t nbytes = *reinterpret_cast<size_t*>(base);
+    if (nbytes > kMaxCachedBytes) {
+      c10::free_cpu(base);
+      return;
+    }
+    std::vector<void*> evicted;
     RecyclingCPUAllocator& self = get();
     {
       std::lock_guard<std::mutex> lock(self.mutex_);
-      if (self.cached_bytes_ + nbytes <= kMaxCachedBytes) {
-        self.free_[nbytes].push_back(data);
-        self.cached_bytes_ += nbytes;
-        return;
+      self.free_.push_back({data, nbytes});
+      self.cached_bytes_ += nbytes;
+      size_t drop = 0;
+      while (self.cached_bytes_ > kMaxCachedBytes) {
+        self.cached_bytes_ -= self.free_[drop].nbytes;
+        evicted.push_back(static_cast<char*>(self.free_[drop].data) - kHeader);
+        ++drop;
       }
+      self.free_.erase(self.free_.begin(), self.free_.begin() + static_cast<std::ptrdiff_t>(drop));
     }
-    c10::free_cpu(base);
+    for (void* b : evicted) c10::free_cpu(b);
   }
 
+  struct FreeBlock {
+    void* data;
+    size_t nbytes;
+  };
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;  // free blocks by size in bytes
+  std::vector<FreeBlock> free_;  // free blocks, oldest first
   size_t cached_bytes_ = 0;
 };
 
