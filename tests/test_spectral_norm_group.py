@@ -158,3 +158,47 @@ def test_grouped_layers_called_after_a_backward(backend):
             assert rel_err(b.grad, a.grad) < 1e-5, (step, n1)
         for (n1, a), (n2, b) in zip(theirs.named_buffers(), ours.named_buffers()):
             assert rel_err(b, a) < 1e-5, (step, n1)
+
+
+def test_apply_backward_rounds_the_rank_one_term_before_the_add():
+    # Integer W and G and sigma = 4 make <G, W> and coef = -<G, W> / sigma^2 exact, so the CPU
+    # kernel's gradient must be PyTorch's float32 operations bit for bit: G / s + (coef u) v^T with
+    # the product rounded before the add. A fused multiply-add (which GCC emits for a * b + c unless
+    # told otherwise) rounds once and differs in many entries.
+    g = torch.Generator().manual_seed(5)
+    w = torch.randint(-3, 4, (33, 70), generator=g).float()
+    gd = torch.randint(-3, 4, (33, 70), generator=g).float()
+    u = F.normalize(torch.randn(33, generator=g), dim=0)
+    v = F.normalize(torch.randn(70, generator=g), dim=0)
+    s = torch.tensor(4.0)
+    op = torch.ops.fastgan.spectral_norm_apply_backward
+    coef = torch.tensor(-(gd.double() * w.double()).sum().item() / 16.0, dtype=torch.float32)
+    assert torch.equal(op(gd, w, u, v, s), gd / s + (coef * u)[:, None] * v[None, :])
+    expanded = torch.tensor(-1.5).expand(33, 70)  # the gradient of a sum, read as one value
+    coef = torch.tensor(1.5 * w.double().sum().item() / 16.0, dtype=torch.float32)
+    assert torch.equal(op(expanded, w, u, v, s), torch.tensor(-1.5) / s + (coef * u)[:, None] * v[None, :])
+
+
+def test_cpu_outputs_reuse_only_freed_memory():
+    # W / sigma (and its gradient) live in recycled memory (csrc/cpu/recycling_allocator.h): a
+    # freed block of the same size is handed out again, one still referenced (also through a view)
+    # never is.
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(64, 301, generator=g)
+    u, v = F.normalize(torch.randn(64, generator=g), dim=0), F.normalize(torch.randn(301, generator=g), dim=0)
+    s = ref.sigma(w, u, v)
+    op = torch.ops.fastgan.spectral_norm_apply
+    want = w / s
+    a, b = op(w, u, v, s), op(w, u, v, s)
+    assert a.data_ptr() != b.data_ptr()
+    freed = a.data_ptr()
+    del a
+    c = op(w, u, v, s)
+    assert c.data_ptr() == freed  # recycled
+    view = c[3:]
+    del c
+    d = op(w, u, v, s)
+    assert d.data_ptr() not in (freed, b.data_ptr())  # the view keeps its block
+    for out in (b, d):
+        assert torch.equal(out, want)
+    assert torch.equal(view, want[3:])

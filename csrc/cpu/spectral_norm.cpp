@@ -30,6 +30,8 @@
 #include <vector>
 
 #include "cpu/common.h"
+#include "cpu/recycling_allocator.h"
+#include "cpu/spectral_norm.h"
 
 namespace fastgan {
 namespace {
@@ -149,50 +151,77 @@ void check_apply_args(const at::Tensor& w, const at::Tensor& u, const at::Tensor
   TORCH_CHECK(sigma.numel() == 1, op, ": sigma must have one element, got shape ", sigma.sizes());
 }
 
-at::Tensor spectral_norm_apply_cpu(const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
-                                   const at::Tensor& sigma) {
-  check_apply_args(weight_mat, u, v, sigma, "spectral_norm_apply");
-  const at::Tensor w = weight_mat.contiguous();
-  at::Tensor out = at::empty(w.sizes(), w.options().memory_format(at::MemoryFormat::Contiguous));
+// sigma's one value as ct; no aten::to when it already is ct (a .to() returning its input is an
+// aliasing op call inside the group step's autograd, which opcheck's schema test rejects).
+template <typename ct>
+ct scalar_value(const at::Tensor& sigma) {
+  const at::ScalarType cst = c10::CppTypeToScalarType<ct>::value;
+  if (sigma.scalar_type() == cst) return *sigma.data_ptr<ct>();
+  return *sigma.to(cst).data_ptr<ct>();
+}
+
+// out = W / sigma into `out` (contiguous, W's number of elements, W's dtype; any shape: the group
+// step writes the weight's own shape). w contiguous. An exact per-element division, as PyTorch's
+// weight / sigma (IEEE division: the same bits however it is vectorized).
+void apply_into(const at::Tensor& w, const at::Tensor& sigma, at::Tensor& out) {
   const int64_t n = w.numel();
-  if (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble) {
-    // ATen's own division: the same bits and speed as PyTorch's weight / sigma.
-    at::div_out(out, w, sigma.to(w.scalar_type()).reshape({}));
-    return out;
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "spectral_norm_apply", [&] {
     using ct = at::opmath_type<scalar_t>;  // float for half/bfloat16
-    const ct s = sigma.to(c10::CppTypeToScalarType<ct>::value).item<ct>();
+    // sigma is float32 (float64 for float64 weights): for a float32 weight this is float32's own
+    // division (PyTorch's weight / sigma), for half/bfloat16 float32 math rounded once.
+    const ct s = scalar_value<ct>(sigma);
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) op[i] = static_cast<scalar_t>(static_cast<ct>(wp[i]) / s);
     });
   });
+}
+
+at::Tensor spectral_norm_apply_cpu(const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
+                                   const at::Tensor& sigma) {
+  check_apply_args(weight_mat, u, v, sigma, "spectral_norm_apply");
+  const at::Tensor w = weight_mat.contiguous();
+  // A new tensor every training step, of the same size: recycled memory (cpu/recycling_allocator.h).
+  at::Tensor out = RecyclingCPUAllocator::empty(w.sizes(), w.scalar_type());
+  apply_into(w, sigma, out);
   return out;
 }
 
-at::Tensor spectral_norm_apply_backward_cpu(const at::Tensor& grad, const at::Tensor& weight_mat, const at::Tensor& u,
-                                            const at::Tensor& v, const at::Tensor& sigma) {
-  const char* opname = "spectral_norm_apply_backward";
-  check_apply_args(weight_mat, u, v, sigma, opname);
-  TORCH_CHECK(grad.sizes() == weight_mat.sizes(), opname, ": grad must have the weight's shape ", weight_mat.sizes(),
-              ", got ", grad.sizes());
-  const at::Tensor w = weight_mat.contiguous();
-  // An expanded scalar G (the gradient of a sum, every stride 0) is read as its one value rather
-  // than materialized: one pass over W for <G, W> = g sum(W), one write.
-  const bool scalar_g = grad.numel() > 0 && std::all_of(grad.strides().begin(), grad.strides().end(),
-                                                        [](int64_t s) { return s == 0; });
-  const at::Tensor g = scalar_g ? grad.to(w.scalar_type()) : grad.to(w.scalar_type()).contiguous();
+// Rows [begin, end) of out = G / s + (coef u_r) v_c, or gs + (coef u_r) v_c for an expanded G (g
+// null), in PyTorch's float operations: the rank-1 term rounded to ct before the add. GCC contracts
+// a * b + c into an FMA by default (in C++ also under -std=c++17), which would skip that rounding,
+// hence fp-contract=off for this function only (a separate term array per row did the same at
+// 2.5x the time: 21 us vs 8 us for a 128 x 1152 layer on this AMD EPYC, one thread).
+template <typename scalar_t, typename ct>
+__attribute__((optimize("fp-contract=off"))) void backward_rows(const scalar_t* g, ct gs, int64_t cols, int64_t begin,
+                                                                 int64_t end, const ct* up, const ct* vp, ct coef, ct s,
+                                                                 scalar_t* out) {
+  for (int64_t r = begin; r < end; ++r) {
+    scalar_t* orow = out + r * cols;
+    const ct cu = coef * up[r];
+    if (g == nullptr) {
+      for (int64_t c = 0; c < cols; ++c) orow[c] = static_cast<scalar_t>(gs + cu * vp[c]);
+    } else {
+      const scalar_t* gr = g + r * cols;
+      for (int64_t c = 0; c < cols; ++c) orow[c] = static_cast<scalar_t>(static_cast<ct>(gr[c]) / s + cu * vp[c]);
+    }
+  }
+}
+
+// G / sigma - (<G, W> / sigma^2) u v^T into `out` (contiguous, W's number of elements). w
+// contiguous (rows, cols); g: (rows, cols) contiguous, or `scalar_g`: one value (an expanded G,
+// the gradient of a sum, every stride 0), read as that value rather than materialized.
+void apply_backward_into(const at::Tensor& g, bool scalar_g, const at::Tensor& w, const at::Tensor& u,
+                         const at::Tensor& v, const at::Tensor& sigma, at::Tensor& out) {
   const int64_t rows = w.size(0), cols = w.size(1);
-  at::Tensor out = at::empty(w.sizes(), w.options().memory_format(at::MemoryFormat::Contiguous));
-  if (w.numel() == 0) return out;
+  if (w.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "spectral_norm_apply_backward", [&] {
     using ct = at::opmath_type<scalar_t>;
     const at::ScalarType cst = c10::CppTypeToScalarType<ct>::value;
-    const ct s = sigma.to(cst).item<ct>();
-    const at::Tensor uc = u.to(cst).contiguous();
-    const at::Tensor vc = v.to(cst).contiguous();
+    const ct s = scalar_value<ct>(sigma);
+    const at::Tensor uc = working_vector(u, cst);
+    const at::Tensor vc = working_vector(v, cst);
     const ct* up = uc.data_ptr<ct>();
     const ct* vp = vc.data_ptr<ct>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
@@ -229,30 +258,65 @@ at::Tensor spectral_norm_apply_backward_cpu(const at::Tensor& grad, const at::Te
     });
     double dot = 0.0;
     for (int64_t r = 0; r < rows; ++r) dot += partial[r];
-    // PyTorch's autograd of W / (u^T W v): G / s + (c u_i) v_j with c = -<G, W> / s^2, in the same
-    // float operations (no FMA contraction of the product into the sum changes the rounding: the
-    // rank-1 term is rounded to ct first).
+    // PyTorch's autograd of W / (u^T W v): G / s + (c u_i) v_j with c = -<G, W> / s^2 (backward_rows).
     const ct coef = static_cast<ct>(-dot / (static_cast<double>(s) * static_cast<double>(s)));
     const ct gs = scalar_g ? static_cast<ct>(gp[0]) / s : ct(0);
     at::parallel_for(0, rows, row_grain, [&](int64_t begin, int64_t end) {
-      std::vector<ct> term(cols);
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* gr = gp + r * cols;
-        scalar_t* orow = op + r * cols;
-        const ct cu = coef * up[r];
-        for (int64_t c = 0; c < cols; ++c) term[c] = cu * vp[c];
-        if (scalar_g) {
-          for (int64_t c = 0; c < cols; ++c) orow[c] = static_cast<scalar_t>(gs + term[c]);
-        } else {
-          for (int64_t c = 0; c < cols; ++c) orow[c] = static_cast<scalar_t>(static_cast<ct>(gr[c]) / s + term[c]);
-        }
-      }
+      backward_rows<scalar_t, ct>(scalar_g ? nullptr : gp, gs, cols, begin, end, up, vp, coef, s, op);
     });
   });
+}
+
+bool all_strides_zero(const at::Tensor& t) {
+  return t.numel() > 0 && std::all_of(t.strides().begin(), t.strides().end(), [](int64_t s) { return s == 0; });
+}
+
+at::Tensor spectral_norm_apply_backward_cpu(const at::Tensor& grad, const at::Tensor& weight_mat, const at::Tensor& u,
+                                            const at::Tensor& v, const at::Tensor& sigma) {
+  const char* opname = "spectral_norm_apply_backward";
+  check_apply_args(weight_mat, u, v, sigma, opname);
+  TORCH_CHECK(grad.sizes() == weight_mat.sizes(), opname, ": grad must have the weight's shape ", weight_mat.sizes(),
+              ", got ", grad.sizes());
+  const at::Tensor w = weight_mat.contiguous();
+  const bool scalar_g = all_strides_zero(grad);
+  const at::Tensor g = scalar_g ? grad.to(w.scalar_type()) : grad.to(w.scalar_type()).contiguous();
+  at::Tensor out = RecyclingCPUAllocator::empty(w.sizes(), w.scalar_type());
+  apply_backward_into(g, scalar_g, w, u, v, sigma, out);
   return out;
 }
 
 }  // namespace
+
+// The group step's CPU calls (cpu/spectral_norm.h): the kernels above without the dispatcher, for
+// arguments the group step has checked.
+at::Tensor power_iteration_one_cpu(const at::Tensor& weight_mat, at::Tensor& u, at::Tensor& v, int64_t n, double eps,
+                                   bool hook_order, size_t layer) {
+  const char* op = "spectral_norm_group_step";
+  check_weight(weight_mat, op);
+  check_vector(u, weight_mat, weight_mat.size(0), op, "us", layer);
+  check_vector(v, weight_mat, weight_mat.size(1), op, "vs", layer);
+  if (compute_type(weight_mat) == at::kDouble) {
+    return power_iteration_layer<double>(weight_mat, u, v, n, eps, hook_order);
+  }
+  return power_iteration_layer<float>(weight_mat, u, v, n, eps, hook_order);
+}
+
+at::Tensor apply_weight_cpu(const at::Tensor& weight_mat, const at::Tensor& sigma, at::IntArrayRef shape) {
+  const at::Tensor w = weight_mat.contiguous();
+  at::Tensor out = RecyclingCPUAllocator::empty(shape, w.scalar_type());
+  apply_into(w, sigma, out);
+  return out;
+}
+
+at::Tensor apply_backward_weight_cpu(const at::Tensor& grad, const at::Tensor& weight_mat, const at::Tensor& u,
+                                     const at::Tensor& v, const at::Tensor& sigma, at::IntArrayRef shape) {
+  const at::Tensor w = weight_mat.contiguous();
+  const bool scalar_g = all_strides_zero(grad);
+  const at::Tensor g = grad.scalar_type() == w.scalar_type() ? grad : grad.to(w.scalar_type());
+  at::Tensor out = RecyclingCPUAllocator::empty(shape, w.scalar_type());
+  apply_backward_into(scalar_g ? g : g.contiguous(), scalar_g, w, u, v, sigma, out);
+  return out;
+}
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("spectral_norm_power_iteration_", &spectral_norm_power_iteration_cpu);

@@ -14,6 +14,8 @@
 
 #include <vector>
 
+#include "cpu/spectral_norm.h"
+
 namespace fastgan {
 namespace {
 
@@ -85,6 +87,8 @@ class SpectralNormApplyWeight : public torch::autograd::Function<SpectralNormApp
     ctx->save_for_backward({wm, u, v, sigma});
     ctx->saved_data["dim"] = dim;
     ctx->set_materialize_grads(false);
+    // CPU, dim 0: W / sigma written straight in W's shape (the matrix's row-major order), no view.
+    if (w.is_cpu() && dim == 0) return apply_weight_cpu(wm, sigma, w.sizes());
     return from_matrix(call_apply(wm, u, v, sigma), w.sizes(), dim);
   }
 
@@ -92,6 +96,11 @@ class SpectralNormApplyWeight : public torch::autograd::Function<SpectralNormApp
     if (!grads[0].defined() || !ctx->needs_input_grad(0)) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     auto saved = ctx->get_saved_variables();
     const int64_t dim = ctx->saved_data["dim"].toInt();
+    if (dim == 0 && saved[0].is_cpu()) {
+      // G in W's shape read as the matrix (contiguous, or expanded with every stride 0).
+      at::Tensor grad_w = apply_backward_weight_cpu(grads[0], saved[0], saved[1], saved[2], saved[3], grads[0].sizes());
+      return {grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     const at::Tensor gm = to_matrix(grads[0], dim);  // a view for dim 0, also of an expanded G
     at::Tensor grad_w = call_apply_backward(gm, saved[0], saved[1], saved[2], saved[3]);
     std::vector<int64_t> shape(grads[0].sizes().begin(), grads[0].sizes().end());
@@ -119,6 +128,7 @@ std::vector<at::Tensor> group_step(at::TensorList weights, at::TensorList us, at
               ": weights, us, vs and dims must have the same length, got ", k, ", ", us.size(), ", ", vs.size(),
               " and ", dims.size());
   TORCH_CHECK(n >= 1, op, ": n_power_iterations must be >= 1 (a training step), got ", n);
+  TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
   std::vector<at::Tensor> mats, u2, v2, out;
   mats.reserve(k);
   u2.reserve(k);
@@ -157,10 +167,13 @@ std::vector<at::Tensor> group_step(at::TensorList weights, at::TensorList us, at
     if (per_layer) {
       at::AutoDispatchBelowADInplaceOrView below;
       at::NoGradGuard no_grad;
-      sigmas[i] = call_power_iteration({mats[i]}, {u2[i]}, {v2[i]}, n, eps, hook_order)[0];
+      // The CPU kernel itself: a dispatcher call per layer costs about what a small layer's step does.
+      sigmas[i] = power_iteration_one_cpu(mats[i], u2[i], v2[i], n, eps, hook_order, i);
     }
     if (with_autograd) {
       out.push_back(SpectralNormApplyWeight::apply(weights[i], u2[i], v2[i], sigmas[i], dims[i]));
+    } else if (per_layer && dims[i] == 0) {
+      out.push_back(apply_weight_cpu(mats[i], sigmas[i], weights[i].sizes()));
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
       out.push_back(from_matrix(call_apply(mats[i], u2[i], v2[i], sigmas[i]), weights[i].sizes(), dims[i]));
