@@ -633,6 +633,10 @@ at::Tensor score_gradient(const at::Tensor& Z, const Inputs<T>& in, const Params
 // direction). The kept scores are then E = e itself, and the backward needs no exp at all:
 //   e^{z_ij - lse_i} = e_ij exp(c - lse_i),  e^{z_ij - lsec_j} = e_ij exp(c - lsec_j),
 // with both factors <= exp(2|scale|) (finite). Rounding: a few ulps per term (float32 ~1e-7).
+// Products up to this many multiply-adds (n m d; 64 x 64 x 512 is 2M) run one per thread side by
+// side rather than each split over the threads: at that size a split product spends as long in
+// its fork/join as in arithmetic.
+constexpr int64_t kSmallProducts = int64_t(1) << 23;
 constexpr double kBoundedRange = 60.0;  // exp(-60) ~ 1e-26, far above float32's 1e-38
 
 inline bool bounded_both(const Params& prm, bool columns, bool has_extra) {
@@ -968,6 +972,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
               "contrastive_lse_budget_backward: pos_weight only where the forward took the positives from the scores");
   at::Tensor pw = fused_pos ? pos_weight.to(ct).contiguous() : at::Tensor();
   at::Tensor U, V;  // raw-row gradients of a and b (before the normalization backward)
+  bool normalized = false;  // U and V already through the normalization backward
   AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_budget_backward_cpu", [&] {
     using T = scalar_t;
     const auto in = make_inputs<T>(a_t, b_t, inv_a, inv_b, la, lb, ex);
@@ -978,6 +983,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
       if (bounded_both(prm, columns, extra.has_value())) {
         at::Tensor G = bounded_both_gradient<T>(scores, in.inv_a, in.inv_b, prm, W, L,
                                                 fused_pos ? pw.data_ptr<T>() : nullptr);  // scores hold E
+        if (!b_is_a && at::get_num_threads() >= 2 && n * m * a_t.size(1) <= kSmallProducts) {
+          // Small products: the two sides side by side, one task each (a product, then its own
+          // normalization backward), instead of each product split over the threads in turn.
+          at::parallel_for(0, 2, 1, [&](int64_t t0, int64_t t1) {
+            for (int64_t side = t0; side < t1; ++side) {
+              if (side == 0) {
+                U = normalization_backward(a_t, inv_a, gemm(G, b_t), normalize, eps, true);
+              } else {
+                V = normalization_backward(b_t, inv_b, gemm(G.t(), a_t), normalize, eps, true);
+              }
+            }
+          });
+          normalized = true;
+          return;
+        }
         U = gemm(G, b_t);
         V = gemm(G.t(), a_t);
         if (b_is_a) U.add_(V);
@@ -1018,9 +1038,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
     }
   });
   // U and V are this function's own buffers: the normalization backward overwrites them.
-  auto grad_a = normalization_backward(a_t, inv_a, U, normalize, eps, true).to(a.scalar_type());
+  auto grad_a = (normalized ? U : normalization_backward(a_t, inv_a, U, normalize, eps, true)).to(a.scalar_type());
   auto grad_b = b_is_a ? at::empty({0}, a.options())
-                       : normalization_backward(b_t, inv_b, V, normalize, eps, true).to(b.scalar_type());
+                       : (normalized ? V : normalization_backward(b_t, inv_b, V, normalize, eps, true)).to(b.scalar_type());
   at::Tensor grad_extra;
   if (extra.has_value()) {
     // d lse_ik / d extra_i = exp(extra_i - lse_ik) (0 where lse_ik is not finite), weighted and summed
