@@ -24,6 +24,7 @@
 #include <ATen/Dispatch.h>
 
 #include "cpu/contrastive_lse.h"
+#include "cpu/pair_cosine.h"
 #include "ops/contrastive_calls.h"
 
 #include <algorithm>
@@ -261,10 +262,8 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_cpu(
   switch (kind) {
     case Kind::C2:
     case Kind::D2D: {
-      auto gc = kind == Kind::C2 ? grad_extra.div(t).contiguous() : grad_pos;  // 2C: extra = c / t
-      auto [gx, gp] = calls::pair_cosine_backward(gc, x, *proxy, eps);
-      grad_x.add_(gx);
-      grad_proxy = gp;
+      auto gc = kind == Kind::C2 ? grad_extra.div(t) : grad_pos;  // 2C: extra = c / t
+      grad_proxy = pair_cosine_backward_accumulate(gc, x, *proxy, eps, grad_x);
       break;
     }
     case Kind::NTXent:

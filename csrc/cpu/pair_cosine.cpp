@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "cpu/common.h"
+#include "cpu/pair_cosine.h"
 
 #include <algorithm>
 #include <cmath>
@@ -44,8 +45,18 @@ inline void row_dots(const T* x, const T* y, int64_t d, T& p, T& sx, T& sy) {
 }
 
 // (A pragma cannot sit inside AT_DISPATCH's macro argument: the loop is a function.)
+// accumulate: ox += dx (the caller's gradient buffer) instead of ox = dx.
 template <typename T>
-inline void row_update(const T* xr, const T* yr, T* ox, T* oy, int64_t d, T gxi, T gyi, T ix, T iy, T cx, T cy) {
+inline void row_update(const T* xr, const T* yr, T* ox, T* oy, int64_t d, T gxi, T gyi, T ix, T iy, T cx, T cy,
+                       bool accumulate) {
+  if (accumulate) {
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) {
+      ox[k] += gxi * (iy * yr[k] - cx * xr[k]);
+      oy[k] = gyi * (ix * xr[k] - cy * yr[k]);
+    }
+    return;
+  }
 #pragma omp simd
   for (int64_t k = 0; k < d; ++k) {
     ox[k] = gxi * (iy * yr[k] - cx * xr[k]);
@@ -77,8 +88,10 @@ at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps)
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
-                                                            const at::Tensor& y, double eps) {
+// dx into gx (accumulate: gx += dx, gx of the compute dtype, contiguous) or a new tensor; dy new.
+std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& grad, const at::Tensor& x,
+                                                             const at::Tensor& y, double eps, at::Tensor gx,
+                                                             bool accumulate) {
   check_pair(x, y);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "pair_cosine_backward: grad must have shape (N,)");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -86,7 +99,8 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cpu(const at::Tensor& gr
   auto xt = x.detach().to(ct).contiguous(), yt = y.detach().to(ct).contiguous();
   auto g = grad.detach().to(ct).contiguous();
   const int64_t n = xt.size(0), d = xt.size(1);
-  auto gx = at::empty_like(xt), gy = at::empty_like(yt);
+  if (!accumulate) gx = at::empty_like(xt);
+  auto gy = at::empty_like(yt);
   AT_DISPATCH_FLOATING_TYPES(ct, "pair_cosine_backward_cpu", [&] {
     using T = scalar_t;
     const T* xp = xt.data_ptr<T>();
@@ -107,14 +121,30 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cpu(const at::Tensor& gr
         // Where a norm is clamped at eps the cosine is linear in that side: no projection term.
         const T cx = nx > e ? c * ix : T(0), cy = ny > e ? c * iy : T(0);
         const T gxi = gp[i] * ix, gyi = gp[i] * iy;
-        row_update(xr, yr, gxp + i * d, gyp + i * d, d, gxi, gyi, ix, iy, cx, cy);
+        row_update(xr, yr, gxp + i * d, gyp + i * d, d, gxi, gyi, ix, iy, cx, cy, accumulate);
       }
     });
   });
-  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+  return {accumulate ? gx : gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                            const at::Tensor& y, double eps) {
+  return pair_cosine_backward_impl(grad, x, y, eps, at::Tensor(), false);
 }
 
 }  // namespace
+
+at::Tensor pair_cosine_backward_accumulate(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, double eps,
+                                           at::Tensor& gx) {
+  const bool fits = gx.defined() && gx.is_contiguous() && gx.scalar_type() == pair_type(x, y) && gx.sizes() == x.sizes();
+  if (!fits) {
+    auto [dx, dy] = pair_cosine_backward_impl(grad, x, y, eps, at::Tensor(), false);
+    gx.add_(dx);
+    return dy;
+  }
+  return std::get<1>(pair_cosine_backward_impl(grad, x, y, eps, gx, true));
+}
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("pair_cosine", &pair_cosine_cpu);
