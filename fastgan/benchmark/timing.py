@@ -118,14 +118,18 @@ class _Series:
             self.bwd.append(b)
 
 
-def time_paths(fns: Dict[str, Callable], tensors, labels, device: str, min_reps: int = 10, max_reps: int = 60,
+def time_paths(fns: Dict[str, Callable], tensors, labels, device: str, min_reps: int = 10, max_reps: int = 300,
                budget_s: float = 0.5, rotate: int = 3, warmup: int = 2) -> Dict[str, dict]:
     """Time several paths of one case interleaved: {name: time_path-like result} or {name: {"error": exc}}.
 
     Each round runs one repetition of every path still going, starting at a different path each
     round. A path goes on until it has min_reps and has spent budget_s, or has max_reps; the slowest
     paths thus get min_reps (at least 3 when one repetition exceeds the budget) and the fast ones up
-    to max_reps, enough for a stable p20/p80."""
+    to max_reps, enough for a stable p20/p80. Why max_reps is 300 (it was 60): on a shared host the
+    speed drifts over tenths of a second, and at 64 x 512 (0.3-0.6 ms a step) 60 rounds spanned
+    about 0.1 s, so a run's medians caught one phase of the host and the ratios between paths moved
+    by +-15% from run to run. 300 rounds span about half a second there; paths of similar speed all
+    reach the cap, so they get the same rounds, interleaved from first to last."""
     series = {name: _Series(fn, tensors, labels, rotate) for name, fn in fns.items()}
     for s in series.values():  # warm-up: compilation, caches, allocator
         try:
