@@ -633,11 +633,12 @@ at::Tensor score_gradient(const at::Tensor& Z, const Inputs<T>& in, const Params
 // direction). The kept scores are then E = e itself, and the backward needs no exp at all:
 //   e^{z_ij - lse_i} = e_ij exp(c - lse_i),  e^{z_ij - lsec_j} = e_ij exp(c - lsec_j),
 // with both factors <= exp(2|scale|) (finite). Rounding: a few ulps per term (float32 ~1e-7).
+constexpr double kBoundedRange = 60.0;  // exp(-60) ~ 1e-26, far above float32's 1e-38
+
 // Products up to this many multiply-adds (n m d; 64 x 64 x 512 is 2M) run one per thread side by
 // side rather than each split over the threads: at that size a split product spends as long in
 // its fork/join as in arithmetic.
 constexpr int64_t kSmallProducts = int64_t(1) << 23;
-constexpr double kBoundedRange = 60.0;  // exp(-60) ~ 1e-26, far above float32's 1e-38
 
 inline bool bounded_both(const Params& prm, bool columns, bool has_extra) {
   return columns && !has_extra && prm.normalize && !prm.relu && !prm.exclude_self && prm.predicates.size() == 1 &&
