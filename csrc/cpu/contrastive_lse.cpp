@@ -905,7 +905,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_cpu(
                                            self_offset, preds, columns, extra.has_value());
   TORCH_CHECK(!take_pos || (pos != nullptr && (positives != PositiveSet::SameClass || (count && la.defined()))),
               "contrastive_lse_budget: positives need an output (and labels for SameClass)");
-  TORCH_CHECK(!take_pos || positives == PositiveSet::SameClass || n == m && (positives != PositiveSet::Partner || n % 2 == 0),
+  TORCH_CHECK(!take_pos || positives == PositiveSet::SameClass || (n == m && (positives != PositiveSet::Partner || n % 2 == 0)),
               "contrastive_lse_budget: Diagonal needs N = M, Partner an even N");
   if (take_pos) {
     *pos = at::empty({n}, a.options().dtype(ct));
@@ -973,7 +973,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
               "contrastive_lse_budget_backward: pos_weight only where the forward took the positives from the scores");
   at::Tensor pw = fused_pos ? pos_weight.to(ct).contiguous() : at::Tensor();
   at::Tensor U, V;  // raw-row gradients of a and b (before the normalization backward)
-  bool normalized = false;  // U and V already through the normalization backward
   AT_DISPATCH_FLOATING_TYPES(ct, "contrastive_lse_budget_backward_cpu", [&] {
     using T = scalar_t;
     const auto in = make_inputs<T>(a_t, b_t, inv_a, inv_b, la, lb, ex);
@@ -985,18 +984,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
         at::Tensor G = bounded_both_gradient<T>(scores, in.inv_a, in.inv_b, prm, W, L,
                                                 fused_pos ? pw.data_ptr<T>() : nullptr);  // scores hold E
         if (!b_is_a && at::get_num_threads() >= 2 && n * m * a_t.size(1) <= kSmallProducts) {
-          // Small products: the two sides side by side, one task each (a product, then its own
-          // normalization backward), instead of each product split over the threads in turn.
+          // Small products: the two side by side, one task each, instead of each product split
+          // over the threads in turn.
           at::parallel_for(0, 2, 1, [&](int64_t t0, int64_t t1) {
             for (int64_t side = t0; side < t1; ++side) {
               if (side == 0) {
-                U = normalization_backward(a_t, inv_a, gemm(G, b_t), normalize, eps, true);
+                U = gemm(G, b_t);
               } else {
-                V = normalization_backward(b_t, inv_b, gemm(G.t(), a_t), normalize, eps, true);
+                V = gemm(G.t(), a_t);
               }
             }
           });
-          normalized = true;
           return;
         }
         U = gemm(G, b_t);
@@ -1039,9 +1037,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_backward_c
     }
   });
   // U and V are this function's own buffers: the normalization backward overwrites them.
-  auto grad_a = (normalized ? U : normalization_backward(a_t, inv_a, U, normalize, eps, true)).to(a.scalar_type());
+  auto grad_a = normalization_backward(a_t, inv_a, U, normalize, eps, true).to(a.scalar_type());
   auto grad_b = b_is_a ? at::empty({0}, a.options())
-                       : (normalized ? V : normalization_backward(b_t, inv_b, V, normalize, eps, true)).to(b.scalar_type());
+                       : normalization_backward(b_t, inv_b, V, normalize, eps, true).to(b.scalar_type());
   at::Tensor grad_extra;
   if (extra.has_value()) {
     // d lse_ik / d extra_i = exp(extra_i - lse_ik) (0 where lse_ik is not finite), weighted and summed

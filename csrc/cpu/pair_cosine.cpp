@@ -45,21 +45,17 @@ inline void row_dots(const T* x, const T* y, int64_t d, T& p, T& sx, T& sy) {
 }
 
 // (A pragma cannot sit inside AT_DISPATCH's macro argument: the loop is a function.)
-// accumulate: ox += dx (the caller's gradient buffer) instead of ox = dx.
-template <typename T>
-inline void row_update(const T* xr, const T* yr, T* ox, T* oy, int64_t d, T gxi, T gyi, T ix, T iy, T cx, T cy,
-                       bool accumulate) {
-  if (accumulate) {
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) {
-      ox[k] += gxi * (iy * yr[k] - cx * xr[k]);
-      oy[k] = gyi * (ix * xr[k] - cy * yr[k]);
-    }
-    return;
-  }
+// Accumulate: ox += dx (the caller's gradient buffer) instead of ox = dx.
+template <bool Accumulate, typename T>
+inline void row_update(const T* xr, const T* yr, T* ox, T* oy, int64_t d, T gxi, T gyi, T ix, T iy, T cx, T cy) {
 #pragma omp simd
   for (int64_t k = 0; k < d; ++k) {
-    ox[k] = gxi * (iy * yr[k] - cx * xr[k]);
+    const T dx = gxi * (iy * yr[k] - cx * xr[k]);
+    if constexpr (Accumulate) {
+      ox[k] += dx;
+    } else {
+      ox[k] = dx;
+    }
     oy[k] = gyi * (ix * xr[k] - cy * yr[k]);
   }
 }
@@ -121,7 +117,11 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
         // Where a norm is clamped at eps the cosine is linear in that side: no projection term.
         const T cx = nx > e ? c * ix : T(0), cy = ny > e ? c * iy : T(0);
         const T gxi = gp[i] * ix, gyi = gp[i] * iy;
-        row_update(xr, yr, gxp + i * d, gyp + i * d, d, gxi, gyi, ix, iy, cx, cy, accumulate);
+        if (accumulate) {
+          row_update<true>(xr, yr, gxp + i * d, gyp + i * d, d, gxi, gyi, ix, iy, cx, cy);
+        } else {
+          row_update<false>(xr, yr, gxp + i * d, gyp + i * d, d, gxi, gyi, ix, iy, cx, cy);
+        }
       }
     });
   });
