@@ -181,11 +181,7 @@ void apply_into(const at::Tensor& w, const at::Tensor& sigma, at::Tensor& out) {
 at::Tensor spectral_norm_apply_cpu(const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
                                    const at::Tensor& sigma) {
   check_apply_args(weight_mat, u, v, sigma, "spectral_norm_apply");
-  const at::Tensor w = weight_mat.contiguous();
-  // A new tensor every training step, of the same size: recycled memory (cpu/recycling_allocator.h).
-  at::Tensor out = RecyclingCPUAllocator::empty(w.sizes(), w.scalar_type());
-  apply_into(w, sigma, out);
-  return out;
+  return apply_weight_cpu(weight_mat, sigma, weight_mat.sizes());
 }
 
 // Rows [begin, end) of out = G / s + (coef u_r) v_c, or gs + (coef u_r) v_c for an expanded G (g
@@ -277,12 +273,7 @@ at::Tensor spectral_norm_apply_backward_cpu(const at::Tensor& grad, const at::Te
   check_apply_args(weight_mat, u, v, sigma, opname);
   TORCH_CHECK(grad.sizes() == weight_mat.sizes(), opname, ": grad must have the weight's shape ", weight_mat.sizes(),
               ", got ", grad.sizes());
-  const at::Tensor w = weight_mat.contiguous();
-  const bool scalar_g = all_strides_zero(grad);
-  const at::Tensor g = scalar_g ? grad.to(w.scalar_type()) : grad.to(w.scalar_type()).contiguous();
-  at::Tensor out = RecyclingCPUAllocator::empty(w.sizes(), w.scalar_type());
-  apply_backward_into(g, scalar_g, w, u, v, sigma, out);
-  return out;
+  return apply_backward_weight_cpu(grad, weight_mat, u, v, sigma, weight_mat.sizes());
 }
 
 }  // namespace
@@ -303,6 +294,7 @@ at::Tensor power_iteration_one_cpu(const at::Tensor& weight_mat, at::Tensor& u, 
 
 at::Tensor apply_weight_cpu(const at::Tensor& weight_mat, const at::Tensor& sigma, at::IntArrayRef shape) {
   const at::Tensor w = weight_mat.contiguous();
+  // A new tensor every training step, of the same size: recycled memory (cpu/recycling_allocator.h).
   at::Tensor out = RecyclingCPUAllocator::empty(shape, w.scalar_type());
   apply_into(w, sigma, out);
   return out;
