@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ._registry import triton_module
+from .contrastive_lse import _lse_dtype
 
 
 def _pair_dtype(x, y):
@@ -139,10 +140,6 @@ def d2d_epilogue(lse: torch.Tensor, rowmax: torch.Tensor, cos: torch.Tensor, m_p
     return d2d_epilogue_triton(lse, rowmax, cos, float(m_p), float(temperature), float(scale))
 
 
-def _pos_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 @torch.library.custom_op("fastgan::same_class_cosine_sum_triton", mutates_args=())
 def same_class_cosine_sum_triton(x: torch.Tensor, labels: torch.Tensor,
                                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,7 +156,7 @@ def _scc_fake(x, labels, eps):
     def rows(dtype):
         return x.new_empty((x.shape[0],), dtype=dtype)
 
-    return rows(_pos_dtype(x)), rows(torch.int64), rows(_pos_dtype(x)), rows(_pos_dtype(x))
+    return rows(_lse_dtype(x)), rows(torch.int64), rows(_lse_dtype(x)), rows(_lse_dtype(x))
 
 
 same_class_cosine_sum_triton.register_fake(_scc_fake)
