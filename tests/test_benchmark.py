@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fastgan.benchmark import cli
 
@@ -100,3 +101,25 @@ def test_plot_colours_are_one_per_path():
     paths = ["fastgan_cpu", "reference_eager", "torch_hook", "studiogan_style", "mimicry_style"]
     c1, c2 = cli._colours(paths), cli._colours(list(reversed(paths)) + ["fastgan_cpu"])
     assert c1 == c2 and len(set(c1.values())) == len(paths)
+
+
+def test_compilation_in_the_warm_up_costs_no_repetitions():
+    """A path whose first call is slow (torch.compile compiling) gets as many repetitions as its
+    speed afterwards allows: the warm-up's time counts neither against the budget nor in the floor."""
+    import time
+
+    from fastgan.benchmark.timing import time_paths
+
+    calls = {"n": 0}
+
+    def compiled_like(x):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(0.3)  # "compilation", longer than the budget
+        return (x * 2).sum()
+
+    x = torch.randn(8, requires_grad=True)
+    out = time_paths({"compiled_like": compiled_like, "plain": lambda x: (x * 3).sum()}, [x], [], "cpu",
+                     min_reps=10, max_reps=40, budget_s=0.05)
+    assert out["compiled_like"]["reps"] >= 10, out["compiled_like"]["reps"]
+    assert out["plain"]["reps"] >= 10

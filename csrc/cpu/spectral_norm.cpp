@@ -18,8 +18,9 @@
 // Parametrization order: dot(u, mv(W, v)) with one more gemv, bitwise PyTorch's (see below).
 // With n == 0, sigma = dot(u, mv(W, v)) by one pass, as PyTorch's eval mode.
 // Floor: 2 * |W| multiply-adds and 2 * |W| elements read per layer and step (bandwidth bound).
-// Layers run one after another: each gemv is itself parallel inside BLAS/ATen, and running gemvs
-// inside an outer parallel region would make them single-threaded for the large layers.
+// This op runs layers one after another: each gemv is itself parallel inside BLAS/ATen, and running
+// gemvs inside an outer parallel region would make them single-threaded for the large layers. The
+// group step (ops/spectral_norm_autograd.cpp) runs small layers side by side, one per thread.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

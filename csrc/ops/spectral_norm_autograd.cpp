@@ -8,10 +8,12 @@
 // discriminator calls it once per spectral-norm layer per forward. The Triton op keeps its Python
 // registration (fastgan/ops/spectral_norm.py).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu/spectral_norm.h"
@@ -80,31 +82,35 @@ class SpectralNormApply : public torch::autograd::Function<SpectralNormApply> {
 // W / sigma in W's own shape (the matrix view inside the node: no separate view nodes per layer).
 class SpectralNormApplyWeight : public torch::autograd::Function<SpectralNormApplyWeight> {
  public:
+  // `done`: W / sigma already computed by the caller (the CPU group step's parallel pass), moved out
+  // as the output, or undefined. A pointer, not a tensor argument: autograd would make a returned
+  // input a view of itself.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, const at::Tensor& u, const at::Tensor& v,
-                            const at::Tensor& sigma, int64_t dim) {
+                            const at::Tensor& sigma, int64_t dim, at::Tensor* done) {
     at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor wm = to_matrix(w, dim);
     ctx->save_for_backward({wm, u, v, sigma});
     ctx->saved_data["dim"] = dim;
     ctx->set_materialize_grads(false);
+    if (done->defined()) return std::move(*done);
     // CPU, dim 0: W / sigma written straight in W's shape (the matrix's row-major order), no view.
     if (w.is_cpu() && dim == 0) return apply_weight_cpu(wm, sigma, w.sizes());
     return from_matrix(call_apply(wm, u, v, sigma), w.sizes(), dim);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return tensor_list(6);
     auto saved = ctx->get_saved_variables();
     const int64_t dim = ctx->saved_data["dim"].toInt();
     if (dim == 0 && saved[0].is_cpu()) {
       // G in W's shape read as the matrix (contiguous, or expanded with every stride 0).
       at::Tensor grad_w = apply_backward_weight_cpu(grads[0], saved[0], saved[1], saved[2], saved[3], grads[0].sizes());
-      return {grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+      return {grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
     const at::Tensor gm = to_matrix(grads[0], dim);  // a view for dim 0, also of an expanded G
     at::Tensor grad_w = call_apply_backward(gm, saved[0], saved[1], saved[2], saved[3]);
     std::vector<int64_t> shape(grads[0].sizes().begin(), grads[0].sizes().end());
-    return {from_matrix(grad_w, shape, dim), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {from_matrix(grad_w, shape, dim), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -115,6 +121,49 @@ std::vector<at::Tensor> call_power_iteration(at::TensorList ws, at::TensorList u
                        .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, int64_t,
                                                       double, bool)>();
   return op.call(ws, us, vs, n, eps, hook_order);
+}
+
+// Layers up to this many elements are stepped whole by one thread, several side by side, on the
+// CPU: a 128 x 1152 layer's gemv takes 17-20 us on one thread and no less on two (MKL splits it,
+// then joins), and each of its passes split over the threads pays a fork and a join. Larger layers
+// (SN-GAN-128's 1024 x 9216) are stepped one at a time, each pass over every thread.
+constexpr int64_t kLayerParallelMax = int64_t(1) << 20;
+
+// The CPU group step's layers of at most kLayerParallelMax elements, stepped in one parallel
+// region when there are two threads and two such layers: each layer's power iteration (and, for
+// dim 0, its W / sigma, into `done`) on one thread, layers dealt to the threads largest first, each
+// to the least loaded. Every pass of a layer on one thread gives the bits of the same pass over
+// several: the gemvs (MKL: the output split by rows), the norms of vectors under ATen's reduction
+// grain, the element-wise division. Leaves the other layers' sigma undefined.
+void step_small_layers_in_parallel(at::TensorList weights, const std::vector<at::Tensor>& mats, std::vector<at::Tensor>& us,
+                                   std::vector<at::Tensor>& vs, at::IntArrayRef dims, int64_t n, double eps,
+                                   bool hook_order, std::vector<at::Tensor>& sigmas, std::vector<at::Tensor>& done) {
+  const int64_t threads = at::get_num_threads();
+  std::vector<size_t> small;
+  for (size_t i = 0; i < mats.size(); ++i) {
+    if (mats[i].numel() <= kLayerParallelMax) small.push_back(i);
+  }
+  if (threads < 2 || small.size() < 2) return;
+  std::stable_sort(small.begin(), small.end(), [&](size_t x, size_t y) { return mats[x].numel() > mats[y].numel(); });
+  const int64_t parts = std::min<int64_t>(threads, static_cast<int64_t>(small.size()));
+  std::vector<std::vector<size_t>> deal(parts);
+  std::vector<int64_t> load(parts, 0);
+  for (size_t i : small) {
+    const auto p = std::min_element(load.begin(), load.end()) - load.begin();
+    deal[p].push_back(i);
+    load[p] += mats[i].numel() + 1024;  // + a layer's fixed cost, in elements
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    // Thread-local state: the calling thread's guards do not reach the pool's threads.
+    at::AutoDispatchBelowADInplaceOrView below;
+    at::NoGradGuard no_grad;
+    for (int64_t p = p0; p < p1; ++p) {
+      for (size_t i : deal[p]) {
+        sigmas[i] = power_iteration_one_cpu(mats[i], us[i], vs[i], n, eps, hook_order, i);
+        if (dims[i] == 0) done[i] = apply_weight_cpu(mats[i], sigmas[i], weights[i].sizes());
+      }
+    }
+  });
 }
 
 // [W_i / sigma_i in W_i's shape] + [u_i'] + [v_i'] + [sigma_i]: n power-iteration steps on copies
@@ -158,20 +207,25 @@ std::vector<at::Tensor> group_step(at::TensorList weights, at::TensorList us, at
   // over W (W^T u, W v, W / sigma) run back to back instead of a whole model apart (measured on
   // SN-GAN-32's D, 12 layers, 4.8 MB of weights: the division pass costs about half as much).
   const bool per_layer = !weights.empty() && weights[0].is_cpu();
+  std::vector<at::Tensor> done(k);  // CPU, dim 0: W / sigma of the layers stepped in parallel below
   if (!per_layer) {
     at::AutoDispatchBelowADInplaceOrView below;
     at::NoGradGuard no_grad;
     sigmas = call_power_iteration(mats, u2, v2, n, eps, hook_order);
+  } else {
+    step_small_layers_in_parallel(weights, mats, u2, v2, dims, n, eps, hook_order, sigmas, done);
   }
   for (size_t i = 0; i < k; ++i) {
-    if (per_layer) {
+    if (per_layer && !sigmas[i].defined()) {
       at::AutoDispatchBelowADInplaceOrView below;
       at::NoGradGuard no_grad;
       // The CPU kernel itself: a dispatcher call per layer costs about what a small layer's step does.
       sigmas[i] = power_iteration_one_cpu(mats[i], u2[i], v2[i], n, eps, hook_order, i);
     }
     if (with_autograd) {
-      out.push_back(SpectralNormApplyWeight::apply(weights[i], u2[i], v2[i], sigmas[i], dims[i]));
+      out.push_back(SpectralNormApplyWeight::apply(weights[i], u2[i], v2[i], sigmas[i], dims[i], &done[i]));
+    } else if (done[i].defined()) {
+      out.push_back(done[i]);
     } else if (per_layer && dims[i] == 0) {
       out.push_back(apply_weight_cpu(mats[i], sigmas[i], weights[i].sizes()));
     } else {

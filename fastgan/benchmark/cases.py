@@ -156,19 +156,60 @@ def sn_layers(case: Case, flavour):
     return torch.nn.ModuleList(mods)
 
 
-def sn_step(layers):
-    """The spectral-norm work of one training forward: every layer's normalized weight, summed so
-    backward reaches every weight. A SpectralNormGroup on the list (convert_spectral_norm) updates
-    every layer in one call first, as a model's forward would; each layer's own hook then skips."""
+class _LayerUse(torch.autograd.Function):
+    """Stands for the discriminator's own use of the normalized weights (its convolutions): a
+    forward that takes every W_i / sigma_i as a materialized tensor, and a backward that hands each
+    one a dense gradient G_i, as a convolution's backward does. Costs nothing itself, so the step
+    times the spectral-norm work alone."""
+
+    @staticmethod
+    def forward(ctx, grads, *weights):
+        ctx.grads = grads
+        return weights[0].new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, _):
+        return (None, *ctx.grads)
+
+
+class _Use:
+    """One path's layer use: fixed dense gradients (one draw per path, the same for every path of a
+    case) and a training step's zero_grad(set_to_none=True) before the backward. Outside any
+    torch.compile graph (torch.compiler.disable), as a convolution is an opaque kernel to the
+    compiler: the compiled paths must materialize W / sigma and take a dense gradient too. (The
+    former consumer, a sum of every weight, let inductor fuse W / sigma into the reduction without
+    writing it, gave a constant gradient no convolution gives, and added about 40 eager ATen ops
+    with their backward to the eager paths only.)"""
+
+    def __init__(self, layers):
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        self.params = [p for m in layers for p in m.parameters()]
+        # The raw weight (weight_orig, or a parametrization's original): W / sigma's shape and dtype.
+        raw = [next(p for n, p in m.named_parameters() if n.endswith(("weight_orig", "weight.original")))
+               for m in layers]
+        self.grads = [torch.randn(w.shape, generator=gen).to(w) for w in raw]
+
+    @torch.compiler.disable
+    def __call__(self, weights):
+        for p in self.params:
+            p.grad = None
+        return _LayerUse.apply(self.grads, *weights)
+
+
+def sn_step(layers, use):
+    """The spectral-norm work of one training step: every layer's normalized weight, handed to
+    `use` (_Use: the layers' convolutions, dense gradients back). A SpectralNormGroup on the list
+    (convert_spectral_norm) updates every layer in one call first, as a model's forward would; each
+    layer's own hook then skips."""
     for hook in layers._forward_pre_hooks.values():
         hook(layers, ())
-    total = 0
+    weights = []
     for m in layers:
         if hasattr(m, "weight_orig"):
             for hook in m._forward_pre_hooks.values():
                 hook(m, None)
-        total = total + m.weight.float().sum()
-    return total
+        weights.append(m.weight)
+    return use(weights)
 
 
 SN_TORCH = {
@@ -187,16 +228,17 @@ def sn_paths(case: Case, compiled: bool = True) -> Dict[str, Callable]:
         if unavailable_reason(backend, device) is not None or (backend == "triton" and device.type == "cpu"):
             continue
         layers = sn_layers(case, lambda m, b=backend: GN.spectral_norm(m, backend=b))
-        out[f"fastgan_{backend}"] = lambda layers=layers: sn_step(layers)
+        out[f"fastgan_{backend}"] = lambda layers=layers, use=_Use(layers): sn_step(layers, use)
         grouped = GN.convert_spectral_norm(sn_layers(case, lambda m, b=backend: GN.spectral_norm(m, backend=b)),
                                            backend=backend, group=True)
-        out[f"fastgan_{backend}_group"] = lambda layers=grouped: sn_step(layers)
+        out[f"fastgan_{backend}_group"] = lambda layers=grouped, use=_Use(grouped): sn_step(layers, use)
     for name, flavour in SN_TORCH.items():
         layers = sn_layers(case, flavour)
-        out[name] = lambda layers=layers: sn_step(layers)
+        out[name] = lambda layers=layers, use=_Use(layers): sn_step(layers, use)
     for name, flavour in SN_TORCH.items():
         layers = sn_layers(case, flavour)
-        out[name + "_compiled"] = torch.compile(lambda layers=layers: sn_step(layers)) if compiled else None
+        out[name + "_compiled"] = (torch.compile(lambda layers=layers, use=_Use(layers): sn_step(layers, use))
+                                   if compiled else None)
     return out
 
 

@@ -131,14 +131,20 @@ def time_paths(fns: Dict[str, Callable], tensors, labels, device: str, min_reps:
     by +-15% from run to run. 300 rounds span about half a second there; paths of similar speed all
     reach the cap, so they get the same rounds, interleaved from first to last."""
     series = {name: _Series(fn, tensors, labels, rotate) for name, fn in fns.items()}
+    floor = {}
     for s in series.values():  # warm-up: compilation, caches, allocator
         try:
-            for _ in range(warmup):
+            for _ in range(max(warmup, 1)):
+                s.spent = 0.0
                 s.once(device, record=False)
         except Exception as exc:  # reported per path, not fatal
             s.error = exc
+        # The last warm-up repetition says how long one takes; the first ones include torch.compile's
+        # compilation (seconds), which must count neither as a repetition's time nor against the
+        # budget (it once left every compiled path with 3 repetitions from the first rounds only).
+        floor[id(s)] = min_reps if s.spent < budget_s else min(min_reps, 3)
+        s.spent = 0.0
     live = [s for s in series.values() if s.error is None]
-    floor = {id(s): min_reps if s.spent / max(warmup, 1) < budget_s else min(min_reps, 3) for s in live}
 
     def going(s):
         return s.error is None and len(s.fwd) < max_reps and (len(s.fwd) < floor[id(s)] or s.spent < budget_s)
