@@ -83,7 +83,7 @@ inline at::Tensor self_product(const at::Tensor& a_t) {
   const int64_t n = a_t.size(0);
   constexpr int64_t kSym = 256;
   if (n < 2 * kSym) return gemm(a_t, a_t.t());
-  at::Tensor Z = at::empty({n, n}, a_t.options());
+  at::Tensor Z = RecyclingCPUAllocator::empty({n, n}, a_t.scalar_type());  // as gemm's
   for (int64_t i0 = 0; i0 < n; i0 += kSym) {
     const int64_t bi = std::min(kSym, n - i0);
     // Row block i, columns [i0, n): one product, written in place into Z's rows (row stride n).

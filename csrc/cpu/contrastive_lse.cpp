@@ -696,7 +696,7 @@ at::Tensor bounded_both_gradient(const at::Tensor& E, const T* inv_a, const T* i
   const T c0 = static_cast<T>(bounded_shift(prm)), scale = static_cast<T>(prm.scale);
   std::vector<T> q(m);  // the column factors wc_j exp(c - lsec_j)
   for (int64_t j = 0; j < m; ++j) q[j] = w[n + j] * std::exp(c0 - lse[n + j]);
-  at::Tensor G = at::empty_like(E);
+  at::Tensor G = RecyclingCPUAllocator::empty(E.sizes(), E.scalar_type());  // as gemm's
   const T* e = E.data_ptr<T>();
   T* g = G.data_ptr<T>();
   const T* qp = q.data();
@@ -800,7 +800,7 @@ at::Tensor bounded_self_gradient(const at::Tensor& E, const Inputs<T>& in, const
       f[k * n + i] = (l == ninf || wk == T(0)) ? T(0) : wk * std::exp(c0 - l);
     }
   }
-  at::Tensor H = at::empty_like(E);
+  at::Tensor H = RecyclingCPUAllocator::empty(E.sizes(), E.scalar_type());  // as gemm's
   const T* e = E.data_ptr<T>();
   T* h = H.data_ptr<T>();
   const T* inv = in.inv_a;

@@ -12,6 +12,8 @@
 
 #include <atomic>
 
+#include "cpu/recycling_allocator.h"
+
 #if AT_MKLDNN_ENABLED()
 namespace at {
 namespace native {
@@ -54,9 +56,11 @@ inline void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tenso
   }
 }
 
-// a @ b into a new contiguous (n x m) tensor (gemm_out's paths).
+// a @ b into a new contiguous (n x m) CPU tensor (gemm_out's paths), in recycled memory: the
+// products are the kept scores and the raw-row gradients of every training step, the same sizes
+// each step, and fresh blocks of this size cost a page fault per 4 KB (cpu/recycling_allocator.h).
 inline at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  at::Tensor out = RecyclingCPUAllocator::empty({a.size(0), b.size(1)}, a.scalar_type());
   gemm_out(out, a, b, 0.0f);
   return out;
 }
