@@ -226,11 +226,13 @@ ASSUMED_LAUNCHES = {
 
 
 def assumed_sn_launches(n_layers: int):
-    """Grouped Triton spectral norm of an n-layer model, one training forward + backward:
-    4 (power iteration, any n) + 3 per layer (apply, 2 for its backward) + ~6 ATen ops per layer
-    (u, v clones, the benchmark's sum) + 1 = 5 + 9 n (113 counted for 12 layers); PyTorch's hook
-    flavour ~25 per layer (301 counted for 12)."""
-    return 5 + 9 * n_layers, 25 * n_layers
+    """Grouped Triton spectral norm of an n-layer model, one training forward + backward of the
+    benchmark's step (cases.sn_step: W / sigma handed to the layers' stand-in, dense gradients
+    back): 7 Triton launches (4 power iteration, 1 apply, 2 its backward) + 1 multi-tensor copy of
+    every u, v + 1 per layer (its commit's u, v copy) + 3 (a view of the copies, the stand-in's
+    output, the backward's seed) = 11 + n (23 counted for 12 layers, tests/test_perf_model.py);
+    PyTorch's hook flavour 22 per layer + 2 (266 counted for 12)."""
+    return 11 + n_layers, 22 * n_layers + 2
 
 
 def prediction_rows(rates: Dict[str, Rates], dtype: torch.dtype = torch.bfloat16):
