@@ -477,6 +477,51 @@ if INNER:
             err = (out.double() - ref).abs()
             assert (err <= ulp * ref.abs().clamp_min(2.0 ** -14) + 1e-6).all(), err.max()
 
+    LIB.emu_inverse_norms.argtypes = [P, I64, I64, P, I64, I64, I64, I, F, I, P, P]
+    LIB.emu_normalization_backward.argtypes = [P, I64, I64, P, P, P, P, I64, I64, P, P, P, I64, I, F, I]
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("shape", [(37, 5, 100), (1, 0, 33), (3, 2, 1), (64, 64, 512), (33, 31, 31)])
+    @pytest.mark.parametrize("normalize", [True, False])
+    def test_inner_contrastive_normalization_kernels(dtype, shape, normalize):
+        # The glue's inverse norms and normalization backward (one launch each, both sides, rows of a
+        # then b; one warp per row) against float64 of the same rounded inputs: zero rows (the eps
+        # clamp and the inactive projection), D = 1, D under, at and over a warp's 32 lanes, m = 0.
+        n, m, d = shape
+        g = torch.Generator().manual_seed(n * 1000 + m * 10 + d)
+        a = torch.randn(n, d, generator=g).to(dtype)
+        b = torch.randn(m, d, generator=g).to(dtype)
+        a[n // 2] = 0
+        if m:
+            b[-1] = 1e-9  # under eps: clamped, inactive
+        u = torch.randn(n, d, generator=g)
+        v = torch.randn(m, d, generator=g)
+        inv_a, inv_b = torch.full((n,), float("nan")), torch.full((m,), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_inverse_norms(ptr(a), n, d, ptr(b), m, d, d, DTYPE_CODE[dtype], EPS, int(normalize), ptr(inv_a),
+                                    ptr(inv_b)), "inverse_norms")
+        assert launches() == [("contrastive_lse.cu:inverse_norms_kernel", ((n + m + 3) // 4, 1, 1), (128, 1, 1))]
+        for x, inv in ((a, inv_a), (b, inv_b)):
+            want = 1.0 / x.double().norm(dim=1).clamp_min(EPS) if normalize else torch.ones(x.shape[0]).double()
+            torch.testing.assert_close(inv.double(), want, rtol=2e-6, atol=0)
+        grad_a = torch.full((n, d), float("nan")).to(dtype)
+        grad_b = torch.full((m, d), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_normalization_backward(ptr(a), n, d, ptr(inv_a), ptr(u), ptr(grad_a), ptr(b), m, d, ptr(inv_b),
+                                             ptr(v), ptr(grad_b), d, DTYPE_CODE[dtype], EPS, int(normalize)),
+              "normalization_backward")
+        assert launches() == [("contrastive_lse.cu:normalization_backward_kernel", ((n + m + 3) // 4, 1, 1),
+                               (128, 1, 1))]
+        for x, inv, up, out in ((a, inv_a, u, grad_a), (b, inv_b, v, grad_b)):
+            want = normalization_backward(x.double(), inv.double(), up.double(), normalize, EPS)
+            if dtype == torch.float32:
+                torch.testing.assert_close(out.double(), want, rtol=2e-5, atol=2e-5)
+            else:
+                # One rounding of a float32 result to the output dtype: within one unit in the last place.
+                ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
+                err = (out.double() - want).abs()
+                assert (err <= ulp * want.abs() + 2e-5).all(), err.max()
+
     def test_inner_contrastive_cosine_similarity_matrix_follows_allow_tf32():
         n, m, d = 33, 17, 45
         g = torch.Generator().manual_seed(77)

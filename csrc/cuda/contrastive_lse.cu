@@ -34,7 +34,8 @@
 // Backward: each CTA recomputes its z tiles, turns them into dS~ and accumulates its split's partial
 // of U = dS~ B (V = dS~^T A) in float32, one writer per element (first tile stores, later tiles
 // add: no atomics, no zeroing); with one split the partial is U itself, otherwise a finish kernel
-// sums the splits in order. Launches: 2 forward + 3 backward for every N.
+// sums the splits in order. Launches: 2 forward + 3 backward for every N; the glue adds one
+// inverse-norm launch each way and one normalization-backward launch (kernels at the end of this file).
 // Floor: forward 2NMD flops, backward 2 x 4NMD (each gradient kernel recomputes z); (N + M) D
 // inputs read per pass.
 #include <cuda_bf16.h>
@@ -564,6 +565,77 @@ unsigned grid_1d(int64_t count) {
   return static_cast<unsigned>(b < 1 ? 1 : (b < 65535 * 16 ? b : 65535 * 16));  // grid-stride covers the rest
 }
 
+
+// ---- The normalization around the kernels (the glue used to run them as ATen ops: 3 per side for
+// the inverse norms, 9 per side for the normalization backward, each a launch). One warp per row,
+// rows of a then b in one launch; the warp's lanes stride over D and reduce by shuffles in a fixed
+// order (deterministic). A warp's rows are uniform, so a warp past the last row leaves whole.
+constexpr int kWarps = kThreads / 32;
+
+template <typename T>
+__device__ __forceinline__ float row_sum_squares(const T* x, int64_t d, int lane) {
+  float ss = 0.0f;
+  for (int64_t c = lane; c < d; c += 32) {
+    const float v = to_float(x[c]);
+    ss += v * v;
+  }
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  return ss;
+}
+
+// inv_r = 1 / max(||x_r||, eps), or 1 without normalization.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    inverse_norms_kernel(const T* a, int64_t n, int64_t stride_a, const T* b, int64_t m, int64_t stride_b, int64_t d,
+                         float eps, int normalize, float* inv_a, float* inv_b) {
+  const int lane = threadIdx.x % 32;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (r >= n + m) return;
+  const bool is_a = r < n;
+  const int64_t row = is_a ? r : r - n;
+  const float ss = normalize ? row_sum_squares(is_a ? a + row * stride_a : b + row * stride_b, d, lane) : 0.0f;
+  if (lane == 0) (is_a ? inv_a : inv_b)[row] = normalize ? 1.0f / fmaxf(sqrtf(ss), eps) : 1.0f;
+}
+
+// grad_r = U_r - [||x_r|| > eps] x^_r (x^_r . U_r) with x^ = x inv (rounded to float before use, as
+// csrc/cpu/common.h's normalization_backward_rows), written in T; U itself without normalization.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    normalization_backward_kernel(const T* a, int64_t n, int64_t stride_a, const float* inv_a, const float* u,
+                                  T* grad_a, const T* b, int64_t m, int64_t stride_b, const float* inv_b,
+                                  const float* v, T* grad_b, int64_t d, float eps, int normalize) {
+  const int lane = threadIdx.x % 32;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (r >= n + m) return;
+  const bool is_a = r < n;
+  const int64_t row = is_a ? r : r - n;
+  const T* x = is_a ? a + row * stride_a : b + row * stride_b;
+  const float* g = (is_a ? u : v) + row * d;
+  T* out = (is_a ? grad_a : grad_b) + row * d;
+  const float ir = normalize ? (is_a ? inv_a : inv_b)[row] : 0.0f;
+  float proj = 0.0f, ss = 0.0f;
+  if (normalize) {
+    for (int64_t c = lane; c < d; c += 32) {
+      const float xv = to_float(x[c]);
+      proj += (xv * ir) * g[c];
+      ss += xv * xv;
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      proj += __shfl_xor_sync(0xffffffffu, proj, off);
+      ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    }
+    if (!(sqrtf(ss) > eps)) proj = 0.0f;
+  }
+  for (int64_t c = lane; c < d; c += 32) {
+    out[c] = from_float<T>(normalize ? g[c] - (to_float(x[c]) * ir) * proj : g[c]);
+  }
+}
+
+unsigned row_warps_grid(int64_t rows) {
+  const int64_t blocks = (rows + kWarps - 1) / kWarps;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
 }  // namespace
 
 LsePlan contrastive_lse_plan(const LseParams& p) {
@@ -651,6 +723,35 @@ cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const
   return dispatch(dtype, allow_tf32, [&](auto tag) {
     using T = decltype(tag);
     FASTGAN_LAUNCH(cosine_kernel<T>, grid, kThreads, 0, stream)(p, static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t inverse_norms(const void* a, int64_t n, int64_t stride_a, const void* b, int64_t m, int64_t stride_b,
+                          int64_t d, DType dtype, float eps, bool normalize, float* inv_a, float* inv_b,
+                          cudaStream_t stream) {
+  if (n + m == 0) return cudaSuccess;
+  if ((n + m + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  return dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    FASTGAN_LAUNCH(inverse_norms_kernel<T>, row_warps_grid(n + m), kThreads, 0, stream)(
+        static_cast<const T*>(a), n, stride_a, static_cast<const T*>(b), m, stride_b, d, eps, normalize ? 1 : 0, inv_a,
+        inv_b);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t normalization_backward(const void* a, int64_t n, int64_t stride_a, const float* inv_a, const float* u,
+                                   void* grad_a, const void* b, int64_t m, int64_t stride_b, const float* inv_b,
+                                   const float* v, void* grad_b, int64_t d, DType dtype, float eps, bool normalize,
+                                   cudaStream_t stream) {
+  if (n + m == 0 || d == 0) return cudaSuccess;
+  if ((n + m + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  return dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    FASTGAN_LAUNCH(normalization_backward_kernel<T>, row_warps_grid(n + m), kThreads, 0, stream)(
+        static_cast<const T*>(a), n, stride_a, inv_a, u, static_cast<T*>(grad_a), static_cast<const T*>(b), m,
+        stride_b, inv_b, v, static_cast<T*>(grad_b), d, eps, normalize ? 1 : 0);
     return cudaGetLastError();
   });
 }

@@ -61,5 +61,20 @@ cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const
                                              float scale, DType dtype, bool allow_tf32, void* out,
                                              cudaStream_t stream);
 
+// The normalization around the kernels, one launch each for both sides (rows of a, then of b; m = 0
+// and b null for one side). inv_a (n), inv_b (m), float32: 1 / max(||x_r||, eps), or 1 without
+// normalization. Rows of a and b have row strides stride_a, stride_b and dtype `dtype`.
+cudaError_t inverse_norms(const void* a, int64_t n, int64_t stride_a, const void* b, int64_t m, int64_t stride_b,
+                          int64_t d, DType dtype, float eps, bool normalize, float* inv_a, float* inv_b,
+                          cudaStream_t stream);
+
+// grad_a (n x d) and grad_b (m x d), contiguous, in `dtype`, from the raw-row gradients u, v (float32,
+// contiguous, contrastive_lse_backward's): grad_r = u_r - [||x_r|| > eps] x^_r (x^_r . u_r) with
+// x^ = x inv; u itself without normalization.
+cudaError_t normalization_backward(const void* a, int64_t n, int64_t stride_a, const float* inv_a, const float* u,
+                                   void* grad_a, const void* b, int64_t m, int64_t stride_b, const float* inv_b,
+                                   const float* v, void* grad_b, int64_t d, DType dtype, float eps, bool normalize,
+                                   cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace fastgan

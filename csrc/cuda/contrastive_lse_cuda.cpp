@@ -1,6 +1,7 @@
 // TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/contrastive_lse.cu.
-// Compiled only in CUDA builds. Normalization statistics, the normalization backward and the extra
-// logit's gradient are O((N + M) D) ATen ops shared with the CPU kernels (csrc/cpu/common.h).
+// Compiled only in CUDA builds. The inverse norms and the normalization backward are kernels of
+// csrc/cuda/contrastive_lse.cu (one launch each for both sides); the extra logit's gradient and the
+// cosine matrix's backward stay O((N + M) D) ATen ops (csrc/cpu/common.h's generic forms).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -53,9 +54,15 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   Prepared r;
   r.a = a_in.detach().contiguous();
   r.b = b_in.detach().contiguous();
-  auto af = r.a.to(at::kFloat), bf = r.b.to(at::kFloat);
-  r.inv_a = inverse_norms(af, normalize, eps).contiguous();
-  r.inv_b = inverse_norms(bf, normalize, eps).contiguous();
+  // Both sides' inverse norms in one launch (csrc/cuda/contrastive_lse.cu), from the input dtype.
+  auto fopts = r.a.options().dtype(at::kFloat);
+  r.inv_a = at::empty({r.a.size(0)}, fopts);
+  r.inv_b = at::empty({r.b.size(0)}, fopts);
+  auto err = cuda::inverse_norms(r.a.data_ptr(), r.a.size(0), r.a.size(1), r.b.data_ptr(), r.b.size(0), r.b.size(1),
+                                 r.a.size(1), cuda::kernel_dtype(r.a, "contrastive_lse", "a"), static_cast<float>(eps),
+                                 normalize, r.inv_a.data_ptr<float>(), r.inv_b.data_ptr<float>(),
+                                 c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "contrastive_lse: the inverse-norm kernel failed: ", cudaGetErrorString(err));
   if (label_a.has_value() && label_b.has_value()) {
     r.la = label_a->to(r.a.device()).contiguous();
     r.lb = label_b->to(r.a.device()).contiguous();
@@ -134,8 +141,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cuda(
                                             V.data_ptr<float>(), ws.data_ptr<float>(),
                                             c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward CUDA kernel failed: ", cudaGetErrorString(err));
-  auto grad_a = normalization_backward(r.a.to(at::kFloat), r.inv_a, U, normalize, eps).to(a.scalar_type());
-  auto grad_b = normalization_backward(r.b.to(at::kFloat), r.inv_b, V, normalize, eps).to(b.scalar_type());
+  // Both sides' normalization backward in one launch, written in the inputs' dtype.
+  auto grad_a = at::empty(r.a.sizes(), r.a.options());
+  auto grad_b = at::empty(r.b.sizes(), r.b.options());
+  err = cuda::normalization_backward(r.a.data_ptr(), r.p.n, r.a.size(1), r.inv_a.data_ptr<float>(), U.data_ptr<float>(),
+                                     grad_a.data_ptr(), r.b.data_ptr(), r.p.m, r.b.size(1), r.inv_b.data_ptr<float>(),
+                                     V.data_ptr<float>(), grad_b.data_ptr(), r.p.d, r.p.dtype, static_cast<float>(eps),
+                                     normalize, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward: the normalization-backward kernel failed: ",
+              cudaGetErrorString(err));
   at::Tensor grad_extra;
   if (extra.has_value()) {
     auto p = (r.extra.unsqueeze(1) - l).exp();
@@ -152,13 +166,18 @@ at::Tensor cosine_similarity_matrix_cuda(const at::Tensor& a_in, const at::Tenso
   check_cuda(a_in, b_in);
   c10::cuda::CUDAGuard guard(a_in.device());
   auto a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
-  auto inv_a = inverse_norms(a.to(at::kFloat), true, eps).contiguous();
-  auto inv_b = inverse_norms(b.to(at::kFloat), true, eps).contiguous();
+  const auto dtype = cuda::kernel_dtype(a, "cosine_similarity_matrix", "a");
+  auto inv_a = at::empty({a.size(0)}, a.options().dtype(at::kFloat));
+  auto inv_b = at::empty({b.size(0)}, a.options().dtype(at::kFloat));
+  auto err = cuda::inverse_norms(a.data_ptr(), a.size(0), a.size(1), b.data_ptr(), b.size(0), b.size(1), a.size(1),
+                                 dtype, static_cast<float>(eps), true, inv_a.data_ptr<float>(), inv_b.data_ptr<float>(),
+                                 c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix: the inverse-norm kernel failed: ", cudaGetErrorString(err));
   auto out = at::empty({a.size(0), b.size(0)}, a.options());
-  auto err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
+  err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
                                                     inv_b.data_ptr<float>(), a.size(0), b.size(0), a.size(1),
                                                     a.size(1), b.size(1), static_cast<float>(scale),
-                                                    cuda::kernel_dtype(a, "cosine_similarity_matrix", "a"), cuda::allow_tf32(),
+                                                    dtype, cuda::allow_tf32(),
                                                     out.data_ptr(),
                                                     c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix CUDA kernel failed: ", cudaGetErrorString(err));

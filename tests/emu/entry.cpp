@@ -101,6 +101,19 @@ int emu_cosine_similarity_matrix_forward(const void* a, const void* b, const flo
                                           static_cast<DType>(dtype), g_allow_tf32 != 0, out, nullptr);
 }
 
+int emu_inverse_norms(const void* a, int64_t n, int64_t stride_a, const void* b, int64_t m, int64_t stride_b, int64_t d,
+                      int dtype, float eps, int normalize, float* inv_a, float* inv_b) {
+  return inverse_norms(a, n, stride_a, b, m, stride_b, d, static_cast<DType>(dtype), eps, normalize != 0, inv_a, inv_b,
+                       nullptr);
+}
+
+int emu_normalization_backward(const void* a, int64_t n, int64_t stride_a, const float* inv_a, const float* u,
+                               void* grad_a, const void* b, int64_t m, int64_t stride_b, const float* inv_b,
+                               const float* v, void* grad_b, int64_t d, int dtype, float eps, int normalize) {
+  return normalization_backward(a, n, stride_a, inv_a, u, grad_a, b, m, stride_b, inv_b, v, grad_b, d,
+                                static_cast<DType>(dtype), eps, normalize != 0, nullptr);
+}
+
 // ---- spectral norm ----
 
 // Layer i: ptrs[4 i ..] = w, u, v, sigma; ints[9 i ..] = rows, cols, stride_r, stride_c, stride_u,
