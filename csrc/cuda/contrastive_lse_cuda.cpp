@@ -54,12 +54,13 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   Prepared r;
   r.a = a_in.detach().contiguous();
   r.b = b_in.detach().contiguous();
+  r.p.dtype = cuda::kernel_dtype(r.a, "contrastive_lse", "a");
   // Both sides' inverse norms in one launch (csrc/cuda/contrastive_lse.cu), from the input dtype.
   auto fopts = r.a.options().dtype(at::kFloat);
   r.inv_a = at::empty({r.a.size(0)}, fopts);
   r.inv_b = at::empty({r.b.size(0)}, fopts);
   auto err = cuda::inverse_norms(r.a.data_ptr(), r.a.size(0), r.a.size(1), r.b.data_ptr(), r.b.size(0), r.b.size(1),
-                                 r.a.size(1), cuda::kernel_dtype(r.a, "contrastive_lse", "a"), static_cast<float>(eps),
+                                 r.a.size(1), r.p.dtype, static_cast<float>(eps),
                                  normalize, r.inv_a.data_ptr<float>(), r.inv_b.data_ptr<float>(),
                                  c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "contrastive_lse: the inverse-norm kernel failed: ", cudaGetErrorString(err));
@@ -88,7 +89,6 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   p.self_offset = self_offset;
   p.num_predicates = static_cast<int>(predicates.size());
   for (size_t k = 0; k < 3; ++k) p.predicates[k] = k < predicates.size() ? static_cast<int>(predicates[k]) : 0;
-  p.dtype = cuda::kernel_dtype(r.a, "contrastive_lse", "a");
   p.num_sms = sm_count(r.a.get_device());
   p.force_splits = 0;
   p.allow_tf32 = cuda::allow_tf32();

@@ -130,7 +130,7 @@ std::vector<at::Tensor> call_power_iteration(at::TensorList ws, at::TensorList u
 constexpr int64_t kLayerParallelMax = int64_t(1) << 20;
 
 // The CPU group step's layers of at most kLayerParallelMax elements, stepped in one parallel
-// region when there are two threads and two such layers: each layer's power iteration (and, for
+// region when there are at least two threads and two such layers: each layer's power iteration (and, for
 // dim 0, its W / sigma, into `done`) on one thread, layers dealt to the threads largest first, each
 // to the least loaded. Every pass of a layer on one thread gives the bits of the same pass over
 // several: the gemvs (MKL: the output split by rows), the norms of vectors under ATen's reduction
