@@ -60,10 +60,15 @@ class _GroupedForward:
     def __call__(self, *args, **kwargs):
         group = self.group
         if group._armed:
-            group._armed = False  # called by model(...): its pre-hook stepped the group
-        elif self.model.training and not torch.compiler.is_compiling():
-            group.update_()
-        return self.forward(self.model, *args, **kwargs)
+            group._armed = False  # called by model(...): its pre-hook stepped the group, its forward hook settles it
+            return self.forward(self.model, *args, **kwargs)
+        if not self.model.training or torch.compiler.is_compiling():
+            return self.forward(self.model, *args, **kwargs)
+        group.update_()
+        try:
+            return self.forward(self.model, *args, **kwargs)
+        finally:
+            group.settle_()  # what the model's forward hook does on a model(...) call
 
 
 # StudioGAN's (src/utils/losses.py) loss classes and their fastgan drop-ins (same constructor and

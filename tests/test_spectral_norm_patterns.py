@@ -171,3 +171,64 @@ def test_compiled_grouped_model_equals_pytorch_under_call_patterns():
         theirs.proj(torch.ones(1, 8))
         for (n1, b1), (n2, b2) in zip(theirs.named_buffers(), ours.named_buffers()):
             assert torch.allclose(b1, b2, rtol=1e-5, atol=1e-6), n1
+
+
+def _uv(model):
+    return {n: b.clone() for n, b in model.named_buffers()}
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+def test_steps_committed_ahead_are_rolled_back_for_layers_the_forward_skips(backend):
+    # The group writes every stepped layer's new u, v into the buffers at the model's call (one
+    # multi-tensor copy); when the forward ends, those of the layers it did not call must hold
+    # their old values again, bit for bit, also when the forward raises; the called ones PyTorch's.
+    torch.manual_seed(0)
+    theirs = Net(lambda m: torch.nn.utils.spectral_norm(m)).double()
+    ours = GN.convert_spectral_norm(copy.deepcopy(theirs), backend=backend, group=True)
+    x, y = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 1])
+    before = _uv(ours)
+    theirs(x, y)
+    ours(x, y)
+    after = _uv(ours)
+    skipped = [n for n in after if n.startswith(("skipped.", "proj."))]
+    assert len(skipped) == 6
+    for n in skipped:
+        assert torch.equal(after[n], before[n]), n  # untouched: exactly the old bits
+    _buffers_equal(theirs, ours, "after one forward")
+    assert all(not torch.equal(after[n], before[n]) for n in after if n.endswith("_u") and n not in skipped)
+
+    class Boom(Exception):
+        pass
+
+    def boom(module, inputs):
+        raise Boom
+
+    handle = ours.fc.register_forward_pre_hook(boom)  # after c1 has taken its step, before the rest
+    with pytest.raises(Boom):
+        ours(x, y)
+    handle.remove()
+    with pytest.raises(Boom):
+        theirs.fc.register_forward_pre_hook(boom)
+        theirs(x, y)
+    theirs.fc._forward_pre_hooks.popitem()
+    _buffers_equal(theirs, ours, "after a forward that raised")
+    # The skipped layers' deferred steps are still committed by their own call (one copy each).
+    h = torch.randn(2, 8, dtype=torch.float64)
+    assert torch.allclose(theirs.proj(h), ours.proj(h), **TOL)
+    _buffers_equal(theirs, ours, "after the direct call")
+
+
+def test_state_dict_between_forwards_is_pytorchs():
+    # Outside a model forward no buffer holds a step its layer has not taken: a checkpoint written
+    # between two forwards (or a DDP buffer broadcast at the next one) sees PyTorch's u, v.
+    torch.manual_seed(0)
+    theirs = Net(lambda m: torch.nn.utils.spectral_norm(m)).double()
+    ours = GN.convert_spectral_norm(copy.deepcopy(theirs), backend="cpu", group=True)
+    x, y = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 1])
+    for step in range(2):
+        theirs(x, y, use_skipped=bool(step))
+        ours(x, y, use_skipped=bool(step))
+        sd_t, sd_o = theirs.state_dict(), ours.state_dict()
+        assert sd_t.keys() == sd_o.keys()
+        for k in sd_t:
+            assert torch.allclose(sd_t[k], sd_o[k], **TOL), (step, k)

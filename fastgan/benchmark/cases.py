@@ -200,7 +200,7 @@ def sn_step(layers, use):
     """The spectral-norm work of one training step: every layer's normalized weight, handed to
     `use` (_Use: the layers' convolutions, dense gradients back). A SpectralNormGroup on the list
     (convert_spectral_norm) updates every layer in one call first, as a model's forward would; each
-    layer's own hook then skips."""
+    layer's own hook then takes its step, and the group's forward hook settles it."""
     for hook in layers._forward_pre_hooks.values():
         hook(layers, ())
     weights = []
@@ -209,6 +209,8 @@ def sn_step(layers, use):
             for hook in m._forward_pre_hooks.values():
                 hook(m, None)
         weights.append(m.weight)
+    for hook in layers._forward_hooks.values():  # the group's settle_, as the model's forward ends
+        hook(layers, (), None)
     return use(weights)
 
 

@@ -229,10 +229,13 @@ def assumed_sn_launches(n_layers: int):
     """Grouped Triton spectral norm of an n-layer model, one training forward + backward of the
     benchmark's step (cases.sn_step: W / sigma handed to the layers' stand-in, dense gradients
     back): 7 Triton launches (4 power iteration, 1 apply, 2 its backward) + 1 multi-tensor copy of
-    every u, v + 1 per layer (its commit's u, v copy) + 3 (a view of the copies, the stand-in's
-    output, the backward's seed) = 11 + n (23 counted for 12 layers, tests/test_perf_model.py);
-    PyTorch's hook flavour 22 per layer + 2 (266 counted for 12)."""
-    return 11 + n_layers, 22 * n_layers + 2
+    every u, v (the iteration's copies and the rollback copies) + 1 multi-tensor copy committing
+    every new u, v ahead + 3 (a view of the copies, the stand-in's output, the backward's seed) = 12
+    whatever n (counted for 12 and 20 layers, tests/test_perf_model.py; on a GPU a multi-tensor copy
+    is one launch per 64 tensors, i.e. per 16 layers for the first copy and per 32 for the commit);
+    PyTorch's hook flavour 22 per layer + 2 (266 counted for 12). Until 2026-12-03 each layer's call
+    committed its own u, v (one small copy each): 11 + n."""
+    return 12, 22 * n_layers + 2
 
 
 def prediction_rows(rates: Dict[str, Rates], dtype: torch.dtype = torch.bfloat16):

@@ -85,11 +85,14 @@ class SpectralNormHook:
 
     def __call__(self, module: torch.nn.Module, inputs) -> None:
         pending, self._pending = self._pending, None  # a group's step is used by the next call or never
-        if module.training and pending is not None and not torch.compiler.is_compiling():
-            out = pending.commit(module, self)
-            if out is not None:
-                _set_weight(module, self.name, out)
-                return
+        if pending is not None:
+            if module.training and not torch.compiler.is_compiling():
+                out = pending.take(module, self)
+                if out is not None:
+                    _set_weight(module, self.name, out)
+                    return
+            else:  # eval (or traced) call: u, v as they were before the group's step
+                pending.drop()
         _set_weight(module, self.name, self.compute_weight(module, do_power_iteration=module.training))
 
     _pending = None  # a _PendingStep of a SpectralNormGroup, see there
@@ -169,19 +172,32 @@ class SpectralNormParametrization(torch.nn.Module):
 
 
 class _PendingStep:
-    """One layer's power-iteration step computed ahead by a SpectralNormGroup: the new u, v (fresh
-    tensors, the buffers untouched) and sigma, from the buffers and weight as they were then. The
-    layer's next call commits it (copies u, v into its buffers and returns W / sigma) if nothing it
-    was computed from has changed since (same tensors, same version counters: no optimizer step,
-    load_state_dict, .to() or other update in between); otherwise the layer iterates on its own. So a
-    layer's u, v move exactly once per training-mode call of the layer, as PyTorch's hook does,
-    whichever way the layer is reached (inside the model forward, skipped by it, called directly, twice,
-    under no_grad), and W / sigma is built at the call, under the call's own grad mode."""
+    """One layer's power-iteration step computed ahead by a SpectralNormGroup at the model's call:
+    the new u, v (u_new, v_new: the group's own copies, which the W / sigma graph keeps, as the clones
+    of a per-layer step), sigma, and the u, v from before the step (u_old, v_old).
 
-    __slots__ = ("weight", "u", "v", "versions", "u_new", "v_new", "sigma", "backend", "out", "node")
+    The group commits every layer's step AHEAD: one multi-tensor copy writes all the new u, v into
+    the buffers at the model's call, so a layer called inside the model's forward only takes its W /
+    sigma (no copy, no launch: the model's whole step is a constant number of launches). When the
+    model's forward ends (SpectralNormGroup.settle_, also on an exception), the steps of the layers
+    it did not call are rolled back in one multi-tensor copy and stay DEFERRED: the buffers hold the
+    old u, v again, and such a layer's own next call (Mimicry's D.project_features) commits its step
+    with one small copy. Outside a model forward the buffers are therefore always PyTorch's.
 
-    def __init__(self, weight, u, v, u_new, v_new, sigma, backend, out=None, node=None):
-        self.weight, self.u, self.v, self.u_new, self.v_new, self.sigma = weight, u, v, u_new, v_new, sigma
+    A step is used only if nothing it was computed from has changed since (same tensors, same
+    version counters: no optimizer step, load_state_dict, .to() or other update in between);
+    otherwise it is rolled back (where the buffer still holds it) and the layer iterates on its own.
+    So a layer's u, v move exactly once per training-mode call of the layer, as PyTorch's hook does,
+    whichever way the layer is reached (inside the model forward, skipped by it, called directly,
+    twice, under no_grad), and W / sigma is built at the call, under the call's own grad mode."""
+
+    __slots__ = ("weight", "u", "v", "versions", "u_old", "v_old", "u_new", "v_new", "sigma", "backend", "out",
+                 "node", "ahead")
+
+    def __init__(self, weight, u, v, u_old, v_old, u_new, v_new, sigma, backend, out=None, node=None):
+        self.weight, self.u, self.v, self.u_old, self.v_old = weight, u, v, u_old, v_old
+        self.u_new, self.v_new, self.sigma = u_new, v_new, sigma
+        self.ahead = True  # the buffers hold u_new, v_new (committed by the group's multi-tensor copy)
         self.versions = (weight._version, u._version, v._version)
         self.backend = backend
         # W / sigma built by the group's call (C++ backends), with its own autograd node; used when
@@ -190,16 +206,34 @@ class _PendingStep:
         self.out = out
         self.node = node  # Triton, CUDA: the _GroupApply state shared by the group's layers
 
-    def commit(self, module: torch.nn.Module, hook: "SpectralNormHook"):
+    def _unchanged(self, weight, u, v) -> bool:
+        return (weight is self.weight and u is self.u and v is self.v
+                and (weight._version, u._version, v._version) == self.versions)
+
+    def _rollback_pairs(self):
+        """(buffer, old value) for each of u, v that still holds this step (not written since)."""
+        return [(buf, old) for buf, old, ver in ((self.u, self.u_old, self.versions[1]),
+                                                 (self.v, self.v_old, self.versions[2])) if buf._version == ver]
+
+    def drop(self) -> None:
+        """Forget the step: roll an ahead-committed one back (the buffers as if it never ran)."""
+        if self.ahead:
+            pairs = self._rollback_pairs()
+            if pairs:
+                torch._foreach_copy_([b for b, _ in pairs], [o for _, o in pairs])
+            self.ahead = False
+
+    def take(self, module: torch.nn.Module, hook: "SpectralNormHook"):
+        """The layer's training-mode call: its W / sigma with u, v committed, or None (the step is
+        stale and dropped: the layer iterates on its own)."""
         name = hook.name
         weight, u, v = module._parameters[name + "_orig"], module._buffers[name + "_u"], module._buffers[name + "_v"]
-        if (weight is not self.weight or u is not self.u or v is not self.v
-                or (weight._version, u._version, v._version) != self.versions):
+        if not self._unchanged(weight, u, v):
+            self.drop()
             return None
-        # No no_grad needed (it costs a few us per layer): neither side requires grad, nothing is recorded.
-        torch._foreach_copy_([u, v], [self.u_new, self.v_new])  # one dispatch for both
-        # The graph keeps u_new, v_new (this forward's own; nothing writes them again), as the
-        # clones a per-layer step would make.
+        if not self.ahead:  # deferred (rolled back at the end of a model forward): one small copy
+            # No no_grad needed (it costs a few us per layer): neither side requires grad, nothing is recorded.
+            torch._foreach_copy_([u, v], [self.u_new, self.v_new])
         out = self.out
         if (out is not None and out.requires_grad == (weight.requires_grad and torch.is_grad_enabled())
                 and (self.node is None or not self.node.spent)):
@@ -209,6 +243,33 @@ class _PendingStep:
             return weight / ref.sigma(w_mat, self.u_new, self.v_new)
         return matrix_to_weight(ops.apply(w_mat, self.u_new, self.v_new, self.sigma, self.backend), weight.shape,
                                 hook.dim)
+
+
+def _commit_ahead(stepped) -> None:
+    """Every stepped layer's new u, v into its buffers in one multi-tensor copy (a constant number
+    of launches on a GPU), then each step handed to its layer's hook, ahead-committed."""
+    if not stepped:
+        return
+    pendings = [p for _, p in stepped]
+    torch._foreach_copy_([p.u for p in pendings] + [p.v for p in pendings],
+                         [p.u_new for p in pendings] + [p.v_new for p in pendings])
+    for hook, p in stepped:
+        p.versions = (p.weight._version, p.u._version, p.v._version)
+        hook._pending = p
+
+
+def _settle(stepped) -> None:
+    """Roll back, in one multi-tensor copy, the ahead-committed steps their layers have not taken;
+    they stay pending, deferred (the layer's own next call may still commit them, with one copy)."""
+    left = [p for hook, p in stepped if hook._pending is p and p.ahead]
+    if not left:
+        return
+    pairs = [pair for p in left for pair in p._rollback_pairs()]
+    if pairs:
+        torch._foreach_copy_([b for b, _ in pairs], [o for _, o in pairs])
+    for p in left:
+        p.ahead = False
+        p.versions = (p.weight._version, p.u._version, p.v._version)
 
 
 class _GroupNode:
@@ -256,34 +317,43 @@ class _GroupApply(torch.autograd.Function):
                 *[None] * (3 * n))
 
 
-def _flat_clones(tensors):
-    """Contiguous copies of 1-D tensors of one dtype and device as views of one buffer, in one
-    multi-tensor copy (a constant number of launches on a GPU, not one per tensor)."""
-    flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
-    views = list(flat.split([t.numel() for t in tensors]))
-    torch._foreach_copy_(views, list(tensors))
+def _clones(tensors, copies: int = 1):
+    """`copies` contiguous copies of each 1-D tensor, all in one multi-tensor copy (a constant
+    number of launches on a GPU, not one per tensor), as views of one buffer when the tensors share
+    a dtype; returns the list of copies repeated `copies` times (copy 0 of every tensor first)."""
+    tensors = list(tensors)
+    if len({t.dtype for t in tensors}) != 1:
+        return [t.clone(memory_format=torch.contiguous_format) for _ in range(copies) for t in tensors]
+    sizes = [t.numel() for t in tensors] * copies
+    flat = torch.empty(sum(sizes), dtype=tensors[0].dtype, device=tensors[0].device)
+    views = list(flat.split(sizes))
+    torch._foreach_copy_(views, tensors * copies)
     return views
 
 
 class SpectralNormGroup:
     """The "hook"-flavour spectral norms of many layers, stepped together: a forward pre-hook on the
-    model (convert_spectral_norm) that steps all its training-mode layers on copies of u, v and
-    leaves each layer a _PendingStep that the layer's next call commits (u, v into the buffers and
-    W / sigma as the layer's weight) if its weight, u and v are still those the step was computed
-    from. Per device and setting, the step is ONE call: on the C++ backends (CPU, CUDA)
-    fastgan::spectral_norm_group_step (multi-tensor power iteration, then every W / sigma with its
-    fused backward, one autograd node per layer, in C++: the per-layer Python and dispatch of the
-    apply were most of a small model's step); on Triton the multi-tensor power iteration (4 launches
-    per step) and one apply_group launch for all W / sigma (backward: two launches), see
-    _GroupApply. A commit under another grad mode than the group's call builds W / sigma again.
+    model (convert_spectral_norm) that steps all its training-mode layers at once and commits every
+    new u, v ahead into the buffers (one multi-tensor copy), leaving each layer a _PendingStep that
+    its call inside the forward takes without a copy; a forward hook on the model (settle_, run
+    also when the forward raises) rolls back, in one multi-tensor copy, the steps of the layers the
+    forward did not call. Per device and setting, the step is ONE call: on the C++ backends (CPU,
+    CUDA) fastgan::spectral_norm_group_step (multi-tensor power iteration, then every W / sigma
+    with its fused backward, one autograd node per layer, in C++: the per-layer Python and dispatch
+    of the apply were most of a small model's step); on Triton and CUDA the multi-tensor power
+    iteration (4 launches per step) and one apply_group launch for all W / sigma (backward: two
+    launches), see _GroupApply. So a training forward + backward of the model's spectral norms is a
+    constant number of launches whatever its layer count (README: launches per loss). A take under
+    another grad mode than the group's call builds W / sigma again.
 
     The numerics are those of each layer's own hook (torch.nn.utils.spectral_norm) for every call
-    pattern: a layer the forward skips keeps its u, v (its pending step is dropped or committed at its
-    own next call, equal to the step it would take then); a layer called twice in one forward
-    iterates again at its second call; a submodule called directly (Mimicry's D.project_features)
-    steps once per call; D(real) then D(fake) step twice; no_grad and eval calls behave as PyTorch's.
-    The price of a skipped layer is its share of the (batched) power iteration. Under torch.compile
-    the group does nothing and every layer steps itself (the compiler fuses them instead)."""
+    pattern: a layer the forward skips keeps its u, v (its step is rolled back when the forward ends
+    and committed, with one copy, at its own next call if nothing changed, equal to the step it
+    would take then); a layer called twice in one forward iterates again at its second call; a
+    submodule called directly (Mimicry's D.project_features) steps once per call; D(real) then
+    D(fake) step twice; no_grad and eval calls behave as PyTorch's. The price of a skipped layer is
+    its share of the (batched) power iteration. Under torch.compile the group does nothing and every
+    layer steps itself (the compiler fuses them instead)."""
 
     def __init__(self, modules, backend: str = "auto"):
         self.entries = []
@@ -293,12 +363,15 @@ class SpectralNormGroup:
                     self.entries.append((module, hook))
         check_spectral_backend(backend)
         self.backend = backend
+        self._stepped = []  # the _PendingSteps of the latest update_, for settle_
 
     def update_(self) -> None:
-        """Step every training-mode layer ahead (one call per device and setting), as pending steps.
-        Per layer this is the Python a model pays on every forward, so it reads the parameter and
-        buffer dicts directly (tensors are looked up each call: .to() and load_state_dict may
-        replace them) and leaves the checks to the ops."""
+        """Step every training-mode layer ahead (one call per device and setting) and commit the new
+        u, v into the buffers (one multi-tensor copy), as pending steps. Per layer this is the
+        Python a model pays on every forward, so it reads the parameter and buffer dicts directly
+        (tensors are looked up each call: .to() and load_state_dict may replace them) and leaves
+        the checks to the ops."""
+        self.settle_()  # a previous update_ whose forward hook did not run (update_ called by hand)
         groups = {}
         for module, hook in self.entries:
             if not module.training or hook.n_power_iterations == 0:
@@ -308,64 +381,76 @@ class SpectralNormGroup:
             key = (weight.device, hook.n_power_iterations, hook.eps)
             groups.setdefault(key, []).append((hook, weight, module._buffers[name + "_u"],
                                                module._buffers[name + "_v"]))
+        stepped = []  # (hook, _PendingStep)
         for (device, n, eps), items in groups.items():
             backend = _spectral_backend(self.backend, device)
             if backend == "cuda" and ops.cuda_kernels_registered():
-                self._gpu_step(items, n, eps, triton=False)
-                continue
-            if backend in ("cpu", "cuda") and ops.ensure_cxx():
-                self._cxx_step(items, n, eps, backend)
-                continue
-            if backend == "triton":
-                self._gpu_step(items, n, eps, triton=True)
-                continue
-            mats = [ref.weight_to_matrix(w.detach(), h.dim) for h, w, _, _ in items]
-            us = [u.clone(memory_format=torch.contiguous_format) for _, _, u, _ in items]
-            vs = [v.clone(memory_format=torch.contiguous_format) for _, _, _, v in items]
-            sigmas = ops.power_iteration(mats, us, vs, n, eps, "hook", backend)
-            for (hook, weight, u, v), u_new, v_new, sigma in zip(items, us, vs, sigmas):
-                hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend)
+                stepped += self._gpu_step(items, n, eps, triton=False)
+            elif backend in ("cpu", "cuda") and ops.ensure_cxx():
+                stepped += self._cxx_step(items, n, eps, backend)
+            elif backend == "triton":
+                stepped += self._gpu_step(items, n, eps, triton=True)
+            else:
+                k = len(items)
+                mats = [ref.weight_to_matrix(w.detach(), h.dim) for h, w, _, _ in items]
+                copies = _clones([u for _, _, u, _ in items] + [v for _, _, _, v in items], 2)
+                us, vs = copies[2 * k:3 * k], copies[3 * k:]
+                sigmas = ops.power_iteration(mats, us, vs, n, eps, "hook", backend)
+                stepped += [(hook, _PendingStep(weight, u, v, u_old, v_old, u_new, v_new, sigma, backend))
+                            for (hook, weight, u, v), u_old, v_old, u_new, v_new, sigma
+                            in zip(items, copies[:k], copies[k:2 * k], us, vs, sigmas)]
+        _commit_ahead(stepped)
+        self._stepped = stepped
+
+    def settle_(self) -> None:
+        """The model's forward has ended: roll back the ahead-committed steps its layers did not
+        take (one multi-tensor copy, none when every stepped layer was called)."""
+        stepped, self._stepped = self._stepped, []
+        if stepped:
+            _settle(stepped)
 
     @staticmethod
-    def _cxx_step(items, n, eps, backend) -> None:
+    def _cxx_step(items, n, eps, backend):
         """One C++ call for the whole step (fastgan::spectral_norm_group_step): power iteration on
-        copies of u, v and every W / sigma, each with its fused backward."""
+        copies of u, v and every W / sigma, each with its fused backward; u, v as they were kept
+        for a rollback (one multi-tensor copy)."""
+        k = len(items)
+        olds = _clones([u for _, _, u, _ in items] + [v for _, _, _, v in items])
         outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in items], [u for _, _, u, _ in items],
                                               [v for _, _, _, v in items], [h.dim for h, _, _, _ in items],
                                               n, eps, "hook")
-        for (hook, weight, u, v), out, u_new, v_new, sigma in zip(items, outs, us, vs, sigmas):
-            hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend, out)
+        return [(hook, _PendingStep(weight, u, v, u_old, v_old, u_new, v_new, sigma, backend, out))
+                for (hook, weight, u, v), u_old, v_old, out, u_new, v_new, sigma
+                in zip(items, olds[:k], olds[k:], outs, us, vs, sigmas)]
 
     @staticmethod
-    def _gpu_step(items, n, eps, triton) -> None:
+    def _gpu_step(items, n, eps, triton):
         """Triton or CUDA: one multi-tensor power iteration (4 launches per step) on copies of u, v
-        (one multi-tensor copy), then per (weight dtype, u dtype) one group apply launch for every
-        W / sigma (backward: two), independent of the number of layers (CUDA: up to a kernel
-        argument's worth of layers per launch, csrc/cuda/spectral_norm.h). CUDA float64 layers
-        (gradchecks) take the C++ group step (per-layer float64 ATen math)."""
+        (one multi-tensor copy makes them and the rollback copies), then per (weight dtype, u
+        dtype) one group apply launch for every W / sigma (backward: two), independent of the
+        number of layers (CUDA: up to a kernel argument's worth of layers per launch,
+        csrc/cuda/spectral_norm.h). CUDA float64 layers (gradchecks) take the C++ group step
+        (per-layer float64 ATen math)."""
         backend = "triton" if triton else "cuda"
-        by_dtype = {}
+        by_dtype, stepped = {}, []
         for item in items:
             by_dtype.setdefault((item[1].dtype, item[2].dtype, item[3].dtype), []).append(item)
         for (w_dtype, u_dtype, v_dtype), part in by_dtype.items():
             if not triton and w_dtype == torch.float64:
-                SpectralNormGroup._cxx_step(part, n, eps, backend)
+                stepped += SpectralNormGroup._cxx_step(part, n, eps, backend)
                 continue
             k = len(part)
-            copies = ([u for _, _, u, _ in part] + [v for _, _, _, v in part] if u_dtype == v_dtype else None)
-            if copies is not None:
-                copies = _flat_clones(copies)
-            else:
-                copies = [t.clone(memory_format=torch.contiguous_format)
-                          for t in [u for _, _, u, _ in part] + [v for _, _, _, v in part]]
-            us, vs = copies[:k], copies[k:]
+            copies = _clones([u for _, _, u, _ in part] + [v for _, _, _, v in part], 2)
+            olds, us, vs = copies[:2 * k], copies[2 * k:3 * k], copies[3 * k:]
             mats = [ref.weight_to_matrix(w, h.dim) for h, w, _, _ in part]
             sigmas = ops.power_iteration([m.detach() for m in mats], us, vs, n, eps, "hook", backend)
             node = _GroupNode()
             outs = _GroupApply.apply(node, triton, k, *mats, *us, *vs, *sigmas)
-            for (hook, weight, u, v), out, u_new, v_new, sigma in zip(part, outs, us, vs, sigmas):
-                hook._pending = _PendingStep(weight, u, v, u_new, v_new, sigma, backend,
-                                             matrix_to_weight(out, weight.shape, hook.dim), node)
+            stepped += [(hook, _PendingStep(weight, u, v, u_old, v_old, u_new, v_new, sigma, backend,
+                                            matrix_to_weight(out, weight.shape, hook.dim), node))
+                        for (hook, weight, u, v), u_old, v_old, out, u_new, v_new, sigma
+                        in zip(part, olds[:k], olds[k:], outs, us, vs, sigmas)]
+        return stepped
 
     _armed = False  # this model call's step is done (read by fastgan.integrations' forward wrapper)
 
@@ -373,6 +458,17 @@ class SpectralNormGroup:
         if model.training and not torch.compiler.is_compiling():
             self.update_()
             self._armed = True
+
+
+class _SettleGroup:
+    """The model's forward hook (always called, also when the forward raises): the group's settle_."""
+
+    def __init__(self, group: SpectralNormGroup):
+        self.group = group
+
+    def __call__(self, model: torch.nn.Module, inputs, output) -> None:
+        if not torch.compiler.is_compiling():
+            self.group.settle_()
 
 
 def spectral_norm(module: torch.nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
@@ -443,10 +539,16 @@ def convert_spectral_norm(model: torch.nn.Module, *, backend: str = "auto", grou
         # Replace an earlier group (a second conversion) rather than stacking two.
         for k, hook in list(model._forward_pre_hooks.items()):
             if isinstance(hook, SpectralNormGroup):
+                hook.settle_()
                 del model._forward_pre_hooks[k]
+        for k, hook in list(model._forward_hooks.items()):
+            if isinstance(hook, _SettleGroup):
+                del model._forward_hooks[k]
+                model._forward_hooks_always_called.pop(k, None)
         sn_group = SpectralNormGroup(model.modules(), backend)
         if sn_group.entries:
             model.register_forward_pre_hook(sn_group)
+            model.register_forward_hook(_SettleGroup(sn_group), always_call=True)
     return model
 
 
