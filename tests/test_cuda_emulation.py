@@ -522,6 +522,70 @@ if INNER:
                 err = (out.double() - want).abs()
                 assert (err <= ulp * want.abs() + 2e-5).all(), err.max()
 
+    LIB.emu_extra_logit_backward.argtypes = [P, P, P, I64, I, P]
+
+    @pytest.mark.parametrize("n, k", [(37, 1), (5, 3), (1, 2), (0, 1), (300_000, 1)])
+    def test_inner_contrastive_extra_logit_backward_kernel(n, k):
+        # The extra logit's gradient (2C's positive logit inside the log-sum-exp): one launch, one
+        # thread per row (N = 300000: 1172 blocks, the last one partial), an infinite lse term skipped.
+        g = torch.Generator().manual_seed(n + k)
+        extra = torch.randn(n, generator=g)
+        lse = extra.unsqueeze(1) + torch.rand(n, k, generator=g) * 3  # lse >= extra, as in a real call
+        if n > 3:
+            lse[3, 0] = float("-inf")  # an empty set: its term must be left out, not NaN
+        w = torch.randn(n, k, generator=g)
+        out = torch.full((n,), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_extra_logit_backward(ptr(extra), ptr(lse), ptr(w), n, k, ptr(out)), "extra_logit_backward")
+        assert launches() == ([("contrastive_lse.cu:extra_logit_backward_kernel",
+                                (min((n + 255) // 256, 65535 * 16), 1, 1), (256, 1, 1))] if n else [])
+        p = (extra.double().unsqueeze(1) - lse.double()).exp()
+        p = torch.where(torch.isfinite(lse), p, torch.zeros_like(p))
+        torch.testing.assert_close(out.double(), (w.double() * p).sum(1), rtol=2e-6, atol=1e-6)
+
+    LIB.emu_pair_cosine_forward.argtypes = [P, P, I64, I64, I, F, P]
+    LIB.emu_pair_cosine_backward.argtypes = [P, P, P, I64, I64, I, F, P, P]
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("shape", [(37, 100), (1, 1), (5, 31), (64, 512), (33, 33), (0, 8)])
+    def test_inner_contrastive_pair_cosine_kernels(dtype, shape):
+        # fastgan::pair_cosine on CUDA (the positive logit; one warp per row, one launch each way)
+        # against float64 of the same rounded inputs: a zero row and a row under eps on each side
+        # (the clamp, no projection term), D = 1 (x^ = +-1), D under, at and over 32 lanes, N = 0.
+        n, d = shape
+        g = torch.Generator().manual_seed(n * 100 + d)
+        x = torch.randn(n, d, generator=g).to(dtype)
+        y = torch.randn(n, d, generator=g).to(dtype)
+        if n > 2 and dtype != torch.float16:  # their gradients are ~1/eps: beyond half precision's range
+            x[1], y[2] = 0, 1e-9
+        grad = torch.randn(n, generator=g)
+        out = torch.full((n,), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_pair_cosine_forward(ptr(x), ptr(y), n, d, DTYPE_CODE[dtype], EPS, ptr(out)), "pair_cosine")
+        assert launches() == ([("contrastive_lse.cu:pair_cosine_kernel", ((n + 3) // 4, 1, 1), (128, 1, 1))]
+                              if n else [])
+        x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+        want = (x64 * y64).sum(1) / (x64.norm(dim=1).clamp_min(EPS) * y64.norm(dim=1).clamp_min(EPS))
+        torch.testing.assert_close(out.double(), want.detach(), rtol=2e-6, atol=2e-7)
+        gx = torch.full((n, d), float("nan")).to(dtype)
+        gy = torch.full((n, d), float("nan")).to(dtype)
+        LIB.emu_clear_launches()
+        check(LIB.emu_pair_cosine_backward(ptr(grad), ptr(x), ptr(y), n, d, DTYPE_CODE[dtype], EPS, ptr(gx), ptr(gy)),
+              "pair_cosine_backward")
+        assert launches() == ([("contrastive_lse.cu:pair_cosine_backward_kernel", ((n + 3) // 4, 1, 1),
+                                (128, 1, 1))] if n else [])
+        if n == 0:
+            return
+        want_x, want_y = torch.autograd.grad(want, (x64, y64), grad.double())
+        for got, w in ((gx, want_x), (gy, want_y)):
+            scale = w.abs().max().clamp_min(1.0)  # the zero row's gradient is ~1/eps (|y| / eps)
+            if dtype == torch.float32:
+                torch.testing.assert_close(got.double(), w, rtol=2e-5, atol=2e-5 * scale.item())
+            else:  # one rounding of a float32 result to the output dtype
+                ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
+                err = (got.double() - w).abs()
+                assert (err <= ulp * w.abs() + 2e-5 * scale).all(), err.max()
+
     def test_inner_contrastive_cosine_similarity_matrix_follows_allow_tf32():
         n, m, d = 33, 17, 45
         g = torch.Generator().manual_seed(77)

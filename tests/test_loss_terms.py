@@ -194,3 +194,51 @@ def test_loss_launches_pinned(op):
         seen[n] = (len(triton_launches), len(aten))
     assert all(v == PINNED[op] for v in seen.values()), (op, seen)
     assert P.ASSUMED_LAUNCHES[op][0] == sum(PINNED[op])
+
+
+# (CUDA kernel launches of fastgan's ops, ATen ops around them) of one forward + backward on the CUDA
+# backend, float32, counted on the CPU (perf_model.count_launches_cuda_cpu: the CUDA composition with
+# fastgan's ops by perf_model.cuda_op_launches, which mirrors csrc/cuda/*_cuda.cpp), the same at every
+# N. README "Launches per loss" states these totals.
+PINNED_CUDA = {"cosine_similarity_matrix": (9, 4), "2c": (11, 10), "ntxent": (11, 13), "clip": (20, 17),
+               "d2d": (11, 35), "supcon": (9, 76), "infonce": (4, 12)}
+
+
+@pytest.mark.parametrize("op", list(PINNED_CUDA))
+def test_cuda_loss_launches_pinned(op):
+    seen = {}
+    for n in (64, 256, 4096):
+        size = (n, 16, 8) if op == "infonce" else (n, 16)
+        case = C.Case(op, size, "cpu", torch.float32)
+        xs, ys = C.make_inputs(case)
+        fused, _ = C.LOSS[op]
+        kernels, aten = P.count_launches_cuda_cpu(fused, xs, ys)
+        seen[n] = (len(kernels), len(aten))
+    assert all(v == PINNED_CUDA[op] for v in seen.values()), (op, seen)
+
+
+def test_cuda_launch_names_are_the_kernels():
+    # Every kernel cuda_op_launches names is a __global__ function of its .cu file (a renamed or
+    # removed kernel must change the count), and an op it does not know is an error, not a zero.
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+    a, b = torch.randn(4, 8), torch.randn(4, 8)
+    calls = [("contrastive_lse", (a, b, None, None, torch.randn(4))),
+             ("contrastive_lse_backward", (torch.randn(4, 1), a, b, None, None, torch.randn(4), torch.randn(4, 1))),
+             ("cosine_similarity_matrix", (a, b)), ("cosine_similarity_matrix_backward", (torch.randn(4, 4), a, b)),
+             ("pair_cosine", (a, b)), ("pair_cosine_backward", (torch.randn(4), a, b)),
+             ("infonce_lse", (torch.randn(2, 4, 3), torch.randn(2, 4))),
+             ("infonce_lse_backward", (torch.randn(2, 3), torch.randn(2), torch.randn(2, 4, 3), torch.randn(2, 4),
+                                       torch.randn(2)))]
+    for name, args in calls:
+        for launch in P.cuda_op_launches(name, args):
+            if ":" in launch:
+                src, kernel = launch.split(":")
+                text = (root / src).read_text()
+                assert re.search(r"__global__ void[^;{}]*?\b" + kernel + r"\(", text), launch
+    # Mixed dtypes: one cast in, one cast back for the 16-bit side.
+    assert P.cuda_op_launches("pair_cosine_backward", (torch.randn(4), a.half(), b)).count("copy") == 2
+    with pytest.raises(NotImplementedError, match="same_class_cosine_sum"):
+        P.cuda_op_launches("same_class_cosine_sum", (a,))

@@ -14,10 +14,16 @@ def reference(x, y, eps):
     return (normalize_rows(x.double(), eps) * normalize_rows(y.double(), eps)).sum(1)
 
 
+# CUDA (a GPU machine): the CUDA kernel of the op, which has no float64 (the losses keep ATen there).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.float16, torch.float32),
+          (torch.bfloat16, torch.bfloat16)]
+
+
 @pytest.mark.parametrize("n,d", [(1, 1), (2, 3), (64, 512), (257, 129)])
-@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float64, torch.float64),
-                                    (torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)])
-def test_values_and_gradients(n, d, dtypes, gen):
+@pytest.mark.parametrize("device,dtypes", [(dev, dt) for dev in DEVICES for dt in DTYPES
+                                           if not (dev == "cuda" and torch.float64 in dt)])
+def test_values_and_gradients(n, d, device, dtypes, gen):
     eps = 1e-8
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)
     y = torch.randn(n, d, generator=gen, dtype=torch.float64)
@@ -25,11 +31,11 @@ def test_values_and_gradients(n, d, dtypes, gen):
     if n > 2 and not half:  # a zero row's gradient is ~1/eps = 1e8: beyond half precision's range
         x[1] = 0
         y[2] = 1e-9  # below eps: clamped, the cosine is linear in y there
-    x, y = x.to(dtypes[0]), y.to(dtypes[1])
+    x, y = x.to(device, dtypes[0]), y.to(device, dtypes[1])
     if d > 1:
         x = torch.cat([x, x], 1)[:, ::2]  # non-contiguous
     x, y = x.requires_grad_(), y.requires_grad_()
-    w = torch.randn(n, generator=gen, dtype=torch.float64)
+    w = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
     c = pair_cosine(x, y, eps)
     want_dtype = torch.float64 if torch.float64 in dtypes else torch.float32
     assert c.dtype == want_dtype
@@ -50,6 +56,14 @@ def test_gradcheck_and_opcheck(gen):
     torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x.float(), y.float(), 1e-8))
     torch.library.opcheck(torch.ops.fastgan.pair_cosine.default,
                           (torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, dtype=torch.float16), 1e-8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_on_each_device(device):
+    x, y = torch.randn(5, 7, device=device, requires_grad=True), torch.randn(5, 7, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x, y, 1e-8))
+    torch.library.opcheck(torch.ops.fastgan.pair_cosine.default,
+                          (x.detach().bfloat16().requires_grad_(), y, 1e-8))  # mixed dtypes: float32 inside
 
 
 def test_bad_shapes():

@@ -1,7 +1,7 @@
 // TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/contrastive_lse.cu.
 // Compiled only in CUDA builds. The inverse norms and the normalization backward are kernels of
-// csrc/cuda/contrastive_lse.cu (one launch each for both sides); the extra logit's gradient and the
-// cosine matrix's backward stay O((N + M) D) ATen ops (csrc/cpu/common.h's generic forms).
+// csrc/cuda/contrastive_lse.cu (one launch each for both sides), in contrastive_lse and in the cosine
+// matrix (whose backward's two products are cuBLAS), and so is the extra logit's gradient.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -151,10 +151,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cuda(
   TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward: the normalization-backward kernel failed: ",
               cudaGetErrorString(err));
   at::Tensor grad_extra;
-  if (extra.has_value()) {
-    auto p = (r.extra.unsqueeze(1) - l).exp();
-    p = at::where(at::isfinite(l), p, at::zeros_like(p));
-    grad_extra = (w * p).sum(1).to(extra->scalar_type());
+  if (extra.has_value()) {  // one launch (csrc/cuda/contrastive_lse.cu), + a cast to a 16-bit extra's dtype
+    grad_extra = at::empty({a.size(0)}, fopts);
+    err = cuda::extra_logit_backward(r.extra.data_ptr<float>(), l.data_ptr<float>(), w.data_ptr<float>(), r.p.n,
+                                     r.p.num_predicates, grad_extra.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward: the extra-logit kernel failed: ", cudaGetErrorString(err));
+    grad_extra = grad_extra.to(extra->scalar_type());
   } else {
     grad_extra = at::zeros({a.size(0)}, a.options().dtype(at::kFloat));
   }
@@ -187,16 +189,96 @@ at::Tensor cosine_similarity_matrix_cuda(const at::Tensor& a_in, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> cosine_similarity_matrix_backward_cuda(const at::Tensor& grad, const at::Tensor& a_in,
                                                                           const at::Tensor& b_in, double scale,
                                                                           double eps) {
-  // dS~ = scale * G * inv_a_i * inv_b_j, then two cuBLAS products and the normalization backward.
+  // dS~ = scale * G * inv_a_i * inv_b_j, then the raw-row gradients U = dS~ B and V = dS~^T A (two
+  // cuBLAS products, float32) and the normalization backward of both sides: the inverse norms and the
+  // normalization backward are the kernels contrastive_lse's glue runs (one launch each, both sides),
+  // U and V the contiguous float32 (N, D) / (M, D) rows they read there. 7 launches in float32
+  // (inverse norms, 3 elementwise for dS~, 2 products, normalization backward), + 3 casts in 16 bits.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_cuda(a_in, b_in);
   c10::cuda::CUDAGuard guard(a_in.device());
-  auto a = a_in.detach().to(at::kFloat), b = b_in.detach().to(at::kFloat);
-  auto inv_a = inverse_norms(a, true, eps), inv_b = inverse_norms(b, true, eps);
+  auto a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
+  const auto dtype = cuda::kernel_dtype(a, "cosine_similarity_matrix_backward", "a");
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == a.size(0) && grad.size(1) == b.size(0),
+              "cosine_similarity_matrix_backward: grad must have shape (N, M) = (", a.size(0), ", ", b.size(0),
+              "), got ", grad.sizes());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  auto fopts = a.options().dtype(at::kFloat);
+  auto inv_a = at::empty({a.size(0)}, fopts);
+  auto inv_b = at::empty({b.size(0)}, fopts);
+  auto err = cuda::inverse_norms(a.data_ptr(), a.size(0), a.size(1), b.data_ptr(), b.size(0), b.size(1), a.size(1),
+                                 dtype, static_cast<float>(eps), true, inv_a.data_ptr<float>(), inv_b.data_ptr<float>(),
+                                 stream);
+  TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix_backward: the inverse-norm kernel failed: ",
+              cudaGetErrorString(err));
   auto ds = grad.detach().to(at::kFloat) * (inv_a.unsqueeze(1) * scale) * inv_b.unsqueeze(0);
-  auto grad_a = normalization_backward(a, inv_a, at::mm(ds, b), true, eps).to(a_in.scalar_type());
-  auto grad_b = normalization_backward(b, inv_b, at::mm(ds.t(), a), true, eps).to(b_in.scalar_type());
+  auto U = at::mm(ds, b.to(at::kFloat)).contiguous();
+  auto V = at::mm(ds.t(), a.to(at::kFloat)).contiguous();
+  auto grad_a = at::empty(a.sizes(), a.options());
+  auto grad_b = at::empty(b.sizes(), b.options());
+  err = cuda::normalization_backward(a.data_ptr(), a.size(0), a.size(1), inv_a.data_ptr<float>(), U.data_ptr<float>(),
+                                     grad_a.data_ptr(), b.data_ptr(), b.size(0), b.size(1), inv_b.data_ptr<float>(),
+                                     V.data_ptr<float>(), grad_b.data_ptr(), a.size(1), dtype, static_cast<float>(eps),
+                                     true, stream);
+  TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix_backward: the normalization-backward kernel failed: ",
+              cudaGetErrorString(err));
   return {grad_a, grad_b};
+}
+
+// fastgan::pair_cosine on CUDA: one launch each way (csrc/cuda/contrastive_lse.cu), float32 out. x
+// and y of different dtypes (a bfloat16 projection against a float32 embedding under autocast) are
+// both computed in float32, as the CPU kernel does; the gradients come back in each input's dtype.
+struct PairInputs {
+  at::Tensor x, y;
+  cuda::DType dtype;
+};
+
+PairInputs pair_inputs(const at::Tensor& x_in, const at::Tensor& y_in, const char* op) {
+  TORCH_CHECK(x_in.dim() == 2 && y_in.dim() == 2 && x_in.sizes() == y_in.sizes(), op,
+              ": x and y must be 2-D of one shape, got ", x_in.sizes(), " and ", y_in.sizes());
+  TORCH_CHECK(x_in.is_cuda() && y_in.is_cuda() && x_in.device() == y_in.device(), op,
+              ": x and y must be on one CUDA device");
+  PairInputs r;
+  r.x = x_in.detach();
+  r.y = y_in.detach();
+  if (r.x.scalar_type() != r.y.scalar_type()) {
+    cuda::kernel_dtype(r.x, op, "x");  // a float64 (or integer) side must not be cast silently
+    cuda::kernel_dtype(r.y, op, "y");
+    r.x = r.x.to(at::kFloat);
+    r.y = r.y.to(at::kFloat);
+  }
+  r.x = r.x.contiguous();
+  r.y = r.y.contiguous();
+  r.dtype = cuda::kernel_dtype(r.x, op, "x and y");
+  return r;
+}
+
+at::Tensor pair_cosine_cuda(const at::Tensor& x, const at::Tensor& y, double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  auto r = pair_inputs(x, y, "pair_cosine");
+  auto out = at::empty({r.x.size(0)}, r.x.options().dtype(at::kFloat));
+  auto err = cuda::pair_cosine_forward(r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1), r.dtype,
+                                       static_cast<float>(eps), out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "pair_cosine CUDA kernel failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                             const at::Tensor& y, double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  auto r = pair_inputs(x, y, "pair_cosine_backward");
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == r.x.size(0) && grad.device() == r.x.device(),
+              "pair_cosine_backward: grad must have shape (N,) on x's device, got ", grad.sizes());
+  auto g = grad.detach().to(at::kFloat).contiguous();
+  auto gx = at::empty(r.x.sizes(), r.x.options());
+  auto gy = at::empty(r.y.sizes(), r.y.options());
+  auto err = cuda::pair_cosine_backward(g.data_ptr<float>(), r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1),
+                                        r.dtype, static_cast<float>(eps), gx.data_ptr(), gy.data_ptr(),
+                                        c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "pair_cosine_backward CUDA kernel failed: ", cudaGetErrorString(err));
+  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
 }
 
 }  // namespace
@@ -206,6 +288,8 @@ TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("contrastive_lse_backward", &contrastive_lse_backward_cuda);
   m.impl("cosine_similarity_matrix", &cosine_similarity_matrix_cuda);
   m.impl("cosine_similarity_matrix_backward", &cosine_similarity_matrix_backward_cuda);
+  m.impl("pair_cosine", &pair_cosine_cuda);
+  m.impl("pair_cosine_backward", &pair_cosine_backward_cuda);
 }
 
 }  // namespace fastgan

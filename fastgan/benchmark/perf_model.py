@@ -25,7 +25,8 @@ quantization, partial waves (fewer CTAs than SMs: issue 14.1) and L2 reuse, so a
 above it points at exactly those.
 """
 import dataclasses
-from typing import Callable, Dict, Optional, Sequence
+import os
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -178,6 +179,113 @@ def count_launches_cpu(fn: Callable, tensors: Sequence[torch.Tensor], labels: Se
         for k, orig in patched:
             k.run = orig
     return triton_launches, aten
+
+
+def _copy_unless(t: Optional[torch.Tensor], dtype: Optional[torch.dtype] = None, contiguous: bool = True):
+    """The launch of a glue's t.to(dtype) / .contiguous(): none when it is a no-op."""
+    if t is None or ((dtype is None or t.dtype == dtype) and (not contiguous or t.is_contiguous())):
+        return []
+    return ["copy"]
+
+
+def cuda_op_launches(name: str, args) -> List[str]:
+    """The CUDA launches of one call of a fastgan CUDA op with these arguments: the kernels its glue
+    (csrc/cuda/*_cuda.cpp) launches, by the names the emulation records for them
+    (tests/test_cuda_emulation.py checks each kernel's launches and grids), and the ATen ops of that
+    glue which launch (casts and copies only where they are not no-ops, the zero-filled gradient of an
+    absent extra logit, the cosine backward's dS~ and its two cuBLAS products). Mirrors the glue line by line; a change
+    there must change this (and the pinned counts of tests/test_loss_terms.py)."""
+    f32 = torch.float32
+    if name in ("contrastive_lse", "contrastive_lse_backward"):
+        grad_lse = lse = None
+        if name == "contrastive_lse":
+            a, b, la, lb, extra = args[:5]
+        else:
+            grad_lse, a, b, la, lb, extra, lse = args[:7]
+        out = _copy_unless(a) + _copy_unless(b) + ["contrastive_lse.cu:inverse_norms_kernel"]  # prepare()
+        if la is not None and lb is not None:
+            out += _copy_unless(la) + _copy_unless(lb)
+        out += _copy_unless(extra, f32)
+        if name == "contrastive_lse":
+            return out + ["contrastive_lse.cu:forward_kernel", "contrastive_lse.cu:forward_merge_kernel"]
+        out += _copy_unless(grad_lse, f32) + _copy_unless(lse, f32)
+        out += ["contrastive_lse.cu:backward_rows_kernel", "contrastive_lse.cu:backward_cols_kernel",
+                "contrastive_lse.cu:backward_finish_kernel", "contrastive_lse.cu:normalization_backward_kernel"]
+        if extra is None:
+            return out + ["zeros"]
+        return out + ["contrastive_lse.cu:extra_logit_backward_kernel"] + (["copy"] if extra.dtype != f32 else [])
+    if name == "cosine_similarity_matrix":
+        a, b = args[:2]
+        return _copy_unless(a) + _copy_unless(b) + ["contrastive_lse.cu:inverse_norms_kernel",
+                                                    "contrastive_lse.cu:cosine_kernel"]
+    if name == "cosine_similarity_matrix_backward":
+        grad, a, b = args[:3]
+        return (_copy_unless(a) + _copy_unless(b) + ["contrastive_lse.cu:inverse_norms_kernel"]
+                + _copy_unless(grad, f32, contiguous=False) + ["mul", "mul", "mul"]
+                + _copy_unless(b, f32, contiguous=False) + ["mm"] + _copy_unless(a, f32, contiguous=False) + ["mm"]
+                + ["contrastive_lse.cu:normalization_backward_kernel"])
+    if name in ("infonce_lse", "infonce_lse_backward"):
+        l, m = (args[:2] if name == "infonce_lse" else args[2:4])
+        mixed = l.dtype != m.dtype  # one kernel dtype: both computed in float32
+        out = (_copy_unless(l, f32, False) + _copy_unless(m, f32, False)) if mixed else []
+        if name == "infonce_lse":
+            return out + ["infonce_lse.cu:forward_kernel", "infonce_lse.cu:forward_combine_kernel"]
+        grad_pos, grad_neg, neg = args[0], args[1], args[4]
+        out += _copy_unless(grad_pos, f32) + _copy_unless(grad_neg, f32) + _copy_unless(neg, f32)
+        out += ["infonce_lse.cu:backward_kernel", "infonce_lse.cu:grad_m_finish_kernel"]
+        kernel_dtype = f32 if mixed else l.dtype
+        return out + (["copy"] if l.dtype != kernel_dtype else []) + (["copy"] if m.dtype != kernel_dtype else [])
+    if name in ("pair_cosine", "pair_cosine_backward"):
+        x, y = (args[:2] if name == "pair_cosine" else args[1:3])
+        mixed = x.dtype != y.dtype  # both computed in float32
+        out = (_copy_unless(x, f32, False) + _copy_unless(y, f32, False)) if mixed else []
+        common = f32 if mixed else x.dtype
+        out += _copy_unless(x.to(common) if mixed else x) + _copy_unless(y.to(common) if mixed else y)
+        if name == "pair_cosine":
+            return out + ["contrastive_lse.cu:pair_cosine_kernel"]
+        out += _copy_unless(args[0], f32) + ["contrastive_lse.cu:pair_cosine_backward_kernel"]
+        return out + (["copy"] if x.dtype != common else []) + (["copy"] if y.dtype != common else [])
+    raise NotImplementedError(f"cuda_op_launches: fastgan::{name} has no CUDA launch count here")
+
+
+def count_launches_cuda_cpu(fn: Callable, tensors: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] = ()):
+    """GPU launches of one forward + backward of fn(*tensors, *labels, backend="cuda") on the CUDA
+    backend, counted on the CPU: the loss runs its CUDA composition (backend "cuda" resolved for CPU
+    tensors; every branch taken is the one CUDA tensors take, fastgan's CUDA ops computed by their
+    CPU kernels, which share their schemas), every non-view ATen op of it counted as one CUDA kernel
+    (a TorchDispatchMode, as count_launches_cpu) and every fastgan op call as cuda_op_launches says.
+    Returns (fastgan op launches, ATen op names) in launch order. On a GPU, count_launches counts
+    the real kernels with the profiler (bench/gpu.sh)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from .. import backend as B
+
+    ops, aten = [], []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if func.namespace == "fastgan":
+                ops.extend(cuda_op_launches(name, args))
+            elif name not in ATEN_FREE:
+                aten.append(name)
+            return func(*args, **(kwargs or {}))
+
+    key = ("cuda", "cpu", os.environ.get("FASTGAN_BACKEND", ""))
+    saved = B._resolved.get(key)
+    B._resolved[key] = "cuda"
+    try:
+        xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors] + list(labels)
+        with Count():
+            out = fn(*xs, backend="cuda")
+            if out.requires_grad:
+                out.backward()
+    finally:
+        if saved is None:
+            B._resolved.pop(key, None)
+        else:
+            B._resolved[key] = saved
+    return ops, aten
 
 
 def predict_row(case, fn, tensors, labels, rates: Rates, measured_ms: Optional[float]) -> Dict[str, float]:

@@ -252,7 +252,8 @@ def contrastive_lse_both(
 
 def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """cos(x_i, y_i), each norm clamped at eps, float32 (float64 if either side is float64): the fused
-    CPU kernel fastgan::pair_cosine (inputs assumed validated: (N, D) each, one device, the CPU)."""
+    kernel fastgan::pair_cosine (inputs assumed validated: (N, D) each, one device; the CPU, or CUDA
+    for float32 and 16-bit inputs)."""
     ensure_cxx()
     return torch.ops.fastgan.pair_cosine.default(x, y, float(eps))
 

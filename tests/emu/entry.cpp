@@ -114,6 +114,20 @@ int emu_normalization_backward(const void* a, int64_t n, int64_t stride_a, const
                                 static_cast<DType>(dtype), eps, normalize != 0, nullptr);
 }
 
+int emu_extra_logit_backward(const float* extra, const float* lse, const float* grad_lse, int64_t n, int k,
+                             float* grad_extra) {
+  return extra_logit_backward(extra, lse, grad_lse, n, k, grad_extra, nullptr);
+}
+
+int emu_pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, int dtype, float eps, float* out) {
+  return pair_cosine_forward(x, y, n, d, static_cast<DType>(dtype), eps, out, nullptr);
+}
+
+int emu_pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, int dtype, float eps,
+                             void* gx, void* gy) {
+  return pair_cosine_backward(grad, x, y, n, d, static_cast<DType>(dtype), eps, gx, gy, nullptr);
+}
+
 // ---- spectral norm ----
 
 // Layer i: ptrs[4 i ..] = w, u, v, sigma; ints[9 i ..] = rows, cols, stride_r, stride_c, stride_u,

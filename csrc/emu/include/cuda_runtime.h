@@ -44,6 +44,7 @@ typedef struct CUstream_st* cudaStream_t;
 // Device code calls the C math functions unqualified (expf, isnan, ...), as CUDA allows.
 using std::isinf;
 using std::isnan;
+using std::isfinite;
 
 #include "../simt.h"
 
