@@ -232,3 +232,25 @@ def test_state_dict_between_forwards_is_pytorchs():
         assert sd_t.keys() == sd_o.keys()
         for k in sd_t:
             assert torch.allclose(sd_t[k], sd_o[k], **TOL), (step, k)
+
+
+def test_nested_groups_step_each_layer_once():
+    # A submodule converted on its own inside a converted model: inside the model's forward the
+    # submodule's group finds its layers already stepped ahead by the model's and leaves them.
+    torch.manual_seed(0)
+
+    def make(sn):
+        block = torch.nn.Sequential(sn(torch.nn.Linear(6, 6)), torch.nn.ReLU(), sn(torch.nn.Linear(6, 6)))
+        return torch.nn.Sequential(sn(torch.nn.Linear(4, 6)), block, sn(torch.nn.Linear(6, 3)))
+
+    theirs = make(lambda m: torch.nn.utils.spectral_norm(m)).double()
+    ours = GN.convert_spectral_norm(copy.deepcopy(theirs), backend="cpu", group=True)
+    GN.convert_spectral_norm(ours[1], backend="cpu", group=True)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    for _ in range(2):
+        a, b = theirs(x), ours(x)
+        assert torch.allclose(a, b, **TOL)
+        _buffers_equal(theirs, ours, "nested groups")
+        h = torch.randn(2, 6, dtype=torch.float64)
+        assert torch.allclose(theirs[1](h), ours[1](h), **TOL)  # the inner group on its own
+        _buffers_equal(theirs, ours, "the inner model called directly")

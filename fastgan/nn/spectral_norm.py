@@ -376,6 +376,9 @@ class SpectralNormGroup:
         for module, hook in self.entries:
             if not module.training or hook.n_power_iterations == 0:
                 continue
+            pending = hook._pending
+            if pending is not None and pending.ahead:
+                continue  # stepped ahead by an enclosing model's group, inside whose forward this call is
             name = hook.name
             weight = module._parameters[name + "_orig"]
             key = (weight.device, hook.n_power_iterations, hook.eps)
