@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import fastgan.nn as GN
 
 import _peers
+from conftest import float64_backends
 
 TOL = dict(rtol=1e-10, atol=1e-12)  # float64: the fused and PyTorch's power iterations agree to rounding
 
@@ -177,7 +178,7 @@ def _uv(model):
     return {n: b.clone() for n, b in model.named_buffers()}
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+@pytest.mark.parametrize("backend", float64_backends() + ["reference"])  # float64: Triton only in its interpreter
 def test_steps_committed_ahead_are_rolled_back_for_layers_the_forward_skips(backend):
     # The group writes every stepped layer's new u, v into the buffers at the model's call (one
     # multi-tensor copy); when the forward ends, those of the layers it did not call must hold
