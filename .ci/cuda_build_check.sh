@@ -45,7 +45,7 @@ import torch
 
 torch.ops.load_library(sys.argv[1])
 ops = ("contrastive_lse", "contrastive_lse_backward", "cosine_similarity_matrix", "cosine_similarity_matrix_backward",
-       "pair_cosine", "pair_cosine_backward", "infonce_lse",
+       "pair_cosine", "pair_cosine_backward", "lse_combine", "lse_combine_backward", "infonce_lse",
        "spectral_norm_power_iteration_", "spectral_norm_apply")
 missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{op}", "CUDA")]
 cpu = torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::contrastive_lse", "CPU")

@@ -74,6 +74,15 @@ TORCH_LIBRARY(fastgan, m) {
   m.def("pair_cosine(Tensor x, Tensor y, float eps) -> Tensor");
   m.def("pair_cosine_backward(Tensor grad, Tensor x, Tensor y, float eps) -> (Tensor, Tensor)");
 
+  // ---- a loss's combination of its log-sum-exps and positive terms with its mean or sum:
+  // scale * sum_i (sum_k coefs[k] x_ik + c1 y1_i + c2 y2_i), 0-dim in x's dtype; y1, y2 (N,) or (N, 1).
+  // The backward gives every gradient (those of absent y1, y2 shaped (N,)). CUDA: one launch each way
+  // (csrc/cuda/loss_terms.cu); CPU: ATen (the CPU losses run as one op each way instead).
+  m.def("lse_combine(Tensor x, Tensor? y1, Tensor? y2, float[] coefs, float c1, float c2, float scale) -> Tensor");
+  m.def(
+      "lse_combine_backward(Tensor grad, Tensor x, Tensor? y1, Tensor? y2, float[] coefs, float c1, float c2,"
+      " float scale) -> (Tensor, Tensor, Tensor)");
+
   // ---- SupCon's positive term: per row the sum of its cosines to the other rows of its class (norms
   // clamped at eps; float32, float64 for float64) and their count (int64). labels: 1-D int64.
   m.def("same_class_cosine_sum(Tensor x, Tensor labels, float eps) -> (Tensor pos, Tensor n_pos)");

@@ -549,7 +549,8 @@ if INNER:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("shape", [(37, 100), (1, 1), (5, 31), (64, 512), (33, 33), (0, 8)])
     def test_inner_contrastive_pair_cosine_kernels(dtype, shape):
-        # fastgan::pair_cosine on CUDA (the positive logit; one warp per row, one launch each way)
+        # fastgan::pair_cosine on CUDA (csrc/cuda/loss_terms.cu: the positive logit; one warp per row,
+        # one launch each way)
         # against float64 of the same rounded inputs: a zero row and a row under eps on each side
         # (the clamp, no projection term), D = 1 (x^ = +-1), D under, at and over 32 lanes, N = 0.
         n, d = shape
@@ -562,7 +563,7 @@ if INNER:
         out = torch.full((n,), float("nan"))
         LIB.emu_clear_launches()
         check(LIB.emu_pair_cosine_forward(ptr(x), ptr(y), n, d, DTYPE_CODE[dtype], EPS, ptr(out)), "pair_cosine")
-        assert launches() == ([("contrastive_lse.cu:pair_cosine_kernel", ((n + 3) // 4, 1, 1), (128, 1, 1))]
+        assert launches() == ([("loss_terms.cu:pair_cosine_kernel", ((n + 3) // 4, 1, 1), (128, 1, 1))]
                               if n else [])
         x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
         want = (x64 * y64).sum(1) / (x64.norm(dim=1).clamp_min(EPS) * y64.norm(dim=1).clamp_min(EPS))
@@ -572,7 +573,7 @@ if INNER:
         LIB.emu_clear_launches()
         check(LIB.emu_pair_cosine_backward(ptr(grad), ptr(x), ptr(y), n, d, DTYPE_CODE[dtype], EPS, ptr(gx), ptr(gy)),
               "pair_cosine_backward")
-        assert launches() == ([("contrastive_lse.cu:pair_cosine_backward_kernel", ((n + 3) // 4, 1, 1),
+        assert launches() == ([("loss_terms.cu:pair_cosine_backward_kernel", ((n + 3) // 4, 1, 1),
                                 (128, 1, 1))] if n else [])
         if n == 0:
             return
@@ -585,6 +586,51 @@ if INNER:
                 ulp = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
                 err = (got.double() - w).abs()
                 assert (err <= ulp * w.abs() + 2e-5 * scale).all(), err.max()
+
+    LIB.emu_lse_combine_forward.argtypes = [P, I64, I64, I64, I64, P, I64, P, I64, P, ctypes.c_double,
+                                            ctypes.c_double, ctypes.c_double, P]
+    LIB.emu_lse_combine_backward.argtypes = [I64, I64, P, ctypes.c_double, ctypes.c_double, ctypes.c_double, P, P,
+                                             P, P]
+
+    @pytest.mark.parametrize("n, k, ys", [(37, 2, 0), (5, 1, 1), (1, 1, 2), (0, 2, 0), (3000, 3, 2), (257, 1, 2)])
+    def test_inner_contrastive_lse_combine_kernels(n, k, ys):
+        # fastgan::lse_combine on CUDA (csrc/cuda/loss_terms.cu): a loss's combination and mean in ONE
+        # CTA (a fixed order: bitwise the same every run), its backward one launch; x a strided view
+        # (an (N, K) slice of a wider LSE), y1 an (N, 1) column, N = 0 (the sum of nothing is 0).
+        g = torch.Generator().manual_seed(n * 10 + k + ys)
+        wide = torch.randn(n, k + 2, generator=g)
+        x = wide[:, 1:k + 1]  # row stride k + 2
+        y1 = torch.randn(n, 1, generator=g) if ys >= 1 else None
+        y2 = torch.randn(n, generator=g) if ys >= 2 else None
+        coefs = (ctypes.c_double * 3)(*[1.0, -1.0, 0.5][:k])
+        c1, c2, scale = 1.0, -2.0, 1.0 / max(n, 1)
+        out = torch.full((), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_lse_combine_forward(ptr(x), n, k, x.stride(0), x.stride(1), ptr(y1), 1, ptr(y2), 1, coefs, c1,
+                                          c2, scale, ptr(out)), "lse_combine")
+        assert launches() == [("loss_terms.cu:lse_combine_kernel", (1, 1, 1), (256, 1, 1))]
+        want = x.double() @ torch.tensor(list(coefs)[:k], dtype=torch.float64)
+        if y1 is not None:
+            want = want + c1 * y1.double()[:, 0]
+        if y2 is not None:
+            want = want + c2 * y2.double()
+        torch.testing.assert_close(out.double(), want.sum() * scale, rtol=1e-5, atol=1e-6)
+        again = torch.full((), float("nan"))
+        check(LIB.emu_lse_combine_forward(ptr(x), n, k, x.stride(0), x.stride(1), ptr(y1), 1, ptr(y2), 1, coefs, c1,
+                                          c2, scale, ptr(again)), "lse_combine")
+        assert torch.equal(out, again)
+        grad = torch.tensor(0.75)
+        gx, gy1, gy2 = (torch.full(s, float("nan")) for s in ((n, k), (n,), (n,)))
+        LIB.emu_clear_launches()
+        check(LIB.emu_lse_combine_backward(n, k, coefs, c1, c2, scale, ptr(grad), ptr(gx), ptr(gy1), ptr(gy2)),
+              "lse_combine_backward")
+        assert launches() == ([("loss_terms.cu:lse_combine_backward_kernel", ((n + 255) // 256, 1, 1),
+                                (256, 1, 1))] if n else [])
+        g0 = 0.75 * scale
+        torch.testing.assert_close(gx.double(), (g0 * torch.tensor(list(coefs)[:k], dtype=torch.float64)).expand(n, k),
+                                   rtol=1e-6, atol=0)
+        torch.testing.assert_close(gy1.double(), torch.full((n,), g0 * c1, dtype=torch.float64), rtol=1e-6, atol=0)
+        torch.testing.assert_close(gy2.double(), torch.full((n,), g0 * c2, dtype=torch.float64), rtol=1e-6, atol=0)
 
     def test_inner_contrastive_cosine_similarity_matrix_follows_allow_tf32():
         n, m, d = 33, 17, 45

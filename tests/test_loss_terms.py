@@ -200,7 +200,7 @@ def test_loss_launches_pinned(op):
 # backend, float32, counted on the CPU (perf_model.count_launches_cuda_cpu: the CUDA composition with
 # fastgan's ops by perf_model.cuda_op_launches, which mirrors csrc/cuda/*_cuda.cpp), the same at every
 # N. README "Launches per loss" states these totals.
-PINNED_CUDA = {"cosine_similarity_matrix": (9, 4), "2c": (11, 10), "ntxent": (11, 13), "clip": (20, 17),
+PINNED_CUDA = {"cosine_similarity_matrix": (9, 4), "2c": (13, 3), "ntxent": (13, 8), "clip": (22, 7),
                "d2d": (11, 35), "supcon": (9, 76), "infonce": (4, 12)}
 
 
@@ -229,6 +229,7 @@ def test_cuda_launch_names_are_the_kernels():
              ("contrastive_lse_backward", (torch.randn(4, 1), a, b, None, None, torch.randn(4), torch.randn(4, 1))),
              ("cosine_similarity_matrix", (a, b)), ("cosine_similarity_matrix_backward", (torch.randn(4, 4), a, b)),
              ("pair_cosine", (a, b)), ("pair_cosine_backward", (torch.randn(4), a, b)),
+             ("lse_combine", (torch.randn(4, 2),)), ("lse_combine_backward", (torch.tensor(1.0), torch.randn(4, 2))),
              ("infonce_lse", (torch.randn(2, 4, 3), torch.randn(2, 4))),
              ("infonce_lse_backward", (torch.randn(2, 3), torch.randn(2), torch.randn(2, 4, 3), torch.randn(2, 4),
                                        torch.randn(2)))]
@@ -242,3 +243,47 @@ def test_cuda_launch_names_are_the_kernels():
     assert P.cuda_op_launches("pair_cosine_backward", (torch.randn(4), a.half(), b)).count("copy") == 2
     with pytest.raises(NotImplementedError, match="same_class_cosine_sum"):
         P.cuda_op_launches("same_class_cosine_sum", (a,))
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("k, ys", [(2, 0), (1, 1), (1, 2), (3, 2)])
+def test_lse_combine_op(device, k, ys, gen):
+    # fastgan::lse_combine (the CUDA losses' combination and mean; CPU kernel in ATen): the value,
+    # every gradient (those of absent y1, y2 shaped (N,)), opcheck and gradcheck where float64 runs.
+    n = 37
+    dt = torch.float64 if device == "cpu" else torch.float32
+    x = torch.randn(n, k + 1, generator=gen, dtype=dt)[:, :k].to(device).requires_grad_()  # strided
+    y1 = torch.randn(n, 1, generator=gen, dtype=dt).to(device).requires_grad_() if ys >= 1 else None
+    y2 = torch.randn(n, generator=gen, dtype=dt).to(device).requires_grad_() if ys >= 2 else None
+    coefs, c1, c2, scale = [1.0, -1.0, 0.25][:k], 1.0, -2.0, 1.0 / n
+    out = torch.ops.fastgan.lse_combine(x, y1, y2, coefs, c1, c2, scale)
+    want = x.double() @ torch.tensor(coefs, dtype=torch.float64, device=device)
+    if y1 is not None:
+        want = want + c1 * y1.double()[:, 0]
+    if y2 is not None:
+        want = want + c2 * y2.double()
+    want = want.sum() * scale
+    assert out.shape == () and rel_err(out, want) < TOL[dt]
+    leaves = [t for t in (x, y1, y2) if t is not None]
+    got = torch.autograd.grad(out * 3.0, leaves)
+    ref_grads = torch.autograd.grad(want * 3.0, leaves)
+    for a, b, leaf in zip(got, ref_grads, leaves):
+        assert a.shape == leaf.shape and rel_err(a, b) < TOL[dt]
+    gx, g1, g2 = torch.ops.fastgan.lse_combine_backward(torch.tensor(1.0, device=device, dtype=dt), x, None, None,
+                                                        coefs, c1, c2, scale)
+    assert g1.shape == (n,) and g2.shape == (n,) and torch.allclose(g1, torch.full_like(g1, c1 * scale))
+    torch.library.opcheck(torch.ops.fastgan.lse_combine.default, (x, y1, y2, coefs, c1, c2, scale))
+    if dt == torch.float64:
+        assert torch.autograd.gradcheck(lambda *t: torch.ops.fastgan.lse_combine(
+            t[0], t[1] if ys >= 1 else None, t[2] if ys >= 2 else None, coefs, c1, c2, scale),
+            tuple(leaves) + (None,) * (3 - len(leaves)))
+
+
+def test_lse_combine_rejects_bad_arguments():
+    x = torch.randn(5, 2)
+    with pytest.raises(RuntimeError, match="coefs must have K = 2"):
+        torch.ops.fastgan.lse_combine(x, None, None, [1.0], 0.0, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match=r"y1 and y2 must have shape \(N,\)"):
+        torch.ops.fastgan.lse_combine(x, torch.randn(4), None, [1.0, 1.0], 1.0, 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="K = 1..3"):
+        torch.ops.fastgan.lse_combine(torch.randn(5, 4), None, None, [1.0] * 4, 0.0, 0.0, 1.0)

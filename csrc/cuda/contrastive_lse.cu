@@ -631,62 +631,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- The positive logit c_r = (x_r . y_r) / (max(||x_r||, eps) max(||y_r||, eps)) of 2C, NT-Xent
-// and the CLIP diagonal (fastgan::pair_cosine; csrc/cpu/pair_cosine.cpp is the CPU form, whose
-// formulas these are). One warp per row, the three dot products reduced by shuffles in a fixed
-// order; float32 out. In ATen with autograd it was about 30 launches per forward + backward.
-template <typename T>
-__device__ __forceinline__ void pair_dots(const T* x, const T* y, int64_t d, int lane, float& p, float& sx, float& sy) {
-  p = sx = sy = 0.0f;
-  for (int64_t c = lane; c < d; c += 32) {
-    const float xv = to_float(x[c]), yv = to_float(y[c]);
-    p += xv * yv;
-    sx += xv * xv;
-    sy += yv * yv;
-  }
-  for (int off = 16; off > 0; off >>= 1) {
-    p += __shfl_xor_sync(0xffffffffu, p, off);
-    sx += __shfl_xor_sync(0xffffffffu, sx, off);
-    sy += __shfl_xor_sync(0xffffffffu, sy, off);
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    pair_cosine_kernel(const T* x, const T* y, int64_t n, int64_t d, float eps, float* out) {
-  const int lane = threadIdx.x % 32;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (r >= n) return;
-  float p, sx, sy;
-  pair_dots(x + r * d, y + r * d, d, lane, p, sx, sy);
-  if (lane == 0) out[r] = p / (fmaxf(sqrtf(sx), eps) * fmaxf(sqrtf(sy), eps));
-}
-
-// dx_r = g_r ix (iy y_r - [||x_r|| > eps] c_r ix x_r), dy_r symmetrically (a norm clamped at eps
-// makes the cosine linear in that side: no projection term), written in T.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    pair_cosine_backward_kernel(const float* grad, const T* x, const T* y, int64_t n, int64_t d, float eps, T* gx,
-                                T* gy) {
-  const int lane = threadIdx.x % 32;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (r >= n) return;
-  const T* xr = x + r * d;
-  const T* yr = y + r * d;
-  float p, sx, sy;
-  pair_dots(xr, yr, d, lane, p, sx, sy);
-  const float nx = sqrtf(sx), ny = sqrtf(sy);
-  const float ix = 1.0f / fmaxf(nx, eps), iy = 1.0f / fmaxf(ny, eps);
-  const float c = p * ix * iy;
-  const float cx = nx > eps ? c * ix : 0.0f, cy = ny > eps ? c * iy : 0.0f;
-  const float gxi = grad[r] * ix, gyi = grad[r] * iy;
-  for (int64_t k = lane; k < d; k += 32) {
-    const float xv = to_float(xr[k]), yv = to_float(yr[k]);
-    gx[r * d + k] = from_float<T>(gxi * (iy * yv - cx * xv));
-    gy[r * d + k] = from_float<T>(gyi * (ix * xv - cy * yv));
-  }
-}
-
 // ---- The extra logit's gradient: grad_extra_i = sum_k w_ik exp(extra_i - lse_ik) over the finite
 // lse_ik (an infinite one has no extra logit in it). One thread per row, the K <= 3 terms in order;
 // it was 7 ATen launches in the glue.
@@ -819,30 +763,6 @@ cudaError_t extra_logit_backward(const float* extra, const float* lse, const flo
   FASTGAN_LAUNCH(extra_logit_backward_kernel, grid_1d(n), kFinishThreads, 0, stream)(extra, lse, grad_lse, n, k,
                                                                                     grad_extra);
   return cudaGetLastError();
-}
-
-cudaError_t pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, DType dtype, float eps, float* out,
-                                cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  if ((n + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    FASTGAN_LAUNCH(pair_cosine_kernel<T>, row_warps_grid(n), kThreads, 0, stream)(
-        static_cast<const T*>(x), static_cast<const T*>(y), n, d, eps, out);
-    return cudaGetLastError();
-  });
-}
-
-cudaError_t pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, DType dtype,
-                                 float eps, void* gx, void* gy, cudaStream_t stream) {
-  if (n == 0 || d == 0) return cudaSuccess;
-  if ((n + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    FASTGAN_LAUNCH(pair_cosine_backward_kernel<T>, row_warps_grid(n), kThreads, 0, stream)(
-        grad, static_cast<const T*>(x), static_cast<const T*>(y), n, d, eps, static_cast<T*>(gx), static_cast<T*>(gy));
-    return cudaGetLastError();
-  });
 }
 
 cudaError_t normalization_backward(const void* a, int64_t n, int64_t stride_a, const float* inv_a, const float* u,

@@ -81,12 +81,5 @@ cudaError_t normalization_backward(const void* a, int64_t n, int64_t stride_a, c
 cudaError_t extra_logit_backward(const float* extra, const float* lse, const float* grad_lse, int64_t n, int k,
                                  float* grad_extra, cudaStream_t stream);
 
-// The positive logit of one row pair: out_r = (x_r . y_r) / (max(||x_r||, eps) max(||y_r||, eps)),
-// float32; x and y contiguous (n x d) of `dtype`. Backward: gx, gy (n x d, `dtype`) from grad (n, float32).
-cudaError_t pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, DType dtype, float eps, float* out,
-                                cudaStream_t stream);
-cudaError_t pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, DType dtype,
-                                 float eps, void* gx, void* gy, cudaStream_t stream);
-
 }  // namespace cuda
 }  // namespace fastgan

@@ -225,62 +225,6 @@ std::tuple<at::Tensor, at::Tensor> cosine_similarity_matrix_backward_cuda(const 
   return {grad_a, grad_b};
 }
 
-// fastgan::pair_cosine on CUDA: one launch each way (csrc/cuda/contrastive_lse.cu), float32 out. x
-// and y of different dtypes (a bfloat16 projection against a float32 embedding under autocast) are
-// both computed in float32, as the CPU kernel does; the gradients come back in each input's dtype.
-struct PairInputs {
-  at::Tensor x, y;
-  cuda::DType dtype;
-};
-
-PairInputs pair_inputs(const at::Tensor& x_in, const at::Tensor& y_in, const char* op) {
-  TORCH_CHECK(x_in.dim() == 2 && y_in.dim() == 2 && x_in.sizes() == y_in.sizes(), op,
-              ": x and y must be 2-D of one shape, got ", x_in.sizes(), " and ", y_in.sizes());
-  TORCH_CHECK(x_in.is_cuda() && y_in.is_cuda() && x_in.device() == y_in.device(), op,
-              ": x and y must be on one CUDA device");
-  PairInputs r;
-  r.x = x_in.detach();
-  r.y = y_in.detach();
-  if (r.x.scalar_type() != r.y.scalar_type()) {
-    cuda::kernel_dtype(r.x, op, "x");  // a float64 (or integer) side must not be cast silently
-    cuda::kernel_dtype(r.y, op, "y");
-    r.x = r.x.to(at::kFloat);
-    r.y = r.y.to(at::kFloat);
-  }
-  r.x = r.x.contiguous();
-  r.y = r.y.contiguous();
-  r.dtype = cuda::kernel_dtype(r.x, op, "x and y");
-  return r;
-}
-
-at::Tensor pair_cosine_cuda(const at::Tensor& x, const at::Tensor& y, double eps) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  c10::cuda::CUDAGuard guard(x.device());
-  auto r = pair_inputs(x, y, "pair_cosine");
-  auto out = at::empty({r.x.size(0)}, r.x.options().dtype(at::kFloat));
-  auto err = cuda::pair_cosine_forward(r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1), r.dtype,
-                                       static_cast<float>(eps), out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "pair_cosine CUDA kernel failed: ", cudaGetErrorString(err));
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
-                                                             const at::Tensor& y, double eps) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  c10::cuda::CUDAGuard guard(x.device());
-  auto r = pair_inputs(x, y, "pair_cosine_backward");
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == r.x.size(0) && grad.device() == r.x.device(),
-              "pair_cosine_backward: grad must have shape (N,) on x's device, got ", grad.sizes());
-  auto g = grad.detach().to(at::kFloat).contiguous();
-  auto gx = at::empty(r.x.sizes(), r.x.options());
-  auto gy = at::empty(r.y.sizes(), r.y.options());
-  auto err = cuda::pair_cosine_backward(g.data_ptr<float>(), r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1),
-                                        r.dtype, static_cast<float>(eps), gx.data_ptr(), gy.data_ptr(),
-                                        c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "pair_cosine_backward CUDA kernel failed: ", cudaGetErrorString(err));
-  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
@@ -288,8 +232,6 @@ TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("contrastive_lse_backward", &contrastive_lse_backward_cuda);
   m.impl("cosine_similarity_matrix", &cosine_similarity_matrix_cuda);
   m.impl("cosine_similarity_matrix_backward", &cosine_similarity_matrix_backward_cuda);
-  m.impl("pair_cosine", &pair_cosine_cuda);
-  m.impl("pair_cosine_backward", &pair_cosine_backward_cuda);
 }
 
 }  // namespace fastgan

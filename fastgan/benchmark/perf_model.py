@@ -242,9 +242,13 @@ def cuda_op_launches(name: str, args) -> List[str]:
         common = f32 if mixed else x.dtype
         out += _copy_unless(x.to(common) if mixed else x) + _copy_unless(y.to(common) if mixed else y)
         if name == "pair_cosine":
-            return out + ["contrastive_lse.cu:pair_cosine_kernel"]
-        out += _copy_unless(args[0], f32) + ["contrastive_lse.cu:pair_cosine_backward_kernel"]
+            return out + ["loss_terms.cu:pair_cosine_kernel"]
+        out += _copy_unless(args[0], f32) + ["loss_terms.cu:pair_cosine_backward_kernel"]
         return out + (["copy"] if x.dtype != common else []) + (["copy"] if y.dtype != common else [])
+    if name == "lse_combine":
+        return ["loss_terms.cu:lse_combine_kernel"]
+    if name == "lse_combine_backward":
+        return _copy_unless(args[0], f32) + ["loss_terms.cu:lse_combine_backward_kernel"]
     raise NotImplementedError(f"cuda_op_launches: fastgan::{name} has no CUDA launch count here")
 
 

@@ -78,9 +78,9 @@ def _pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, backend: Optional
 
 
 def _fused_mean(layout, reduction, backend):
-    """The loss's reduction as one Triton launch each way (lse_combine) instead of ATen selects,
-    subtractions and a mean with their autograd: the single-process Triton path, mean or sum."""
-    return backend == "triton" and layout is None and reduction in ("mean", "sum")
+    """The loss's reduction as one launch each way (lse_combine) instead of ATen selects,
+    subtractions and a mean with their autograd: the single-process Triton and CUDA paths, mean or sum."""
+    return backend in ("triton", "cuda") and layout is None and reduction in ("mean", "sum")
 
 
 def _whole_loss_op(backend: str, x: torch.Tensor, process_group) -> bool:
@@ -189,7 +189,7 @@ def conditional_contrastive_loss(
     lse, _ = contrastive_lse(embed, cols, label, col_label, extra, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL, PRED_SAME], be)
     if _fused_mean(layout, reduction, be):
-        return T.lse_combine(lse, [1.0, -1.0], scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0)
+        return T.lse_combine(lse, [1.0, -1.0], scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0, backend=be)
     return _finish(lse[:, 0] - lse[:, 1], reduction, layout, group, gradient)
 
 
@@ -226,7 +226,7 @@ def data2data_cross_entropy_loss(
     cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
     lse, rowmax = contrastive_lse(embed, cols, label, col_label, None, 1.0 / t, (m_p - 1.0) / t, True, True, eps,
                                   True, layout.offset if layout else 0, [PRED_DIFF], be)
-    if _fused_mean(layout, reduction, be):
+    if be == "triton" and _fused_mean(layout, reduction, be):  # (CUDA: the epilogue is still ATen)
         return T.d2d_epilogue(lse, rowmax, _pair_cosine(embed, proxy, eps, be), m_p, t,
                               1.0 / lse.shape[0] if reduction == "mean" else 1.0)
     # N = 1 has no j != i: M_i is taken as 0 (the set is empty and the term vanishes anyway).
@@ -319,7 +319,8 @@ def nt_xent_loss(
     lse, _ = contrastive_lse(z, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL], be)
     if _fused_mean(layout, reduction, be):
-        return T.lse_combine(lse, [1.0], pos, -1.0, scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0)
+        return T.lse_combine(lse, [1.0], pos, -1.0, scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0,
+                             backend=be)
     return _finish(lse[:, 0] - pos, reduction, layout, group, gradient)
 
 
@@ -466,7 +467,8 @@ def symmetric_infonce_loss(
         # The two directions' (N, 1) LSEs straight into one combine: no selects, no ATen arithmetic.
         rows, _ = contrastive_lse(a, b, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
         cols, _ = contrastive_lse(b, a, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
-        return T.lse_combine(rows, [1.0], cols, 1.0, diag, -2.0, scale=1.0 / a.shape[0] if reduction == "mean" else 1.0)
+        return T.lse_combine(rows, [1.0], cols, 1.0, diag, -2.0, scale=1.0 / a.shape[0] if reduction == "mean" else 1.0,
+                             backend=be)
     if layout is None:
         # Both directions from one kernel call (on the CPU one sweep of the scores each way).
         rows, cols = contrastive_lse_both(a, b, 1.0 / t, True, norm_eps, be)

@@ -1,6 +1,8 @@
 """The O(N D) / O(N) terms of the contrastive losses on the Triton backend, one launch each way
 (triton_kernels/loss_terms.py): on a GPU at GAN sizes these were ~45 ATen launches with autograd
-around the fused log-sum-exp (docs/gpu_predictions.md).
+around the fused log-sum-exp (docs/gpu_predictions.md). The CUDA backend has the positive logit
+(fastgan::pair_cosine) and the combination with the mean (fastgan::lse_combine, below) as C++ ops,
+one launch each way (csrc/cuda/loss_terms.cu).
 
 Registered ops (Python custom ops with explicit fakes, traceable by torch.compile):
   torch.ops.fastgan.pair_cosine_triton / _backward    scale cos(x_i, y_{(i + shift) mod N})
@@ -13,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ._registry import triton_module
+from ._registry import ensure_cxx, on_extension_loaded, triton_module
 from .contrastive_lse import _lse_dtype
 
 
@@ -97,10 +99,31 @@ def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, scale: float = 1.0
     return pair_cosine_triton(x, y, float(eps), float(scale), int(shift))
 
 
+@on_extension_loaded
+def _register_cxx():
+    # fastgan::lse_combine (csrc/fastgan.cpp; CUDA kernels in csrc/cuda/loss_terms.cu): the same fake and
+    # autograd as the Triton op's.
+    torch.library.register_fake("fastgan::lse_combine")(lambda x, y1, y2, coefs, c1, c2, scale: x.new_empty(()))
+    torch.library.register_fake("fastgan::lse_combine_backward")(_combine_fake_backward)
+
+    def backward(ctx, grad):
+        x, y1, y2 = ctx.saved_tensors
+        gx, g1, g2 = torch.ops.fastgan.lse_combine_backward(grad, x, y1, y2, *ctx.params)
+        return gx, g1 if ctx.has[0] else None, g2 if ctx.has[1] else None, None, None, None, None
+
+    torch.library.register_autograd("fastgan::lse_combine", backward, setup_context=_combine_setup)
+
+
 def lse_combine(x: torch.Tensor, coefs: Sequence[float], y1: Optional[torch.Tensor] = None, c1: float = 0.0,
-                y2: Optional[torch.Tensor] = None, c2: float = 0.0, scale: float = 1.0) -> torch.Tensor:
-    """scale sum_i (sum_k coefs[k] x_ik + c1 y1_i + c2 y2_i) on Triton: a loss's mean (scale 1/N) or sum."""
-    return lse_combine_triton(x, y1, y2, [float(c) for c in coefs], float(c1), float(c2), float(scale))
+                y2: Optional[torch.Tensor] = None, c2: float = 0.0, scale: float = 1.0,
+                backend: str = "triton") -> torch.Tensor:
+    """scale sum_i (sum_k coefs[k] x_ik + c1 y1_i + c2 y2_i): a loss's mean (scale 1/N) or sum, one
+    launch each way on Triton or CUDA (backend "cuda": fastgan::lse_combine, float32 inputs)."""
+    args = (x, y1, y2, [float(c) for c in coefs], float(c1), float(c2), float(scale))
+    if backend == "cuda":
+        ensure_cxx()
+        return torch.ops.fastgan.lse_combine(*args)
+    return lse_combine_triton(*args)
 
 
 @torch.library.custom_op("fastgan::d2d_epilogue_triton", mutates_args=())

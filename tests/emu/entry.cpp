@@ -10,6 +10,7 @@
 
 #include "cuda/contrastive_lse.h"
 #include "cuda/infonce_lse.h"
+#include "cuda/loss_terms.h"
 #include "cuda/spectral_norm.h"
 
 using namespace fastgan::cuda;
@@ -126,6 +127,23 @@ int emu_pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, 
 int emu_pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, int dtype, float eps,
                              void* gx, void* gy) {
   return pair_cosine_backward(grad, x, y, n, d, static_cast<DType>(dtype), eps, gx, gy, nullptr);
+}
+
+int emu_lse_combine_forward(const float* x, int64_t n, int64_t k, int64_t x_stride_n, int64_t x_stride_k,
+                            const float* y1, int64_t y1_stride, const float* y2, int64_t y2_stride, const double* coefs,
+                            double c1, double c2, double scale, float* out) {
+  CombineParams p{x, n, k, x_stride_n, x_stride_k, y1, y1_stride, y2, y2_stride, {}, static_cast<float>(c1),
+                  static_cast<float>(c2), static_cast<float>(scale)};
+  for (int64_t j = 0; j < k && j < 3; ++j) p.coefs[j] = static_cast<float>(coefs[j]);
+  return lse_combine_forward(p, out, nullptr);
+}
+
+int emu_lse_combine_backward(int64_t n, int64_t k, const double* coefs, double c1, double c2, double scale,
+                             const float* grad, float* gx, float* gy1, float* gy2) {
+  CombineParams p{nullptr, n, k, k, 1, nullptr, 0, nullptr, 0, {}, static_cast<float>(c1), static_cast<float>(c2),
+                  static_cast<float>(scale)};
+  for (int64_t j = 0; j < k && j < 3; ++j) p.coefs[j] = static_cast<float>(coefs[j]);
+  return lse_combine_backward(p, grad, gx, gy1, gy2, nullptr);
 }
 
 // ---- spectral norm ----

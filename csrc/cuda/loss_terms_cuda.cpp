@@ -1,0 +1,148 @@
+// TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/loss_terms.cu, the
+// losses' terms around contrastive_lse (pair_cosine, lse_combine). Compiled only in CUDA builds.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "cuda/kernel_dtype.h"
+#include "cuda/loss_terms.h"
+
+namespace fastgan {
+namespace {
+
+// fastgan::pair_cosine on CUDA: one launch each way (csrc/cuda/contrastive_lse.cu), float32 out. x
+// and y of different dtypes (a bfloat16 projection against a float32 embedding under autocast) are
+// both computed in float32, as the CPU kernel does; the gradients come back in each input's dtype.
+struct PairInputs {
+  at::Tensor x, y;
+  cuda::DType dtype;
+};
+
+PairInputs pair_inputs(const at::Tensor& x_in, const at::Tensor& y_in, const char* op) {
+  TORCH_CHECK(x_in.dim() == 2 && y_in.dim() == 2 && x_in.sizes() == y_in.sizes(), op,
+              ": x and y must be 2-D of one shape, got ", x_in.sizes(), " and ", y_in.sizes());
+  TORCH_CHECK(x_in.is_cuda() && y_in.is_cuda() && x_in.device() == y_in.device(), op,
+              ": x and y must be on one CUDA device");
+  PairInputs r;
+  r.x = x_in.detach();
+  r.y = y_in.detach();
+  if (r.x.scalar_type() != r.y.scalar_type()) {
+    cuda::kernel_dtype(r.x, op, "x");  // a float64 (or integer) side must not be cast silently
+    cuda::kernel_dtype(r.y, op, "y");
+    r.x = r.x.to(at::kFloat);
+    r.y = r.y.to(at::kFloat);
+  }
+  r.x = r.x.contiguous();
+  r.y = r.y.contiguous();
+  r.dtype = cuda::kernel_dtype(r.x, op, "x and y");
+  return r;
+}
+
+at::Tensor pair_cosine_cuda(const at::Tensor& x, const at::Tensor& y, double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  auto r = pair_inputs(x, y, "pair_cosine");
+  auto out = at::empty({r.x.size(0)}, r.x.options().dtype(at::kFloat));
+  auto err = cuda::pair_cosine_forward(r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1), r.dtype,
+                                       static_cast<float>(eps), out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "pair_cosine CUDA kernel failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                             const at::Tensor& y, double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  auto r = pair_inputs(x, y, "pair_cosine_backward");
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == r.x.size(0) && grad.device() == r.x.device(),
+              "pair_cosine_backward: grad must have shape (N,) on x's device, got ", grad.sizes());
+  auto g = grad.detach().to(at::kFloat).contiguous();
+  auto gx = at::empty(r.x.sizes(), r.x.options());
+  auto gy = at::empty(r.y.sizes(), r.y.options());
+  auto err = cuda::pair_cosine_backward(g.data_ptr<float>(), r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1),
+                                        r.dtype, static_cast<float>(eps), gx.data_ptr(), gy.data_ptr(),
+                                        c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "pair_cosine_backward CUDA kernel failed: ", cudaGetErrorString(err));
+  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+}
+
+// fastgan::lse_combine on CUDA: a loss's combination and mean (or sum) in one launch each way, no
+// host sync (the backward reads grad on the device). Every input float32 (the LSEs are, and so are
+// the positive terms of the CUDA losses); y1, y2 of shape (N,) or (N, 1), any row stride.
+cuda::CombineParams combine_params(const at::Tensor& x, const std::optional<at::Tensor>& y1,
+                                   const std::optional<at::Tensor>& y2, at::ArrayRef<double> coefs, double c1,
+                                   double c2, double scale, const char* op) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) >= 1 && x.size(1) <= 3, op, ": x must have shape (N, K), K = 1..3, got ",
+              x.sizes());
+  TORCH_CHECK(static_cast<int64_t>(coefs.size()) == x.size(1), op, ": coefs must have K = ", x.size(1),
+              " entries, got ", coefs.size());
+  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kFloat, op, ": x must be a float32 CUDA tensor, got ",
+              x.scalar_type(), " on ", x.device());
+  cuda::CombineParams p{};
+  p.x = x.data_ptr<float>();
+  p.n = x.size(0);
+  p.k = x.size(1);
+  p.x_stride_n = x.stride(0);
+  p.x_stride_k = x.stride(1);
+  const std::optional<at::Tensor>* ys[2] = {&y1, &y2};
+  for (int t = 0; t < 2; ++t) {
+    const auto& y = *ys[t];
+    if (!y.has_value()) continue;
+    TORCH_CHECK((y->dim() == 1 || (y->dim() == 2 && y->size(1) == 1)) && y->size(0) == p.n, op, ": y", t + 1,
+                " must have shape (N,) or (N, 1) with N = ", p.n, ", got ", y->sizes());
+    TORCH_CHECK(y->device() == x.device() && y->scalar_type() == at::kFloat, op, ": y", t + 1,
+                " must be float32 on x's device");
+    (t == 0 ? p.y1 : p.y2) = y->data_ptr<float>();
+    (t == 0 ? p.y1_stride : p.y2_stride) = y->stride(0);
+  }
+  for (int64_t j = 0; j < p.k; ++j) p.coefs[j] = static_cast<float>(coefs[j]);
+  p.c1 = static_cast<float>(c1);
+  p.c2 = static_cast<float>(c2);
+  p.scale = static_cast<float>(scale);
+  return p;
+}
+
+at::Tensor lse_combine_cuda(const at::Tensor& x, const std::optional<at::Tensor>& y1,
+                            const std::optional<at::Tensor>& y2, at::ArrayRef<double> coefs, double c1, double c2,
+                            double scale) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto p = combine_params(x, y1, y2, coefs, c1, c2, scale, "lse_combine");
+  auto out = at::empty({}, x.options());
+  auto err = cuda::lse_combine_forward(p, out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "lse_combine CUDA kernel failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_combine_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& y1,
+    const std::optional<at::Tensor>& y2, at::ArrayRef<double> coefs, double c1, double c2, double scale) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto p = combine_params(x, y1, y2, coefs, c1, c2, scale, "lse_combine_backward");
+  TORCH_CHECK(grad.numel() == 1 && grad.device() == x.device(), "lse_combine_backward: grad must be one element on ",
+              x.device(), ", got ", grad.sizes(), " on ", grad.device());
+  auto g = grad.detach().to(at::kFloat).contiguous();
+  auto gx = at::empty({p.n, p.k}, x.options());
+  // Shaped as y1, y2 ((N,) or (N, 1): one element a row, contiguous), so autograd needs no reshape.
+  auto gy1 = at::empty(y1.has_value() ? y1->sizes() : at::IntArrayRef{p.n}, x.options());
+  auto gy2 = at::empty(y2.has_value() ? y2->sizes() : at::IntArrayRef{p.n}, x.options());
+  auto err = cuda::lse_combine_backward(p, g.data_ptr<float>(), gx.data_ptr<float>(), gy1.data_ptr<float>(),
+                                        gy2.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "lse_combine_backward CUDA kernel failed: ", cudaGetErrorString(err));
+  return {gx, gy1, gy2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("pair_cosine", &pair_cosine_cuda);
+  m.impl("pair_cosine_backward", &pair_cosine_backward_cuda);
+  m.impl("lse_combine", &lse_combine_cuda);
+  m.impl("lse_combine_backward", &lse_combine_backward_cuda);
+}
+
+}  // namespace fastgan
