@@ -412,13 +412,28 @@ class SpectralNormGroup:
         if stepped:
             _settle(stepped)
 
-    @staticmethod
-    def _cxx_step(items, n, eps, backend):
+    def _rollback_copies(self, slot, tensors):
+        """Copies of u, v as they were, for a rollback, in one multi-tensor copy into a buffer kept
+        from step to step, one per call of update_ (`slot`: its device, setting and dtypes), whose
+        views cost ~1.5 us each to make, as much as the copy itself on the CPU. Reusing it is safe: a
+        step's old values are read only while the step is ahead-committed, and update_ settles every
+        such step of this group before it copies again."""
+        key = tuple((t.numel(), t.dtype, t.device) for t in tensors)
+        buffers = self.__dict__.setdefault("_rollback_buffers", {})
+        cached = buffers.get(slot)
+        if cached is None or cached[0] != key:
+            cached = buffers[slot] = (key, _clones(tensors))
+        else:
+            torch._foreach_copy_(cached[1], tensors)
+        return cached[1]
+
+    def _cxx_step(self, items, n, eps, backend):
         """One C++ call for the whole step (fastgan::spectral_norm_group_step): power iteration on
         copies of u, v and every W / sigma, each with its fused backward; u, v as they were kept
         for a rollback (one multi-tensor copy)."""
         k = len(items)
-        olds = _clones([u for _, _, u, _ in items] + [v for _, _, _, v in items])
+        slot = (items[0][1].device, n, eps, items[0][1].dtype, items[0][2].dtype, items[0][3].dtype, backend)
+        olds = self._rollback_copies(slot, [u for _, _, u, _ in items] + [v for _, _, _, v in items])
         outs, us, vs, sigmas = ops.group_step([w for _, w, _, _ in items], [u for _, _, u, _ in items],
                                               [v for _, _, _, v in items], [h.dim for h, _, _, _ in items],
                                               n, eps, "hook")
@@ -426,8 +441,7 @@ class SpectralNormGroup:
                 for (hook, weight, u, v), u_old, v_old, out, u_new, v_new, sigma
                 in zip(items, olds[:k], olds[k:], outs, us, vs, sigmas)]
 
-    @staticmethod
-    def _gpu_step(items, n, eps, triton):
+    def _gpu_step(self, items, n, eps, triton):
         """Triton or CUDA: one multi-tensor power iteration (4 launches per step) on copies of u, v
         (one multi-tensor copy makes them and the rollback copies), then per (weight dtype, u
         dtype) one group apply launch for every W / sigma (backward: two), independent of the
@@ -440,7 +454,7 @@ class SpectralNormGroup:
             by_dtype.setdefault((item[1].dtype, item[2].dtype, item[3].dtype), []).append(item)
         for (w_dtype, u_dtype, v_dtype), part in by_dtype.items():
             if not triton and w_dtype == torch.float64:
-                stepped += SpectralNormGroup._cxx_step(part, n, eps, backend)
+                stepped += self._cxx_step(part, n, eps, backend)
                 continue
             k = len(part)
             copies = _clones([u for _, _, u, _ in part] + [v for _, _, _, v in part], 2)
