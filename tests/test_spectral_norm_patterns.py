@@ -255,3 +255,16 @@ def test_nested_groups_step_each_layer_once():
         h = torch.randn(2, 6, dtype=torch.float64)
         assert torch.allclose(theirs[1](h), ours[1](h), **TOL)  # the inner group on its own
         _buffers_equal(theirs, ours, "the inner model called directly")
+
+
+def test_group_pickled_without_its_step_state_still_steps():
+    # A whole model saved with torch.save by an earlier fastgan: its group object lacks the state
+    # settle_ and the rollback buffers keep; the first forward must still step like PyTorch.
+    torch.manual_seed(0)
+    theirs = Net(lambda m: torch.nn.utils.spectral_norm(m)).double()
+    ours = GN.convert_spectral_norm(copy.deepcopy(theirs), backend="cpu", group=True)
+    group = next(h for h in ours._forward_pre_hooks.values() if isinstance(h, GN.SpectralNormGroup))
+    del group.__dict__["_stepped"]
+    x, y = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 1])
+    assert torch.allclose(theirs(x, y)[0], ours(x, y)[0], **TOL)
+    _buffers_equal(theirs, ours, "after the first forward")

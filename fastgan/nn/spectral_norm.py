@@ -470,6 +470,7 @@ class SpectralNormGroup:
         return stepped
 
     _armed = False  # this model call's step is done (read by fastgan.integrations' forward wrapper)
+    _stepped = ()  # (also for a group pickled by an older fastgan, which had no settle_)
 
     def __call__(self, model: torch.nn.Module, inputs) -> None:
         if model.training and not torch.compiler.is_compiling():
