@@ -198,7 +198,7 @@ class _PendingStep:
         self.weight, self.u, self.v, self.u_old, self.v_old = weight, u, v, u_old, v_old
         self.u_new, self.v_new, self.sigma = u_new, v_new, sigma
         self.ahead = True  # the buffers hold u_new, v_new (committed by the group's multi-tensor copy)
-        self.versions = (weight._version, u._version, v._version)
+        self.versions = None  # (weight, u, v) version counters, recorded once committed (_commit_ahead)
         self.backend = backend
         # W / sigma built by the group's call (C++ backends), with its own autograd node; used when
         # the layer's call has the same grad mode (the node is recorded iff grad mode and the
@@ -218,10 +218,7 @@ class _PendingStep:
     def drop(self) -> None:
         """Forget the step: roll an ahead-committed one back (the buffers as if it never ran)."""
         if self.ahead:
-            pairs = self._rollback_pairs()
-            if pairs:
-                torch._foreach_copy_([b for b, _ in pairs], [o for _, o in pairs])
-            self.ahead = False
+            _roll_back([self])
 
     def take(self, module: torch.nn.Module, hook: "SpectralNormHook"):
         """The layer's training-mode call: its W / sigma with u, v committed, or None (the step is
@@ -258,18 +255,24 @@ def _commit_ahead(stepped) -> None:
         hook._pending = p
 
 
-def _settle(stepped) -> None:
-    """Roll back, in one multi-tensor copy, the ahead-committed steps their layers have not taken;
-    they stay pending, deferred (the layer's own next call may still commit them, with one copy)."""
-    left = [p for hook, p in stepped if hook._pending is p and p.ahead]
-    if not left:
-        return
-    pairs = [pair for p in left for pair in p._rollback_pairs()]
+def _roll_back(pendings) -> None:
+    """The buffers of these ahead-committed steps back to their old u, v, in one multi-tensor copy
+    (a buffer written since keeps what was written); the steps become deferred, their version
+    counters those after the copy."""
+    pairs = [pair for p in pendings for pair in p._rollback_pairs()]
     if pairs:
         torch._foreach_copy_([b for b, _ in pairs], [o for _, o in pairs])
-    for p in left:
+    for p in pendings:
         p.ahead = False
         p.versions = (p.weight._version, p.u._version, p.v._version)
+
+
+def _settle(stepped) -> None:
+    """Roll back the ahead-committed steps their layers have not taken; they stay pending, deferred
+    (the layer's own next call may still commit them, with one copy)."""
+    left = [p for hook, p in stepped if hook._pending is p and p.ahead]
+    if left:
+        _roll_back(left)
 
 
 class _GroupNode:
