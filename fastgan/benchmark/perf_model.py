@@ -136,6 +136,33 @@ ATEN_FREE = frozenset({
     "_to_copy_noop", "sym_size", "sym_stride", "is_same_size", "contiguous", "reshape", "promote_types"})
 
 
+def _dispatch_count(fn: Callable, tensors: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
+                    on_fastgan_op: Optional[Callable] = None) -> List[str]:
+    """Runs one forward + backward of fn on fresh leaves under a TorchDispatchMode and returns every
+    non-view ATen op it dispatched (each taken as one CUDA kernel) in order; a fastgan op goes to
+    on_fastgan_op(name, args) instead (its body runs below the mode, unseen)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if func.namespace == "fastgan":
+                if on_fastgan_op is not None:
+                    on_fastgan_op(name, args)
+            elif name not in ATEN_FREE:
+                aten.append(name)
+            return func(*args, **(kwargs or {}))
+
+    xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors] + list(labels)
+    with Count():
+        out = fn(*xs)
+        if out.requires_grad:
+            out.backward()
+    return aten
+
+
 def count_launches_cpu(fn: Callable, tensors: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] = (),
                        execute: bool = True):
     """GPU launches of one forward + backward of fn, counted on the CPU (the committed predictions):
@@ -144,20 +171,9 @@ def count_launches_cpu(fn: Callable, tensors: Sequence[torch.Tensor], labels: Se
     one CUDA kernel. Returns (triton kernel names, ATen op names) in launch order. execute=False
     records the Triton launches without running them (any N in no time; the values are garbage,
     the launches are those of a real call: no wrapper reads a device value)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from ..ops._registry import triton_module
 
-    triton_launches, aten = [], []
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.__name__.split(".")[0]
-            # fastgan's own ops are counted by their Triton launches (their bodies run below this mode).
-            if func.namespace != "fastgan" and name not in ATEN_FREE:
-                aten.append(name)
-            return func(*args, **(kwargs or {}))
-
+    triton_launches = []
     patched = []
     for mod in ("contrastive_lse", "infonce_lse", "cosine_similarity_matrix", "loss_terms", "spectral_norm"):
         m = triton_module(mod)
@@ -170,11 +186,8 @@ def count_launches_cpu(fn: Callable, tensors: Sequence[torch.Tensor], labels: Se
                 patched.append((k, k.run))
                 k.run = run
     try:
-        xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors] + list(labels)
-        with Count():
-            out = fn(*xs)
-            if out.requires_grad:
-                out.backward()
+        # fastgan's own ops are counted by their Triton launches.
+        aten = _dispatch_count(fn, tensors, labels)
     finally:
         for k, orig in patched:
             k.run = orig
@@ -240,7 +253,7 @@ def cuda_op_launches(name: str, args) -> List[str]:
         mixed = x.dtype != y.dtype  # both computed in float32
         out = (_copy_unless(x, f32, False) + _copy_unless(y, f32, False)) if mixed else []
         common = f32 if mixed else x.dtype
-        out += _copy_unless(x.to(common) if mixed else x) + _copy_unless(y.to(common) if mixed else y)
+        out += _copy_unless(x) + _copy_unless(y)  # .contiguous() (a cast keeps the strides)
         if name == "pair_cosine":
             return out + ["loss_terms.cu:pair_cosine_kernel"]
         out += _copy_unless(args[0], f32) + ["loss_terms.cu:pair_cosine_backward_kernel"]
@@ -260,30 +273,15 @@ def count_launches_cuda_cpu(fn: Callable, tensors: Sequence[torch.Tensor], label
     (a TorchDispatchMode, as count_launches_cpu) and every fastgan op call as cuda_op_launches says.
     Returns (fastgan op launches, ATen op names) in launch order. On a GPU, count_launches counts
     the real kernels with the profiler (bench/gpu.sh)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from .. import backend as B
 
-    ops, aten = [], []
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.__name__.split(".")[0]
-            if func.namespace == "fastgan":
-                ops.extend(cuda_op_launches(name, args))
-            elif name not in ATEN_FREE:
-                aten.append(name)
-            return func(*args, **(kwargs or {}))
-
+    ops = []
     key = ("cuda", "cpu", os.environ.get("FASTGAN_BACKEND", ""))
     saved = B._resolved.get(key)
     B._resolved[key] = "cuda"
     try:
-        xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors] + list(labels)
-        with Count():
-            out = fn(*xs, backend="cuda")
-            if out.requires_grad:
-                out.backward()
+        aten = _dispatch_count(lambda *xs: fn(*xs, backend="cuda"), tensors, labels,
+                               lambda name, args: ops.extend(cuda_op_launches(name, args)))
     finally:
         if saved is None:
             B._resolved.pop(key, None)
