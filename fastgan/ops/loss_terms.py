@@ -85,13 +85,17 @@ def _combine_setup(ctx, inputs, output):
     ctx.has = (y1 is not None, y2 is not None)
 
 
-def _combine_backward(ctx, grad):
-    x, y1, y2 = ctx.saved_tensors
-    gx, g1, g2 = lse_combine_triton_backward(grad, x, y1, y2, *ctx.params)
-    return gx, g1 if ctx.has[0] else None, g2 if ctx.has[1] else None, None, None, None, None
+def _combine_backward_by(backward_op):
+    """The autograd backward of an lse_combine op (Triton's or the C++ one) through its backward op."""
+    def backward(ctx, grad):
+        x, y1, y2 = ctx.saved_tensors
+        gx, g1, g2 = backward_op(grad, x, y1, y2, *ctx.params)
+        return gx, g1 if ctx.has[0] else None, g2 if ctx.has[1] else None, None, None, None, None
+
+    return backward
 
 
-lse_combine_triton.register_autograd(_combine_backward, setup_context=_combine_setup)
+lse_combine_triton.register_autograd(_combine_backward_by(lse_combine_triton_backward), setup_context=_combine_setup)
 
 
 def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, scale: float = 1.0, shift: int = 0) -> torch.Tensor:
@@ -105,13 +109,8 @@ def _register_cxx():
     # autograd as the Triton op's.
     torch.library.register_fake("fastgan::lse_combine")(lambda x, y1, y2, coefs, c1, c2, scale: x.new_empty(()))
     torch.library.register_fake("fastgan::lse_combine_backward")(_combine_fake_backward)
-
-    def backward(ctx, grad):
-        x, y1, y2 = ctx.saved_tensors
-        gx, g1, g2 = torch.ops.fastgan.lse_combine_backward(grad, x, y1, y2, *ctx.params)
-        return gx, g1 if ctx.has[0] else None, g2 if ctx.has[1] else None, None, None, None, None
-
-    torch.library.register_autograd("fastgan::lse_combine", backward, setup_context=_combine_setup)
+    torch.library.register_autograd("fastgan::lse_combine", _combine_backward_by(torch.ops.fastgan.lse_combine_backward),
+                                    setup_context=_combine_setup)
 
 
 def lse_combine(x: torch.Tensor, coefs: Sequence[float], y1: Optional[torch.Tensor] = None, c1: float = 0.0,
