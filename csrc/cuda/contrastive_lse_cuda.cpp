@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <tuple>
+#include <utility>
 
 #include "cpu/common.h"
 #include "cuda/contrastive_lse.h"
@@ -40,6 +42,36 @@ int sm_count(int device) {
   return n;
 }
 
+// Both sides' inverse norms (float32, one launch: csrc/cuda/contrastive_lse.cu) of contiguous a, b.
+std::pair<at::Tensor, at::Tensor> inverse_norms_both(const at::Tensor& a, const at::Tensor& b, cuda::DType dtype,
+                                                     double eps, bool normalize, const char* op) {
+  auto fopts = a.options().dtype(at::kFloat);
+  auto inv_a = at::empty({a.size(0)}, fopts);
+  auto inv_b = at::empty({b.size(0)}, fopts);
+  auto err = cuda::inverse_norms(a.data_ptr(), a.size(0), a.size(1), b.data_ptr(), b.size(0), b.size(1), a.size(1),
+                                 dtype, static_cast<float>(eps), normalize, inv_a.data_ptr<float>(),
+                                 inv_b.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, op, ": the inverse-norm kernel failed: ", cudaGetErrorString(err));
+  return {inv_a, inv_b};
+}
+
+// Both sides' normalization backward (one launch) from the raw-row gradients U, V (contiguous float32),
+// written in the inputs' dtype.
+std::pair<at::Tensor, at::Tensor> normalization_backward_both(const at::Tensor& a, const at::Tensor& b,
+                                                              const at::Tensor& inv_a, const at::Tensor& inv_b,
+                                                              const at::Tensor& U, const at::Tensor& V,
+                                                              cuda::DType dtype, double eps, bool normalize,
+                                                              const char* op) {
+  auto grad_a = at::empty(a.sizes(), a.options());
+  auto grad_b = at::empty(b.sizes(), b.options());
+  auto err = cuda::normalization_backward(a.data_ptr(), a.size(0), a.size(1), inv_a.data_ptr<float>(),
+                                          U.data_ptr<float>(), grad_a.data_ptr(), b.data_ptr(), b.size(0), b.size(1),
+                                          inv_b.data_ptr<float>(), V.data_ptr<float>(), grad_b.data_ptr(), a.size(1),
+                                          dtype, static_cast<float>(eps), normalize, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, op, ": the normalization-backward kernel failed: ", cudaGetErrorString(err));
+  return {grad_a, grad_b};
+}
+
 struct Prepared {
   at::Tensor a, b, inv_a, inv_b, la, lb, extra;
   cuda::LseParams p;
@@ -55,15 +87,7 @@ Prepared prepare(const at::Tensor& a_in, const at::Tensor& b_in, const std::opti
   r.a = a_in.detach().contiguous();
   r.b = b_in.detach().contiguous();
   r.p.dtype = cuda::kernel_dtype(r.a, "contrastive_lse", "a");
-  // Both sides' inverse norms in one launch (csrc/cuda/contrastive_lse.cu), from the input dtype.
-  auto fopts = r.a.options().dtype(at::kFloat);
-  r.inv_a = at::empty({r.a.size(0)}, fopts);
-  r.inv_b = at::empty({r.b.size(0)}, fopts);
-  auto err = cuda::inverse_norms(r.a.data_ptr(), r.a.size(0), r.a.size(1), r.b.data_ptr(), r.b.size(0), r.b.size(1),
-                                 r.a.size(1), r.p.dtype, static_cast<float>(eps),
-                                 normalize, r.inv_a.data_ptr<float>(), r.inv_b.data_ptr<float>(),
-                                 c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "contrastive_lse: the inverse-norm kernel failed: ", cudaGetErrorString(err));
+  std::tie(r.inv_a, r.inv_b) = inverse_norms_both(r.a, r.b, r.p.dtype, eps, normalize, "contrastive_lse");
   if (label_a.has_value() && label_b.has_value()) {
     r.la = label_a->to(r.a.device()).contiguous();
     r.lb = label_b->to(r.a.device()).contiguous();
@@ -141,21 +165,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_backward_cuda(
                                             V.data_ptr<float>(), ws.data_ptr<float>(),
                                             c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward CUDA kernel failed: ", cudaGetErrorString(err));
-  // Both sides' normalization backward in one launch, written in the inputs' dtype.
-  auto grad_a = at::empty(r.a.sizes(), r.a.options());
-  auto grad_b = at::empty(r.b.sizes(), r.b.options());
-  err = cuda::normalization_backward(r.a.data_ptr(), r.p.n, r.a.size(1), r.inv_a.data_ptr<float>(), U.data_ptr<float>(),
-                                     grad_a.data_ptr(), r.b.data_ptr(), r.p.m, r.b.size(1), r.inv_b.data_ptr<float>(),
-                                     V.data_ptr<float>(), grad_b.data_ptr(), r.p.d, r.p.dtype, static_cast<float>(eps),
-                                     normalize, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward: the normalization-backward kernel failed: ",
-              cudaGetErrorString(err));
+  auto [grad_a, grad_b] = normalization_backward_both(r.a, r.b, r.inv_a, r.inv_b, U, V, r.p.dtype, eps, normalize,
+                                                      "contrastive_lse_backward");
   at::Tensor grad_extra;
   if (extra.has_value()) {  // one launch (csrc/cuda/contrastive_lse.cu), + a cast to a 16-bit extra's dtype
     grad_extra = at::empty({a.size(0)}, fopts);
     err = cuda::extra_logit_backward(r.extra.data_ptr<float>(), l.data_ptr<float>(), w.data_ptr<float>(), r.p.n,
-                                     r.p.num_predicates, grad_extra.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
-    TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward: the extra-logit kernel failed: ", cudaGetErrorString(err));
+                                     r.p.num_predicates, grad_extra.data_ptr<float>(),
+                                     c10::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(err == cudaSuccess, "contrastive_lse_backward: the extra-logit kernel failed: ",
+                cudaGetErrorString(err));
     grad_extra = grad_extra.to(extra->scalar_type());
   } else {
     grad_extra = at::zeros({a.size(0)}, a.options().dtype(at::kFloat));
@@ -169,14 +188,9 @@ at::Tensor cosine_similarity_matrix_cuda(const at::Tensor& a_in, const at::Tenso
   c10::cuda::CUDAGuard guard(a_in.device());
   auto a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
   const auto dtype = cuda::kernel_dtype(a, "cosine_similarity_matrix", "a");
-  auto inv_a = at::empty({a.size(0)}, a.options().dtype(at::kFloat));
-  auto inv_b = at::empty({b.size(0)}, a.options().dtype(at::kFloat));
-  auto err = cuda::inverse_norms(a.data_ptr(), a.size(0), a.size(1), b.data_ptr(), b.size(0), b.size(1), a.size(1),
-                                 dtype, static_cast<float>(eps), true, inv_a.data_ptr<float>(), inv_b.data_ptr<float>(),
-                                 c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix: the inverse-norm kernel failed: ", cudaGetErrorString(err));
+  auto [inv_a, inv_b] = inverse_norms_both(a, b, dtype, eps, true, "cosine_similarity_matrix");
   auto out = at::empty({a.size(0), b.size(0)}, a.options());
-  err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
+  auto err = cuda::cosine_similarity_matrix_forward(a.data_ptr(), b.data_ptr(), inv_a.data_ptr<float>(),
                                                     inv_b.data_ptr<float>(), a.size(0), b.size(0), a.size(1),
                                                     a.size(1), b.size(1), static_cast<float>(scale),
                                                     dtype, cuda::allow_tf32(),
@@ -202,27 +216,12 @@ std::tuple<at::Tensor, at::Tensor> cosine_similarity_matrix_backward_cuda(const 
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == a.size(0) && grad.size(1) == b.size(0),
               "cosine_similarity_matrix_backward: grad must have shape (N, M) = (", a.size(0), ", ", b.size(0),
               "), got ", grad.sizes());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  auto fopts = a.options().dtype(at::kFloat);
-  auto inv_a = at::empty({a.size(0)}, fopts);
-  auto inv_b = at::empty({b.size(0)}, fopts);
-  auto err = cuda::inverse_norms(a.data_ptr(), a.size(0), a.size(1), b.data_ptr(), b.size(0), b.size(1), a.size(1),
-                                 dtype, static_cast<float>(eps), true, inv_a.data_ptr<float>(), inv_b.data_ptr<float>(),
-                                 stream);
-  TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix_backward: the inverse-norm kernel failed: ",
-              cudaGetErrorString(err));
+  const char* op = "cosine_similarity_matrix_backward";
+  auto [inv_a, inv_b] = inverse_norms_both(a, b, dtype, eps, true, op);
   auto ds = grad.detach().to(at::kFloat) * (inv_a.unsqueeze(1) * scale) * inv_b.unsqueeze(0);
   auto U = at::mm(ds, b.to(at::kFloat)).contiguous();
   auto V = at::mm(ds.t(), a.to(at::kFloat)).contiguous();
-  auto grad_a = at::empty(a.sizes(), a.options());
-  auto grad_b = at::empty(b.sizes(), b.options());
-  err = cuda::normalization_backward(a.data_ptr(), a.size(0), a.size(1), inv_a.data_ptr<float>(), U.data_ptr<float>(),
-                                     grad_a.data_ptr(), b.data_ptr(), b.size(0), b.size(1), inv_b.data_ptr<float>(),
-                                     V.data_ptr<float>(), grad_b.data_ptr(), a.size(1), dtype, static_cast<float>(eps),
-                                     true, stream);
-  TORCH_CHECK(err == cudaSuccess, "cosine_similarity_matrix_backward: the normalization-backward kernel failed: ",
-              cudaGetErrorString(err));
-  return {grad_a, grad_b};
+  return normalization_backward_both(a, b, inv_a, inv_b, U, V, dtype, eps, true, op);
 }
 
 }  // namespace

@@ -35,15 +35,8 @@ Inputs prepare(const at::Tensor& l_in, const at::Tensor& m_in, double scale, con
   Inputs r;
   r.l = l_in.detach();
   r.m = m_in.detach();
-  if (r.l.scalar_type() != r.m.scalar_type()) {  // one kernel dtype: compute both in float32
-    // Each must be a kernel dtype itself: a float64 (or integer) input must not be cast silently.
-    cuda::kernel_dtype(r.l, op, "l");
-    cuda::kernel_dtype(r.m, op, "m");
-    r.l = r.l.to(at::kFloat);
-    r.m = r.m.to(at::kFloat);
-  }
   cuda::InfonceParams& p = r.p;
-  p.dtype = cuda::kernel_dtype(r.l, op, "l and m");
+  p.dtype = cuda::one_kernel_dtype(r.l, r.m, op, "l", "m", "l and m");
   p.l = r.l.data_ptr();  // data_ptr includes the storage offset; strides are in elements
   p.m = r.m.data_ptr();
   p.n = r.l.size(0);

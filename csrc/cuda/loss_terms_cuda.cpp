@@ -29,15 +29,9 @@ PairInputs pair_inputs(const at::Tensor& x_in, const at::Tensor& y_in, const cha
   PairInputs r;
   r.x = x_in.detach();
   r.y = y_in.detach();
-  if (r.x.scalar_type() != r.y.scalar_type()) {
-    cuda::kernel_dtype(r.x, op, "x");  // a float64 (or integer) side must not be cast silently
-    cuda::kernel_dtype(r.y, op, "y");
-    r.x = r.x.to(at::kFloat);
-    r.y = r.y.to(at::kFloat);
-  }
+  r.dtype = cuda::one_kernel_dtype(r.x, r.y, op, "x", "y", "x and y");
   r.x = r.x.contiguous();
   r.y = r.y.contiguous();
-  r.dtype = cuda::kernel_dtype(r.x, op, "x and y");
   return r;
 }
 
@@ -47,7 +41,8 @@ at::Tensor pair_cosine_cuda(const at::Tensor& x, const at::Tensor& y, double eps
   auto r = pair_inputs(x, y, "pair_cosine");
   auto out = at::empty({r.x.size(0)}, r.x.options().dtype(at::kFloat));
   auto err = cuda::pair_cosine_forward(r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1), r.dtype,
-                                       static_cast<float>(eps), out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+                                       static_cast<float>(eps), out.data_ptr<float>(),
+                                       c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "pair_cosine CUDA kernel failed: ", cudaGetErrorString(err));
   return out;
 }
