@@ -560,10 +560,6 @@ __global__ void __launch_bounds__(kThreads) cosine_kernel(LseParams p, T* out) {
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-unsigned grid_1d(int64_t count) {
-  const int64_t b = cdiv(count, kFinishThreads);
-  return static_cast<unsigned>(b < 1 ? 1 : (b < 65535 * 16 ? b : 65535 * 16));  // grid-stride covers the rest
-}
 
 
 // ---- The normalization around the kernels (the glue used to run them as ATen ops: 3 per side for
@@ -647,10 +643,6 @@ __global__ void __launch_bounds__(kFinishThreads)
   }
 }
 
-unsigned row_warps_grid(int64_t rows) {
-  const int64_t blocks = (rows + kWarps - 1) / kWarps;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
-}
 
 }  // namespace
 
@@ -710,7 +702,7 @@ cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const int64_t work = (q.col_splits > 1 ? p.n * p.d : 0) + (q.row_splits > 1 ? p.m * p.d : 0);
-    FASTGAN_LAUNCH(backward_finish_kernel, grid_1d(work), kFinishThreads, 0, stream)(
+    FASTGAN_LAUNCH(backward_finish_kernel, grid_stride_blocks(work, kFinishThreads), kFinishThreads, 0, stream)(
         p.n * p.d, q.col_splits, part_u, u, p.m * p.d, q.row_splits, part_v, v);
     return cudaGetLastError();
   });
@@ -750,7 +742,7 @@ cudaError_t inverse_norms(const void* a, int64_t n, int64_t stride_a, const void
   if ((n + m + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    FASTGAN_LAUNCH(inverse_norms_kernel<T>, row_warps_grid(n + m), kThreads, 0, stream)(
+    FASTGAN_LAUNCH(inverse_norms_kernel<T>, warp_rows_blocks(n + m, kWarps), kThreads, 0, stream)(
         static_cast<const T*>(a), n, stride_a, static_cast<const T*>(b), m, stride_b, d, eps, normalize ? 1 : 0, inv_a,
         inv_b);
     return cudaGetLastError();
@@ -760,8 +752,8 @@ cudaError_t inverse_norms(const void* a, int64_t n, int64_t stride_a, const void
 cudaError_t extra_logit_backward(const float* extra, const float* lse, const float* grad_lse, int64_t n, int k,
                                  float* grad_extra, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  FASTGAN_LAUNCH(extra_logit_backward_kernel, grid_1d(n), kFinishThreads, 0, stream)(extra, lse, grad_lse, n, k,
-                                                                                    grad_extra);
+  FASTGAN_LAUNCH(extra_logit_backward_kernel, grid_stride_blocks(n, kFinishThreads), kFinishThreads, 0, stream)(
+      extra, lse, grad_lse, n, k, grad_extra);
   return cudaGetLastError();
 }
 
@@ -773,7 +765,7 @@ cudaError_t normalization_backward(const void* a, int64_t n, int64_t stride_a, c
   if ((n + m + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    FASTGAN_LAUNCH(normalization_backward_kernel<T>, row_warps_grid(n + m), kThreads, 0, stream)(
+    FASTGAN_LAUNCH(normalization_backward_kernel<T>, warp_rows_blocks(n + m, kWarps), kThreads, 0, stream)(
         static_cast<const T*>(a), n, stride_a, inv_a, u, static_cast<T*>(grad_a), static_cast<const T*>(b), m,
         stride_b, inv_b, v, static_cast<T*>(grad_b), d, eps, normalize ? 1 : 0);
     return cudaGetLastError();

@@ -27,16 +27,6 @@ constexpr int kThreads = 128;  // pair_cosine: 4 warps, one row each
 constexpr int kWarps = kThreads / 32;
 constexpr int kCombineThreads = 256;
 
-unsigned row_warps_grid(int64_t rows) {
-  const int64_t blocks = (rows + kWarps - 1) / kWarps;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
-}
-
-unsigned grid_1d(int64_t count) {
-  const int64_t b = (count + kCombineThreads - 1) / kCombineThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b < 65535 * 16 ? b : 65535 * 16));  // grid-stride covers the rest
-}
-
 template <typename T>
 __device__ __forceinline__ void pair_dots(const T* x, const T* y, int64_t d, int lane, float& p, float& sx, float& sy) {
   p = sx = sy = 0.0f;
@@ -129,7 +119,7 @@ cudaError_t pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t
   if ((n + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    FASTGAN_LAUNCH(pair_cosine_kernel<T>, row_warps_grid(n), kThreads, 0, stream)(
+    FASTGAN_LAUNCH(pair_cosine_kernel<T>, warp_rows_blocks(n, kWarps), kThreads, 0, stream)(
         static_cast<const T*>(x), static_cast<const T*>(y), n, d, eps, out);
     return cudaGetLastError();
   });
@@ -141,7 +131,7 @@ cudaError_t pair_cosine_backward(const float* grad, const void* x, const void* y
   if ((n + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    FASTGAN_LAUNCH(pair_cosine_backward_kernel<T>, row_warps_grid(n), kThreads, 0, stream)(
+    FASTGAN_LAUNCH(pair_cosine_backward_kernel<T>, warp_rows_blocks(n, kWarps), kThreads, 0, stream)(
         grad, static_cast<const T*>(x), static_cast<const T*>(y), n, d, eps, static_cast<T*>(gx), static_cast<T*>(gy));
     return cudaGetLastError();
   });
@@ -157,7 +147,8 @@ cudaError_t lse_combine_backward(const CombineParams& p, const float* grad, floa
                                  cudaStream_t stream) {
   if (p.k < 1 || p.k > 3) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
-  FASTGAN_LAUNCH(lse_combine_backward_kernel, grid_1d(p.n), kCombineThreads, 0, stream)(p, grad, gx, gy1, gy2);
+  FASTGAN_LAUNCH(lse_combine_backward_kernel, grid_stride_blocks(p.n, kCombineThreads), kCombineThreads, 0, stream)(
+      p, grad, gx, gy1, gy2);
   return cudaGetLastError();
 }
 
