@@ -46,6 +46,8 @@ import torch
 torch.ops.load_library(sys.argv[1])
 ops = ("contrastive_lse", "contrastive_lse_backward", "cosine_similarity_matrix", "cosine_similarity_matrix_backward",
        "pair_cosine", "pair_cosine_backward", "lse_combine", "lse_combine_backward", "infonce_lse",
+       "d2d_epilogue", "d2d_epilogue_backward", "supcon_epilogue", "supcon_epilogue_backward",
+       "same_class_cosine_sum", "same_class_cosine_sum_backward",
        "spectral_norm_power_iteration_", "spectral_norm_apply")
 missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{op}", "CUDA")]
 cpu = torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::contrastive_lse", "CPU")

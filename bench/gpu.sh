@@ -87,7 +87,7 @@ tests() {
   local files=()
   for f in tests/test_cuda_*.py tests/test_triton_*.py tests/test_ops.py tests/test_functional.py \
            tests/test_infonce.py tests/test_infonce_lse.py tests/test_spectral_norm_ops.py tests/test_spectral_norm.py \
-           tests/test_pair_cosine.py; do
+           tests/test_pair_cosine.py tests/test_loss_terms.py; do
     [ -e "$f" ] && files+=("$f")
   done
   # The CUDA-only and Triton-only files whole (-k matches module names too), elsewhere their cases.

@@ -83,8 +83,27 @@ TORCH_LIBRARY(fastgan, m) {
       "lse_combine_backward(Tensor grad, Tensor x, Tensor? y1, Tensor? y2, float[] coefs, float c1, float c2,"
       " float scale) -> (Tensor, Tensor, Tensor)");
 
+  // ---- D2D-CE's epilogue with the loss's mean (scale 1/N) or sum: scale * sum_i [q_i + logaddexp(-q_i,
+  // lse_i - M_i)], q_i = relu((m_p - cos_i) / temperature), M_i = rowmax_i (0 where not finite; a
+  // constant: no gradient). lse (N, 1), rowmax and cos (N,); 0-dim in lse's dtype. The backward gives
+  // (grad_lse shaped as lse, grad_cos). CUDA: one launch each way (csrc/cuda/loss_terms.cu).
+  m.def("d2d_epilogue(Tensor lse, Tensor rowmax, Tensor cos, float m_p, float temperature, float scale) -> Tensor");
+  m.def(
+      "d2d_epilogue_backward(Tensor grad, Tensor lse, Tensor rowmax, Tensor cos, float m_p, float temperature,"
+      " float scale) -> (Tensor, Tensor)");
+  // ---- SupCon's epilogue: sum_i [n_i > 0] (lse_i - pos_i / (temperature n_i)) / den with den the
+  // number of anchors with a positive (at least 1) when `mean`, else 1; returns (loss, den), both
+  // 0-dim in lse's dtype (den stays on the device for the backward). lse (N, 1), pos (N,), n_pos (N,)
+  // int64. CUDA: one launch each way.
+  m.def("supcon_epilogue(Tensor lse, Tensor pos, Tensor n_pos, float temperature, bool mean) -> (Tensor, Tensor)");
+  m.def(
+      "supcon_epilogue_backward(Tensor grad, Tensor den, Tensor lse, Tensor pos, Tensor n_pos, float temperature)"
+      " -> (Tensor, Tensor)");
+
   // ---- SupCon's positive term: per row the sum of its cosines to the other rows of its class (norms
   // clamped at eps; float32, float64 for float64) and their count (int64). labels: 1-D int64.
+  // CPU: grouped by a sort (csrc/cpu/same_class_cosine.cpp); CUDA: a masked sweep of the cosine tiles,
+  // 3 launches forward and 4 backward, no sort and no host sync (csrc/cuda/contrastive_lse.cu).
   m.def("same_class_cosine_sum(Tensor x, Tensor labels, float eps) -> (Tensor pos, Tensor n_pos)");
   m.def("same_class_cosine_sum_backward(Tensor grad, Tensor x, Tensor labels, float eps) -> Tensor");
 

@@ -632,6 +632,158 @@ if INNER:
         torch.testing.assert_close(gy1.double(), torch.full((n,), g0 * c1, dtype=torch.float64), rtol=1e-6, atol=0)
         torch.testing.assert_close(gy2.double(), torch.full((n,), g0 * c2, dtype=torch.float64), rtol=1e-6, atol=0)
 
+    # SupCon's same-class cosine sums (csrc/cuda/contrastive_lse.cu, same_class_*): the masked sweep of
+    # the cosine tiles on contrastive_lse's plan, forward and backward.
+    LIB.emu_same_class_cosine_sum_forward.argtypes = [P, P, P, I64, I64, I, I, I, P, P]
+    LIB.emu_same_class_cosine_sum_backward.argtypes = [P, P, P, I64, I64, I, I, I, P, P]
+
+    def same_class_launches(n, d, force_splits=0):
+        """Forward (sweep, merge) and backward (product, finish) of the same-class sums: contrastive_lse's
+        row grid and column splits (a plan with M = N)."""
+        cs, _ = expected_splits(n, n, force_splits)
+        rb = (n + 31) // 32
+        work = n * d if cs > 1 else 0
+        forward = [("contrastive_lse.cu:same_class_sum_kernel", (rb, cs, 1), (128, 1, 1)),
+                   ("contrastive_lse.cu:same_class_merge_kernel", ((n + 127) // 128, 1, 1), (128, 1, 1))]
+        backward = [("contrastive_lse.cu:same_class_backward_kernel", (rb, cs, 1), (128, 1, 1)),
+                    ("contrastive_lse.cu:backward_finish_kernel", (max(1, min((work + 255) // 256, 65535 * 16)), 1, 1),
+                     (256, 1, 1))]
+        return forward, backward
+
+    SAME_CLASS_LABELS = {"mixed": lambda n, g: torch.randint(0, 3, (n,), generator=g),
+                         "one_class": lambda n, g: torch.full((n,), 7, dtype=torch.int64),
+                         "distinct": lambda n, g: torch.randperm(n, generator=g) * 5 - 9,
+                         "wide": lambda n, g: torch.randint(-2 ** 62, 2 ** 62, (n,), generator=g) // (2 ** 61)}
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("shape, labeling, splits", [((70, 45), "mixed", 0), ((33, 17), "one_class", 2),
+                                                         ((1, 8), "one_class", 0), ((65, 33), "distinct", 0),
+                                                         ((97, 64), "wide", 3), ((40, 1), "mixed", 1)])
+    def test_inner_contrastive_same_class_cosine_sum_kernels(dtype, shape, labeling, splits):
+        # Against the N x N float64 mask of the same rounded inputs: odd sizes over several tiles, one
+        # split over several tiles, uneven splits, N = 1 (no positive), a zero row (its cosines are 0),
+        # labels anywhere in int64's range (nothing is indexed by label value).
+        n, d = shape
+        g = torch.Generator().manual_seed(n * 1000 + d)
+        x = torch.randn(n, d, generator=g).to(dtype)
+        if n > 3:
+            x[2] = 0
+        labels = SAME_CLASS_LABELS[labeling](n, g)
+        inv = inv_norms(x, True, EPS)
+        pos, n_pos = torch.full((n,), float("nan")), torch.full((n,), -1, dtype=torch.int64)
+        args = (ptr(x), ptr(inv), ptr(labels), n, d, DTYPE_CODE[dtype], NUM_SMS, splits)
+        LIB.emu_clear_launches()
+        check(LIB.emu_same_class_cosine_sum_forward(*args, ptr(pos), ptr(n_pos)), "same_class_cosine_sum_forward")
+        fwd, bwd = same_class_launches(n, d, splits)
+        assert launches() == fwd
+        x64 = x.double()
+        xh = x64 * inv.double()[:, None]
+        mask = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool)
+        cos = xh @ xh.T
+        assert torch.equal(n_pos, mask.sum(1))
+        scale = 1 + (cos.abs() * mask).sum(1)  # each sum relative to the magnitude of its terms
+        torch.testing.assert_close(pos.double() / scale, (cos * mask).sum(1) / scale, **tol(dtype))
+        again = torch.full((n,), float("nan"))
+        check(LIB.emu_same_class_cosine_sum_forward(*args, ptr(again), ptr(n_pos)), "same_class_cosine_sum_forward")
+        assert torch.equal(pos, again)  # a fixed order: the same bits every run
+
+        grad = torch.randn(n, generator=g)
+        u = torch.full((n, d), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_same_class_cosine_sum_backward(*args, ptr(grad), ptr(u)), "same_class_cosine_sum_backward")
+        assert launches() == bwd
+        w = mask * (grad.double()[:, None] + grad.double()[None, :]) * inv.double()[:, None] * inv.double()[None, :]
+        elem = 1 + w.abs() @ x64.abs()
+        torch.testing.assert_close(u.double() / elem, (w @ x64) / elem, **tol(dtype))
+        # Through the glue's normalization backward: autograd of the dense float64 sums.
+        xr = x64.clone().requires_grad_()
+        xn = xr / xr.norm(dim=1, keepdim=True).clamp_min(EPS)
+        (want,) = torch.autograd.grad(((xn @ xn.T) * mask).sum(1) @ grad.double(), xr)
+        got = normalization_backward(x64, inv.double(), u.double(), True, EPS)
+        gscale = 1 + elem.max(dim=1, keepdim=True).values
+        torch.testing.assert_close(got / gscale, want / gscale, rtol=1e-4, atol=1e-4)
+
+    # The D2D-CE and SupCon epilogues (csrc/cuda/loss_terms.cu): one CTA forward, one launch backward.
+    LIB.emu_d2d_epilogue_forward.argtypes = [P, I64, P, P, I64, F, F, F, P]
+    LIB.emu_d2d_epilogue_backward.argtypes = [P, I64, P, P, I64, F, F, F, P, P, P]
+    LIB.emu_supcon_epilogue_forward.argtypes = [P, I64, P, P, I64, F, I, P, P]
+    LIB.emu_supcon_epilogue_backward.argtypes = [P, I64, P, P, I64, F, P, P, P, P]
+
+    @pytest.mark.parametrize("n", [37, 1, 3000, 0])
+    def test_inner_contrastive_d2d_epilogue_kernels(n):
+        # lse a strided (N, 1) column; a row without other-class columns (lse = -inf: its term is 0),
+        # one with no j != i (rowmax = -inf: the shift is 0), the relu inactive (cos > m_p) and active.
+        g = torch.Generator().manual_seed(n + 5)
+        wide = torch.randn(n, 3, generator=g) * 3
+        lse = wide[:, 1:2]
+        rowmax = torch.randn(n, generator=g) * 2
+        cos = torch.rand(n, generator=g) * 2 - 1
+        if n > 7:
+            lse[3, 0], rowmax[5], cos[6] = float("-inf"), float("-inf"), 0.995
+        m_p, t, scale = 0.98, 0.5, 1.0 / max(n, 1)
+        out = torch.full((), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_d2d_epilogue_forward(ptr(lse), lse.stride(0), ptr(rowmax), ptr(cos), n, m_p, t, scale, ptr(out)),
+              "d2d_epilogue")
+        assert launches() == [("loss_terms.cu:d2d_epilogue_kernel", (1, 1, 1), (256, 1, 1))]
+        l64 = lse.double().clone().requires_grad_()
+        c64 = cos.double().clone().requires_grad_()
+        r64 = rowmax.double()
+        m = torch.where(torch.isfinite(r64), r64, torch.zeros_like(r64))
+        q = torch.relu((m_p - c64) / t)
+        want = (q + torch.logaddexp(-q, l64[:, 0] - m)).sum() * scale
+        torch.testing.assert_close(out.double(), want.detach(), rtol=2e-6, atol=1e-6)
+        again = torch.full((), float("nan"))
+        check(LIB.emu_d2d_epilogue_forward(ptr(lse), lse.stride(0), ptr(rowmax), ptr(cos), n, m_p, t, scale,
+                                           ptr(again)), "d2d_epilogue")
+        assert torch.equal(out, again)
+        grad = torch.tensor(1.5)
+        glse, gcos = torch.full((n, 1), float("nan")), torch.full((n,), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_d2d_epilogue_backward(ptr(lse), lse.stride(0), ptr(rowmax), ptr(cos), n, m_p, t, scale,
+                                            ptr(grad), ptr(glse), ptr(gcos)), "d2d_epilogue_backward")
+        assert launches() == ([("loss_terms.cu:d2d_epilogue_backward_kernel", ((n + 255) // 256, 1, 1),
+                                (256, 1, 1))] if n else [])
+        if n:
+            wl, wc = torch.autograd.grad(1.5 * want, (l64, c64))
+            torch.testing.assert_close(glse.double(), wl, rtol=2e-6, atol=1e-7)
+            torch.testing.assert_close(gcos.double(), wc, rtol=2e-6, atol=1e-7)
+
+    @pytest.mark.parametrize("n, mean, positives", [(37, True, "some"), (37, False, "some"), (1, True, "none"),
+                                                    (3000, True, "all"), (300, False, "none")])
+    def test_inner_contrastive_supcon_epilogue_kernels(n, mean, positives):
+        # The mean over the anchors with a positive, counted on the device (none: the denominator is
+        # 1 and the loss 0); lse a strided (N, 1) column.
+        g = torch.Generator().manual_seed(n + int(mean))
+        wide = torch.randn(n, 2, generator=g) * 3
+        lse = wide[:, :1]
+        pos = torch.randn(n, generator=g) * 4
+        n_pos = {"some": torch.randint(0, 4, (n,), generator=g), "none": torch.zeros(n, dtype=torch.int64),
+                 "all": torch.randint(1, 40, (n,), generator=g)}[positives]
+        t = 0.3
+        out, den = torch.full((), float("nan")), torch.full((), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_supcon_epilogue_forward(ptr(lse), lse.stride(0), ptr(pos), ptr(n_pos), n, t, int(mean), ptr(out),
+                                              ptr(den)), "supcon_epilogue")
+        assert launches() == [("loss_terms.cu:supcon_epilogue_kernel", (1, 1, 1), (256, 1, 1))]
+        l64 = lse.double().clone().requires_grad_()
+        p64 = pos.double().clone().requires_grad_()
+        has = n_pos > 0
+        per = torch.where(has, l64[:, 0] - p64 / (t * n_pos.clamp_min(1).double()), torch.zeros(n).double())
+        want_den = float(max(int(has.sum()), 1)) if mean else 1.0
+        assert den.item() == want_den
+        want = per.sum() / want_den
+        torch.testing.assert_close(out.double(), want.detach(), rtol=2e-6, atol=1e-6)
+        grad = torch.tensor(-0.7)
+        glse, gpos = torch.full((n, 1), float("nan")), torch.full((n,), float("nan"))
+        LIB.emu_clear_launches()
+        check(LIB.emu_supcon_epilogue_backward(ptr(lse), lse.stride(0), ptr(pos), ptr(n_pos), n, t, ptr(grad), ptr(den),
+                                               ptr(glse), ptr(gpos)), "supcon_epilogue_backward")
+        assert launches() == [("loss_terms.cu:supcon_epilogue_backward_kernel", ((n + 255) // 256, 1, 1), (256, 1, 1))]
+        wl, wp = torch.autograd.grad(-0.7 * want, (l64, p64))
+        torch.testing.assert_close(glse.double(), wl, rtol=2e-6, atol=1e-8)
+        torch.testing.assert_close(gpos.double(), wp, rtol=2e-6, atol=1e-8)
+
     def test_inner_contrastive_cosine_similarity_matrix_follows_allow_tf32():
         n, m, d = 33, 17, 45
         g = torch.Generator().manual_seed(77)
@@ -1049,6 +1201,33 @@ if INNER:
         rec = dry_launches(lambda: check(LIB.emu_cosine_similarity_matrix_forward(
             ptr(a), ptr(b), ptr(inv), ptr(inv), n, n, d, d, d, 1.0, 0, ptr(out)), "cosine"))
         assert rec == [("contrastive_lse.cu:cosine_kernel", (n // 32, n // 32, 1), (128, 1, 1))]
+
+    @pytest.mark.parametrize("n", [64, 256, 4096])
+    def test_inner_launches_supcon_terms_at_gan_batch_sizes(n):
+        # SupCon's positive term and epilogue on CUDA: 2 + 2 launches of the sweep (the glue adds the
+        # inverse norms each way) and 1 + 1 of the epilogue at every N, the sweep's grid filling the
+        # chip as contrastive_lse's does (the same plan).
+        d = 512
+        x, inv, labels = torch.empty(n, d, dtype=torch.bfloat16), torch.ones(n), torch.zeros(n, dtype=torch.int64)
+        pos, n_pos, u, lse = torch.empty(n), torch.empty(n, dtype=torch.int64), torch.empty(n, d), torch.empty(n, 1)
+        out, den, grad = torch.empty(()), torch.empty(()), torch.ones(())
+        args = (ptr(x), ptr(inv), ptr(labels), n, d, 2, NUM_SMS, 0)
+
+        def loss():
+            check(LIB.emu_same_class_cosine_sum_forward(*args, ptr(pos), ptr(n_pos)), "forward")
+            check(LIB.emu_supcon_epilogue_forward(ptr(lse), 1, ptr(pos), ptr(n_pos), n, 0.1, 1, ptr(out), ptr(den)),
+                  "epilogue")
+            check(LIB.emu_supcon_epilogue_backward(ptr(lse), 1, ptr(pos), ptr(n_pos), n, 0.1, ptr(grad), ptr(den),
+                                                   ptr(lse), ptr(pos)), "epilogue backward")
+            check(LIB.emu_same_class_cosine_sum_backward(*args, ptr(pos), ptr(u)), "backward")
+
+        rec = dry_launches(loss)
+        fwd, bwd = same_class_launches(n, d)
+        assert [r[0] for r in rec] == [fwd[0][0], fwd[1][0], "loss_terms.cu:supcon_epilogue_kernel",
+                                       "loss_terms.cu:supcon_epilogue_backward_kernel", bwd[0][0], bwd[1][0]]
+        assert rec[:2] == fwd and rec[4:] == bwd
+        tiles = ((n + 31) // 32) ** 2
+        assert all(g[0] * g[1] * g[2] == min(tiles, 384) for _, g, _ in (rec[0], rec[4]))
 
     def test_inner_launches_contrastive_plan_follows_the_sm_count():
         # The split count is a function of N, M and the SM count only: a 16-SM device gets fewer

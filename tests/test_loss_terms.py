@@ -111,15 +111,106 @@ def test_supcon_triton_against_reference(reduction, labeling, n, gen):
     assert rel_err(gx, wx) < 1e-12
 
 
-def test_supcon_terms_gradcheck(gen):
+@pytest.mark.parametrize("backend", ["triton", "cuda"])  # "cuda": the C++ ops' CPU forms
+def test_supcon_terms_gradcheck(backend, gen):
     x = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 3])
-    assert gradcheck(lambda x: T.same_class_cosine_sum(x, labels, 1e-8)[0], (x,), "triton")
+    assert gradcheck(lambda x: T.same_class_cosine_sum(x, labels, 1e-8, backend=backend)[0], (x,), backend)
     lse = torch.randn(7, 1, generator=gen, dtype=torch.float64, requires_grad=True)
     pos = torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True)
     n_pos = torch.tensor([2, 1, 2, 0, 1, 2, 0])
     for mean in (True, False):
-        assert gradcheck(lambda lse, pos: T.supcon_epilogue(lse, pos, n_pos, 0.3, mean), (lse, pos), "triton")
+        assert gradcheck(lambda lse, pos: T.supcon_epilogue(lse, pos, n_pos, 0.3, mean, backend=backend), (lse, pos),
+                         backend)
+    rowmax = torch.randn(7, generator=gen, dtype=torch.float64)
+    cos = (torch.rand(7, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_()
+    assert gradcheck(lambda lse, cos: T.d2d_epilogue(lse, rowmax, cos, 0.5, 0.3, 1.0 / 7, backend=backend),
+                     (lse, cos), backend)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("n_pos", [[2, 1, 2, 0, 1, 2, 0, 5, 0, 3, 1], [0] * 11])
+def test_supcon_epilogue_against_float64(backend, mean, n_pos, gen):
+    # sum_i [n_i > 0] (lse_i - pos_i / (t n_i)) over max(#anchors with n_i > 0, 1) or 1; anchors
+    # without a positive give no term and no gradient (a batch of singletons: loss 0).
+    n_pos = torch.tensor(n_pos)
+    lse = torch.randn(11, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(11, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = T.supcon_epilogue(lse, pos, n_pos, 0.3, mean, backend=backend)
+    has = n_pos > 0
+    per = torch.where(has, lse[:, 0] - pos / (0.3 * n_pos.clamp_min(1).double()), torch.zeros(()).double())
+    want = per.sum() / (has.sum().clamp_min(1) if mean else 1)
+    assert out.shape == () and out.dtype == torch.float64
+    assert (rel_err(out, want) if has.any() else out.abs()) < 1e-12
+    got = torch.autograd.grad(out * 1.7, (lse, pos))
+    ref = torch.autograd.grad(want * 1.7, (lse, pos))
+    for a, b, leaf in zip(got, ref, (lse, pos)):
+        assert a.shape == leaf.shape and (rel_err(a, b) if has.any() else a.abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("n", [1, 37, 300])
+def test_cxx_supcon_d2d_ops_float32(device, n, gen):
+    # The CUDA backend's D2D-CE and SupCon ops at float32 (the dtype the CUDA losses give them), on the
+    # device's kernels (CUDA: csrc/cuda/loss_terms.cu and the same-class sweep of contrastive_lse.cu),
+    # against float64 formulas: values and gradients, a zero row and an odd N included.
+    x = torch.randn(n, 45, generator=gen, dtype=torch.float64)
+    if n > 3:
+        x[2] = 0
+    labels = LABELINGS["mixed"](n).to(device)
+    xs = x.float().to(device).requires_grad_()
+    pos, n_pos = T.same_class_cosine_sum(xs, labels, 1e-8, backend="cuda")
+    x64 = xs.detach().double().cpu().requires_grad_()
+    want, want_n = _same_class_dense(x64, labels.cpu(), 1e-8)
+    assert torch.equal(n_pos.cpu(), want_n) and rel_err(pos.cpu(), want) < 1e-5
+    w = torch.randn(n, generator=gen, dtype=torch.float64)
+    (gx,) = torch.autograd.grad((pos * w.float().to(device)).sum(), xs)
+    (wx,) = torch.autograd.grad((want * w).sum(), x64)
+    assert rel_err(gx.cpu(), wx) < 1e-4
+    lse64 = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    pos64 = torch.randn(n, generator=gen, dtype=torch.float64)
+    rowmax64 = torch.randn(n, generator=gen, dtype=torch.float64)
+    rowmax64[0] = float("-inf")
+    leaves64 = [t.clone().requires_grad_() for t in (lse64, pos64)]
+    leaves = [t.float().to(device).requires_grad_() for t in (lse64, pos64)]
+    has = want_n > 0
+    ref = torch.where(has, leaves64[0][:, 0] - leaves64[1] / (0.3 * want_n.clamp_min(1).double()), torch.zeros(()).double())
+    for mean in (True, False):
+        out = T.supcon_epilogue(*leaves, n_pos, 0.3, mean, backend="cuda")
+        want = ref.sum() / (has.sum().clamp_min(1) if mean else 1)
+        assert out.dtype == torch.float32 and abs(out.item() - want.item()) <= 1e-5 * (1 + abs(want.item()))
+        for a, b in zip(torch.autograd.grad(out, leaves), torch.autograd.grad(want, leaves64, retain_graph=True)):
+            assert (a.cpu().double() - b).abs().max() < 1e-6
+    cos64 = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_()
+    cos = cos64.detach().float().to(device).requires_grad_()
+    out = T.d2d_epilogue(leaves[0], rowmax64.float().to(device), cos, 0.5, 0.3, 1.0 / n, backend="cuda")
+    m = torch.where(torch.isfinite(rowmax64), rowmax64, torch.zeros_like(rowmax64))
+    q = torch.relu((0.5 - cos64) / 0.3)
+    want = (q + torch.logaddexp(-q, leaves64[0][:, 0] - m)).mean()
+    assert abs(out.item() - want.item()) <= 1e-5 * (1 + abs(want.item()))
+    for a, b in zip(torch.autograd.grad(out, (leaves[0], cos)), torch.autograd.grad(want, (leaves64[0], cos64))):
+        assert rel_err(a.cpu().double(), b) < 1e-5
+
+
+def test_cxx_epilogue_ops_opcheck_and_bad_arguments(gen):
+    # fastgan::d2d_epilogue / supcon_epilogue / same_class_cosine_sum (the CUDA backend's ops; their CPU
+    # forms here): schemas, fakes and autograd registrations consistent; bad shapes named.
+    lse = torch.randn(9, 1, generator=gen, requires_grad=True)
+    rowmax = torch.randn(9, generator=gen)
+    rowmax[0] = float("-inf")
+    cos = torch.randn(9, generator=gen, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgan.d2d_epilogue.default, (lse, rowmax, cos, 0.98, 0.5, 0.1))
+    n_pos = torch.tensor([3, 1, 3, 0, 1, 3, 1, 1, 3])
+    for mean in (True, False):
+        torch.library.opcheck(torch.ops.fastgan.supcon_epilogue.default, (lse, cos, n_pos, 0.5, mean))
+    feats = torch.randn(9, 20, generator=gen, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastgan.same_class_cosine_sum.default,
+                          (feats, torch.tensor([0, 1, 0, 2, 1, 0, 3, 3, 0]), 1e-8))
+    with pytest.raises(RuntimeError, match=r"lse must have shape \(N, 1\)"):
+        torch.ops.fastgan.d2d_epilogue(lse.detach()[:, 0], rowmax, cos, 0.98, 0.5, 0.1)
+    with pytest.raises(RuntimeError, match=r"shape \(N,\) with N = 9"):
+        torch.ops.fastgan.supcon_epilogue(lse, cos[:8], n_pos, 0.5, True)
 
 
 def test_opcheck(gen):
@@ -141,7 +232,8 @@ def test_opcheck(gen):
         torch.library.opcheck(torch.ops.fastgan.supcon_epilogue_triton.default, (lse1, pos, n_pos, 0.5, mean))
 
 
-def test_d2d_epilogue_against_float64(gen):
+@pytest.mark.parametrize("backend", ["triton", "cuda"])  # "cuda": fastgan::d2d_epilogue's CPU form
+def test_d2d_epilogue_against_float64(backend, gen):
     n = 300
     lse = torch.randn(n, 1, generator=gen, dtype=torch.float64, requires_grad=True)
     rowmax = torch.randn(n, generator=gen, dtype=torch.float64)
@@ -151,7 +243,7 @@ def test_d2d_epilogue_against_float64(gen):
     cos.requires_grad_()
     with torch.no_grad():
         lse[7] = float("-inf")  # no other-class column: the row's term is 0
-    out = T.d2d_epilogue(lse, rowmax, cos, 0.98, 0.5, 1.0 / n)
+    out = T.d2d_epilogue(lse, rowmax, cos, 0.98, 0.5, 1.0 / n, backend=backend)
     m = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
     q = torch.relu((0.98 - cos) / 0.5)
     want = (q + torch.logaddexp(-q, lse[:, 0] - m)).mean()
@@ -201,7 +293,7 @@ def test_loss_launches_pinned(op):
 # fastgan's ops by perf_model.cuda_op_launches, which mirrors csrc/cuda/*_cuda.cpp), the same at every
 # N. README "Launches per loss" states these totals.
 PINNED_CUDA = {"cosine_similarity_matrix": (9, 4), "2c": (13, 3), "ntxent": (13, 8), "clip": (22, 7),
-               "d2d": (11, 35), "supcon": (9, 76), "infonce": (4, 12)}
+               "d2d": (13, 3), "supcon": (18, 3), "infonce": (4, 12)}
 
 
 @pytest.mark.parametrize("op", list(PINNED_CUDA))
@@ -232,7 +324,14 @@ def test_cuda_launch_names_are_the_kernels():
              ("lse_combine", (torch.randn(4, 2),)), ("lse_combine_backward", (torch.tensor(1.0), torch.randn(4, 2))),
              ("infonce_lse", (torch.randn(2, 4, 3), torch.randn(2, 4))),
              ("infonce_lse_backward", (torch.randn(2, 3), torch.randn(2), torch.randn(2, 4, 3), torch.randn(2, 4),
-                                       torch.randn(2)))]
+                                       torch.randn(2))),
+             ("same_class_cosine_sum", (a, torch.arange(4))),
+             ("same_class_cosine_sum_backward", (torch.randn(4), a, torch.arange(4))),
+             ("d2d_epilogue", (torch.randn(4, 1), torch.randn(4), torch.randn(4))),
+             ("d2d_epilogue_backward", (torch.tensor(1.0), torch.randn(4, 1), torch.randn(4), torch.randn(4))),
+             ("supcon_epilogue", (torch.randn(4, 1), torch.randn(4), torch.arange(4))),
+             ("supcon_epilogue_backward", (torch.tensor(1.0), torch.tensor(2.0), torch.randn(4, 1), torch.randn(4),
+                                           torch.arange(4)))]
     for name, args in calls:
         for launch in P.cuda_op_launches(name, args):
             if ":" in launch:
@@ -241,8 +340,8 @@ def test_cuda_launch_names_are_the_kernels():
                 assert re.search(r"__global__ void[^;{}]*?\b" + kernel + r"\(", text), launch
     # Mixed dtypes: one cast in, one cast back for the 16-bit side.
     assert P.cuda_op_launches("pair_cosine_backward", (torch.randn(4), a.half(), b)).count("copy") == 2
-    with pytest.raises(NotImplementedError, match="same_class_cosine_sum"):
-        P.cuda_op_launches("same_class_cosine_sum", (a,))
+    with pytest.raises(NotImplementedError, match="spectral_norm_apply"):
+        P.cuda_op_launches("spectral_norm_apply", (a,))
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

@@ -19,7 +19,7 @@
 // Gradient products on tensor cores. dS~ is float32 (products of exponentials, inverse norms and
 // grad_lse): rounding it once to 16 bits would cost 3 (fp16) or 2 (bf16) decimal digits. Each dS~
 // tile is rescaled by exact powers of two (each output row into [0.5, 1); the operand row's inverse
-// norm moved onto the staged operand, see grad_tile) and split into 2 (float16: 11 + 11 bits) or 3
+// norm moved onto the staged operand, see stage_weights) and split into 2 (float16: 11 + 11 bits) or 3
 // (bfloat16: 8 + 8 + 8 bits) terms of the input dtype, each multiplied on the tensor cores against the
 // 16-bit operand: dS~ @ B is then as accurate as the float32 product (22 or 24 significant bits per
 // element). Static SASS per D slice: forward 4 HMMA.16816, gradient kernels 4 + 8 (fp16) / 4 + 12 (bf16).
@@ -318,23 +318,12 @@ __device__ __forceinline__ float pow2_near(float x) {
   return ldexpf(1.f, e - 1);
 }
 
-// dS~ of the tile (rows r0.., columns c0..) from z in sm.z. float32: into sm.z.
-// 16-bit inputs, as 16-bit terms in sm.split that the tensor cores multiply with the staged operand
-// X (B for U = dS~ B, A for V = dS~^T A; `transpose` selects V). Two exact power-of-two rescalings
-// keep every term in range whatever the inverse norms (a zero vector has inv = 1 / eps):
-// - dS~ carries inv of the operand's row (inv_b_j for U); dividing it by c_j = pow2_near(inv_b_j)
-//   and multiplying the staged X row by c_j (grad_product) moves that factor onto X (X c_j is about
-//   the unit vector x_j / ||x_j||, exact in T barring underflow of relatively negligible elements);
-// - each output row (row i of dS~ for U, column j for V) is scaled by 2^-e so that its largest
-//   |element| lies in [0.5, 1), undone on the float32 result (sm.row_up).
-// Then a term's rounding error is relative to its output row's largest contribution, never another
-// row's: 2 float16 terms give 22 significant bits, 3 bfloat16 terms 24.
+// This thread's 8 elements of dS~ (tile row 8 ty + q, column tx): the log-sum-exps' gradient.
 template <typename T>
-__device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const float* lse, const float* w, bool transpose,
-                          Smem<T>& sm) {
+__device__ __forceinline__ void lse_weights(const LseParams& p, int64_t r0, int64_t c0, const float* lse,
+                                            const float* w, const Smem<T>& sm, float (&g)[kRowsPerThread]) {
   const int tid = threadIdx.x, tx = tid % kTile, ty = tid / kTile;
   const int64_t j = c0 + tx;
-  float g[kRowsPerThread];
 #pragma unroll
   for (int q = 0; q < kRowsPerThread; ++q) {
     const int r = ty * kRowsPerThread + q;
@@ -352,6 +341,39 @@ __device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const floa
     }
     g[q] = acc;
   }
+}
+
+// The same elements for the same-class cosine sums (same_class_backward_kernel): with b = a and the
+// symmetric mask M_ij = [j != i, y_j = y_i], d/dx^ of sum_i w_i pos_i is W x^ with
+// W_ij = M_ij (w_i + w_j); dS~ carries inv_a_i inv_b_j as above. No z is needed.
+__device__ __forceinline__ void same_class_weights(const LseParams& p, int64_t r0, int64_t c0, const float* w,
+                                                   float (&g)[kRowsPerThread]) {
+  const int tid = threadIdx.x, tx = tid % kTile, ty = tid / kTile;
+  const int64_t j = c0 + tx;
+#pragma unroll
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int64_t i = r0 + ty * kRowsPerThread + q;
+    g[q] = (admissible(p, i, j) && p.la[i] == p.lb[j]) ? (w[i] + w[j]) * p.inv_a[i] * p.inv_b[j] : 0.f;
+  }
+}
+
+// Stages this thread's elements g of the dS~ tile (rows r0.., columns c0..) for grad_product, and
+// expects every thread done with the previous tile's sm.z, sm.split, sm.op_scale, sm.row_up.
+// float32: into sm.z.
+// 16-bit inputs, as 16-bit terms in sm.split that the tensor cores multiply with the staged operand
+// X (B for U = dS~ B, A for V = dS~^T A; `transpose` selects V). Two exact power-of-two rescalings
+// keep every term in range whatever the inverse norms (a zero vector has inv = 1 / eps):
+// - dS~ carries inv of the operand's row (inv_b_j for U); dividing it by c_j = pow2_near(inv_b_j)
+//   and multiplying the staged X row by c_j (grad_product) moves that factor onto X (X c_j is about
+//   the unit vector x_j / ||x_j||, exact in T barring underflow of relatively negligible elements);
+// - each output row (row i of dS~ for U, column j for V) is scaled by 2^-e so that its largest
+//   |element| lies in [0.5, 1), undone on the float32 result (sm.row_up).
+// Then a term's rounding error is relative to its output row's largest contribution, never another
+// row's: 2 float16 terms give 22 significant bits, 3 bfloat16 terms 24.
+template <typename T>
+__device__ __forceinline__ void stage_weights(const LseParams& p, int64_t r0, int64_t c0, float (&g)[kRowsPerThread],
+                                              bool transpose, Smem<T>& sm) {
+  const int tid = threadIdx.x, tx = tid % kTile, ty = tid / kTile;
   if constexpr (!kTensorCores<T>) {
     (void)transpose;
 #pragma unroll
@@ -410,8 +432,17 @@ __device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const floa
   }
 }
 
+// dS~ of the tile from z in sm.z (the log-sum-exps' gradient), staged.
+template <typename T>
+__device__ void grad_tile(const LseParams& p, int64_t r0, int64_t c0, const float* lse, const float* w, bool transpose,
+                          Smem<T>& sm) {
+  float g[kRowsPerThread];
+  lse_weights<T>(p, r0, c0, lse, w, sm, g);
+  stage_weights<T>(p, r0, c0, g, transpose, sm);
+}
+
 // out[o0 + o][d] (+)= sum_k P(o, k) x[x0 + k][d] for the 32 output rows o and every d, with
-// P = dS~ (rows kernel) or dS~^T (columns kernel, transpose) of the tile left by grad_tile (16-bit
+// P = dS~ (rows kernel) or dS~^T (columns kernel, transpose) of the tile left by stage_weights (16-bit
 // inputs: its rescaled terms, the staged x rows times sm.op_scale, the result times sm.row_up);
 // `first` stores instead of adding. The 32 rows of x are staged slice by slice (double-buffered in
 // sm.b). Each output element has exactly one writer in the grid.
@@ -524,6 +555,92 @@ __global__ void __launch_bounds__(kThreads, 1)
     score_tile<T>(p, r0, c0, sm);
     grad_tile<T>(p, r0, c0, lse, w, true, sm);
     grad_product<T>(p, static_cast<const T*>(p.a), p.n, p.stride_a, r0, true, out, p.m, c0, t == tr.begin, sm);
+  }
+}
+
+// ---- SupCon's positive term (fastgan::same_class_cosine_sum), launchers same_class_cosine_sum_*:
+// pos_i = sum_{j != i, y_j = y_i} cos(x_i, x_j) and its count n_pos_i, as a masked sweep of
+// score_tile's cosine tiles (b = a, scale 1, bias 0, self excluded) with the label equality as the
+// mask: no sort, nothing indexed by label value, whatever the labels. The grid and the column splits
+// are contrastive_lse's plan; each CTA keeps 4 lanes per row (all 128 threads) that sum their columns
+// in tile order, merged by shuffles in a fixed order into a workspace slot per (split, row), and a
+// merge kernel folds the splits in split order: deterministic bits, no atomics.
+// Backward: U = W B with W_ij = M_ij (w_i + w_j) inv_i inv_j (same_class_weights): the row-gradient
+// machinery (stage_weights and grad_product, tensor cores for 16-bit and TF32 inputs, one writer per
+// element) without any z (W needs none), then backward_finish_kernel over the splits.
+// Floor: forward 2 N^2 D flops, backward 2 N^2 D (contrastive_lse's rows kernel: 4 N^2 D).
+constexpr int kSameClassSlot = 2;  // workspace per (split, row): the sum, the count (as a float)
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) same_class_sum_kernel(LseParams p, int64_t splits, float* ws) {
+  __shared__ Smem<T> sm;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile, s = blockIdx.y;
+  const int tid = threadIdx.x, row = tid / kLanesPerRow, sub = tid % kLanesPerRow;
+  const int64_t i = r0 + row;
+  float sum = 0.f;
+  int count = 0;
+  const int64_t label = i < p.n ? p.la[i] : 0;  // read once: no live 64-bit pointer math per column
+  const TileRange tr = split_range(ceil_div(p.m, kTile), splits, s);
+  for (int64_t t = tr.begin; t < tr.end; ++t) {
+    const int64_t c0 = t * kTile;
+    score_tile<T>(p, r0, c0, sm);
+    if (i < p.n) {
+      // Unrolled by 4, not 8: fully unrolled, ptxas caps the IEEE float instance at 128 registers and
+      // spills 16 bytes on sm_80 (0 spills at 4 for every dtype and target).
+#pragma unroll 4
+      for (int q = 0; q < kTile / kLanesPerRow; ++q) {
+        const int c = sub + kLanesPerRow * q;
+        const int64_t j = c0 + c;
+        if (admissible(p, i, j) && label == p.lb[j]) {
+          sum += sm.z[row][c];
+          ++count;
+        }
+      }
+    }
+    __syncthreads();  // sm.z is rewritten by the next tile
+  }
+#pragma unroll
+  for (int off = 1; off < kLanesPerRow; off <<= 1) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    count += __shfl_xor_sync(0xffffffffu, count, off);
+  }
+  if (sub == 0 && i < p.n) {
+    float* slot = ws + (s * p.n + i) * kSameClassSlot;
+    slot[0] = sum;
+    slot[1] = static_cast<float>(count);  // exact: the launcher keeps the columns below 2^24
+  }
+}
+
+// One thread per row: the splits' sums and counts in split order.
+__global__ void __launch_bounds__(kThreads)
+    same_class_merge_kernel(int64_t n, int64_t splits, const float* ws, float* pos, int64_t* n_pos) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= n) return;
+  float sum = 0.f;
+  int64_t count = 0;
+  for (int64_t s = 0; s < splits; ++s) {
+    const float* slot = ws + (s * n + i) * kSameClassSlot;
+    sum += slot[0];
+    count += static_cast<int64_t>(slot[1]);
+  }
+  pos[i] = sum;
+  n_pos[i] = count;
+}
+
+// Grid (row blocks, column splits): U's partial of split s over rows r0.. (U itself with one split).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    same_class_backward_kernel(LseParams p, int64_t splits, const float* w, float* u, float* part) {
+  __shared__ Smem<T> sm;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile, s = blockIdx.y;
+  float* out = splits == 1 ? u : part + s * p.n * p.d;
+  const TileRange tr = split_range(ceil_div(p.m, kTile), splits, s);
+  for (int64_t t = tr.begin; t < tr.end; ++t) {
+    const int64_t c0 = t * kTile;
+    float g[kRowsPerThread];
+    same_class_weights(p, r0, c0, w, g);
+    stage_weights<T>(p, r0, c0, g, false, sm);  // after the previous grad_product's last barrier
+    grad_product<T>(p, static_cast<const T*>(p.b), p.m, p.stride_b, c0, false, out, p.n, r0, t == tr.begin, sm);
   }
 }
 
@@ -663,6 +780,8 @@ LsePlan contrastive_lse_plan(const LseParams& p) {
   q.col_splits = splits_for(q.row_blocks, q.col_blocks);
   q.row_splits = splits_for(q.col_blocks, q.row_blocks);
   q.forward_workspace = q.col_splits * p.n * kWorkspaceSlot;
+  q.same_class_forward_workspace = q.col_splits * p.n * kSameClassSlot;
+  q.same_class_backward_workspace = q.col_splits > 1 ? q.col_splits * p.n * p.d : 0;
   q.backward_workspace = (q.col_splits > 1 ? q.col_splits * p.n * p.d : 0) + (q.row_splits > 1 ? q.row_splits * p.m * p.d : 0);
   return q;
 }
@@ -704,6 +823,68 @@ cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const
     const int64_t work = (q.col_splits > 1 ? p.n * p.d : 0) + (q.row_splits > 1 ? p.m * p.d : 0);
     FASTGAN_LAUNCH(backward_finish_kernel, grid_stride_blocks(work, kFinishThreads), kFinishThreads, 0, stream)(
         p.n * p.d, q.col_splits, part_u, u, p.m * p.d, q.row_splits, part_v, v);
+    return cudaGetLastError();
+  });
+}
+
+namespace {
+
+LseParams same_class_params(const LseParams& x) {
+  LseParams p = x;
+  p.b = p.a;
+  p.inv_b = p.inv_a;
+  p.lb = p.la;
+  p.extra = nullptr;
+  p.m = p.n;
+  p.stride_b = p.stride_a;
+  p.scale = 1.f;
+  p.bias = 0.f;
+  p.relu = 0;
+  p.exclude_self = 1;
+  p.self_offset = 0;
+  p.num_predicates = 1;
+  p.predicates[0] = 1;
+  return p;
+}
+
+// A count per split stays exact in the float slot below 2^24 columns (N^2 cosines beyond that are
+// no GPU's work anyway); labels are required.
+bool same_class_valid(const LseParams& p) { return p.la != nullptr && p.n < (int64_t(1) << 24); }
+
+}  // namespace
+
+cudaError_t same_class_cosine_sum_forward(const LseParams& x, float* pos, int64_t* n_pos, float* workspace,
+                                          cudaStream_t stream) {
+  if (x.n == 0) return cudaSuccess;
+  if (!same_class_valid(x)) return cudaErrorInvalidValue;
+  const LseParams p = same_class_params(x);
+  const LsePlan q = contrastive_lse_plan(p);
+  const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
+  return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
+    FASTGAN_LAUNCH(same_class_sum_kernel<decltype(tag)>, grid, kThreads, 0, stream)(p, q.col_splits, workspace);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    FASTGAN_LAUNCH(same_class_merge_kernel, static_cast<unsigned>(cdiv(p.n, kThreads)), kThreads, 0, stream)(
+        p.n, q.col_splits, workspace, pos, n_pos);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t same_class_cosine_sum_backward(const LseParams& x, const float* grad, float* u, float* workspace,
+                                           cudaStream_t stream) {
+  if (x.n == 0 || x.d == 0) return cudaSuccess;
+  if (!same_class_valid(x)) return cudaErrorInvalidValue;
+  const LseParams p = same_class_params(x);
+  const LsePlan q = contrastive_lse_plan(p);
+  return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
+    const dim3 rows(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
+    FASTGAN_LAUNCH(same_class_backward_kernel<decltype(tag)>, rows, kThreads, 0, stream)(p, q.col_splits, grad, u,
+                                                                                          workspace);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    const int64_t work = q.col_splits > 1 ? p.n * p.d : 0;
+    FASTGAN_LAUNCH(backward_finish_kernel, grid_stride_blocks(work, kFinishThreads), kFinishThreads, 0, stream)(
+        p.n * p.d, q.col_splits, workspace, u, 0, 1, nullptr, nullptr);
     return cudaGetLastError();
   });
 }

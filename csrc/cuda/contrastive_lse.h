@@ -42,6 +42,8 @@ struct LsePlan {
   int64_t col_splits, row_splits;  // >= 1 each
   int64_t forward_workspace;       // floats: col_splits * N * 7
   int64_t backward_workspace;      // floats: (col_splits > 1) * col_splits * N * D + (row_splits > 1) * row_splits * M * D
+  // The same-class cosine sums' (of a plan with M = N): col_splits * N * 2 and (col_splits > 1) * col_splits * N * D.
+  int64_t same_class_forward_workspace, same_class_backward_workspace;
 };
 LsePlan contrastive_lse_plan(const LseParams& p);
 
@@ -54,6 +56,18 @@ cudaError_t contrastive_lse_forward(const LseParams& p, float* lse, float* rowma
 // workspace: plan.backward_workspace floats (may be null when that is 0).
 cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const float* grad_lse, float* u, float* v,
                                      float* workspace, cudaStream_t stream);
+
+// SupCon's positive term: pos_i = sum_{j != i, la_j = la_i} inv_i inv_j <a_i, a_j> (float32) and
+// n_pos_i, the count of such j (int64). Reads a, inv_a, la (required), n, d, stride_a, dtype,
+// num_sms, force_splits and allow_tf32 of p (b, m and the rest are set from them: b = a).
+// workspace: the same_class_forward_workspace floats of contrastive_lse_plan(p with m = n).
+cudaError_t same_class_cosine_sum_forward(const LseParams& p, float* pos, int64_t* n_pos, float* workspace,
+                                          cudaStream_t stream);
+// u (N x D, float32, every element written) = W A~ with W_ij = [j != i, la_j = la_i] (grad_i + grad_j)
+// inv_i inv_j: the raw-row gradient of sum_i grad_i pos_i, for normalization_backward.
+// workspace: same_class_backward_workspace floats (may be null when that is 0).
+cudaError_t same_class_cosine_sum_backward(const LseParams& p, const float* grad, float* u, float* workspace,
+                                           cudaStream_t stream);
 
 // out (N x M, dtype) = scale * inv_a_i * inv_b_j * <a_i, b_j>.
 cudaError_t cosine_similarity_matrix_forward(const void* a, const void* b, const float* inv_a, const float* inv_b,

@@ -1,7 +1,8 @@
 // TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/contrastive_lse.cu.
 // Compiled only in CUDA builds. The inverse norms and the normalization backward are kernels of
 // csrc/cuda/contrastive_lse.cu (one launch each for both sides), in contrastive_lse and in the cosine
-// matrix (whose backward's two products are cuBLAS), and so is the extra logit's gradient.
+// matrix (whose backward's two products are cuBLAS), and so is the extra logit's gradient. SupCon's
+// same-class cosine sums run on contrastive_lse's tiles and plan, so their glue is here too.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -224,9 +225,86 @@ std::tuple<at::Tensor, at::Tensor> cosine_similarity_matrix_backward_cuda(const 
   return normalization_backward_both(a, b, inv_a, inv_b, U, V, dtype, eps, true, op);
 }
 
+// fastgan::same_class_cosine_sum on CUDA, SupCon's positive term (csrc/cuda/contrastive_lse.cu): the
+// inverse norms, the masked sweep of the cosine tiles and its merge, 3 launches; the backward
+// recomputes the norms (the schema saves none: one O(N D) launch), then the product, its finish and
+// the normalization backward, 4 launches. Workspaces sized by the plan: no host sync.
+struct SameClass {
+  at::Tensor x, inv, labels;
+  cuda::LseParams p;
+};
+
+SameClass same_class_prepare(const at::Tensor& x_in, const at::Tensor& labels, double eps, const char* op) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.is_cuda(), op, ": x must be a 2-D CUDA tensor, got ", x_in.sizes(), " on ",
+              x_in.device());
+  TORCH_CHECK(labels.dim() == 1 && labels.scalar_type() == at::kLong && labels.size(0) == x_in.size(0) &&
+                  labels.device() == x_in.device(),
+              op, ": labels must be 1-D int64 on x's device with one entry per row of x, got ", labels.scalar_type(),
+              " of shape ", labels.sizes(), " on ", labels.device());
+  SameClass r;
+  r.x = x_in.detach().contiguous();
+  r.labels = labels.contiguous();
+  const int64_t n = r.x.size(0), d = r.x.size(1);
+  cuda::LseParams& p = r.p;
+  p.dtype = cuda::kernel_dtype(r.x, op, "x");
+  r.inv = at::empty({n}, r.x.options().dtype(at::kFloat));
+  auto err = cuda::inverse_norms(r.x.data_ptr(), n, d, nullptr, 0, d, d, p.dtype, static_cast<float>(eps), true,
+                                 r.inv.data_ptr<float>(), nullptr, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, op, ": the inverse-norm kernel failed: ", cudaGetErrorString(err));
+  p.a = p.b = r.x.data_ptr();
+  p.inv_a = p.inv_b = r.inv.data_ptr<float>();
+  p.la = p.lb = r.labels.data_ptr<int64_t>();
+  p.n = p.m = n;  // the plan's M (the launchers set the rest of the self-similarity)
+  p.d = d;
+  p.stride_a = p.stride_b = d;
+  p.num_sms = sm_count(r.x.get_device());
+  p.allow_tf32 = cuda::allow_tf32();
+  return r;
+}
+
+std::tuple<at::Tensor, at::Tensor> same_class_cosine_sum_cuda(const at::Tensor& x, const at::Tensor& labels,
+                                                              double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  auto r = same_class_prepare(x, labels, eps, "same_class_cosine_sum");
+  auto pos = at::empty({r.p.n}, r.x.options().dtype(at::kFloat));
+  auto n_pos = at::empty({r.p.n}, r.labels.options());
+  auto ws = at::empty({std::max<int64_t>(cuda::contrastive_lse_plan(r.p).same_class_forward_workspace, 1)},
+                      pos.options());
+  auto err = cuda::same_class_cosine_sum_forward(r.p, pos.data_ptr<float>(), n_pos.data_ptr<int64_t>(),
+                                                 ws.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "same_class_cosine_sum CUDA kernel failed: ", cudaGetErrorString(err));
+  return {pos, n_pos};
+}
+
+at::Tensor same_class_cosine_sum_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& labels,
+                                               double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(x.device());
+  const char* op = "same_class_cosine_sum_backward";
+  auto r = same_class_prepare(x, labels, eps, op);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == r.p.n && grad.device() == r.x.device(), op,
+              ": grad must have shape (N,) on x's device, got ", grad.sizes(), " on ", grad.device());
+  auto g = grad.detach().to(at::kFloat).contiguous();
+  auto fopts = r.x.options().dtype(at::kFloat);
+  auto U = at::empty({r.p.n, r.p.d}, fopts);  // every element written (no launch, and no element, for N or D = 0)
+  auto ws = at::empty({std::max<int64_t>(cuda::contrastive_lse_plan(r.p).same_class_backward_workspace, 1)}, fopts);
+  auto err = cuda::same_class_cosine_sum_backward(r.p, g.data_ptr<float>(), U.data_ptr<float>(), ws.data_ptr<float>(),
+                                                  c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "same_class_cosine_sum_backward CUDA kernel failed: ", cudaGetErrorString(err));
+  auto gx = at::empty(r.x.sizes(), r.x.options());
+  err = cuda::normalization_backward(r.x.data_ptr(), r.p.n, r.p.d, r.inv.data_ptr<float>(), U.data_ptr<float>(),
+                                     gx.data_ptr(), nullptr, 0, r.p.d, nullptr, nullptr, nullptr, r.p.d, r.p.dtype,
+                                     static_cast<float>(eps), true, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, op, ": the normalization-backward kernel failed: ", cudaGetErrorString(err));
+  return gx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("same_class_cosine_sum", &same_class_cosine_sum_cuda);
+  m.impl("same_class_cosine_sum_backward", &same_class_cosine_sum_backward_cuda);
   m.impl("contrastive_lse", &contrastive_lse_cuda);
   m.impl("contrastive_lse_backward", &contrastive_lse_backward_cuda);
   m.impl("cosine_similarity_matrix", &cosine_similarity_matrix_cuda);

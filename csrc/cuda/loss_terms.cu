@@ -9,12 +9,17 @@
 //   scale * sum_i (sum_k coefs_k x_ik + c1 y1_i + c2 y2_i) (fastgan::lse_combine). One CTA: each
 //   thread sums a fixed strided set of rows in order, then a fixed tree in shared memory, so the
 //   result is bitwise deterministic and needs no atomics (at N = 65536, K = 2: ~500 loads a thread).
+// - d2d_epilogue, supcon_epilogue: D2D-CE's and SupCon's per-row terms with their mean or sum, the
+//   same one-CTA reduction (fastgan::d2d_epilogue, fastgan::supcon_epilogue; in ATen with autograd
+//   35 and about 20 launches a step). SupCon's mean divides by the number of anchors with a positive,
+//   counted in the same pass and kept on the device for the backward (no host sync).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
 
+#include "block_sum.h"
 #include "convert.h"
 #include "launch.h"
 #include "loss_terms.h"
@@ -89,13 +94,8 @@ __global__ void __launch_bounds__(kCombineThreads) lse_combine_kernel(CombinePar
     if (p.y2 != nullptr) v += p.c2 * p.y2[i * p.y2_stride];
     acc += v;
   }
-  part[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = kCombineThreads / 2; s > 0; s >>= 1) {
-    if (static_cast<int>(threadIdx.x) < s) part[threadIdx.x] += part[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *out = p.scale * part[0];
+  const float total = block_sum<kCombineThreads>(acc, part);
+  if (threadIdx.x == 0) *out = p.scale * total;
 }
 
 // d/dx_ik = grad scale coefs_k, d/dy1_i = grad scale c1, d/dy2_i = grad scale c2: every element
@@ -108,6 +108,77 @@ __global__ void __launch_bounds__(kCombineThreads)
     for (int j = 0; j < p.k; ++j) gx[i * p.k + j] = g * p.coefs[j];
     gy1[i] = g * p.c1;
     gy2[i] = g * p.c2;
+  }
+}
+
+// D2D-CE of row i (docs/semantics.md section 3): x = lse_i - M_i, q = relu(pre), pre = (m_p - cos_i) / t,
+// L = q + logaddexp(-q, x) as torch evaluates logaddexp (max + log1p(exp(min - max)); x = -inf, a row
+// without other-class columns: exactly 0); dL/dx = dL/dq (q > 0) = sigmoid(x + q).
+struct D2dTerm {
+  float loss, sig, pre;
+};
+
+__device__ __forceinline__ D2dTerm d2d_term(const D2dParams& p, int64_t i) {
+  const float rm = p.rowmax[i];
+  const float m = isfinite(rm) ? rm : 0.0f;
+  const float pre = (p.m_p - p.cos[i]) / p.temperature;
+  const float q = fmaxf(pre, 0.0f);
+  const float x = p.lse[i * p.lse_stride] - m;
+  const float hi = fmaxf(-q, x), lo = fminf(-q, x);
+  D2dTerm t;
+  t.loss = q + hi + log1pf(expf(lo - hi));
+  t.sig = x == -INFINITY ? 0.0f : 1.0f / (1.0f + expf(-(x + q)));
+  t.pre = pre;
+  return t;
+}
+
+__global__ void __launch_bounds__(kCombineThreads) d2d_epilogue_kernel(D2dParams p, float* out) {
+  __shared__ float part[kCombineThreads];
+  float acc = 0.0f;
+  for (int64_t i = threadIdx.x; i < p.n; i += kCombineThreads) acc += d2d_term(p, i).loss;
+  const float total = block_sum<kCombineThreads>(acc, part);
+  if (threadIdx.x == 0) *out = p.scale * total;
+}
+
+__global__ void __launch_bounds__(kCombineThreads)
+    d2d_epilogue_backward_kernel(D2dParams p, const float* grad, float* glse, float* gcos) {
+  const float gs = *grad * p.scale;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kCombineThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kCombineThreads + threadIdx.x; i < p.n; i += stride) {
+    const D2dTerm t = d2d_term(p, i);
+    const float g = gs * t.sig;
+    glse[i] = g;
+    gcos[i] = t.pre > 0.0f ? -g / p.temperature : 0.0f;
+  }
+}
+
+__global__ void __launch_bounds__(kCombineThreads) supcon_epilogue_kernel(SupconParams p, float* out, float* den) {
+  __shared__ float part[kCombineThreads];
+  float acc = 0.0f, count = 0.0f;  // count: exact in float32 below 2^24 anchors a thread
+  for (int64_t i = threadIdx.x; i < p.n; i += kCombineThreads) {
+    const int64_t k = p.n_pos[i];
+    if (k > 0) {
+      acc += p.lse[i * p.lse_stride] - p.pos[i] / (p.temperature * static_cast<float>(k));
+      count += 1.0f;
+    }
+  }
+  const float total = block_sum<kCombineThreads>(acc, part);
+  const float anchors = block_sum<kCombineThreads>(count, part);
+  if (threadIdx.x == 0) {
+    const float d = p.mean ? fmaxf(anchors, 1.0f) : 1.0f;
+    *out = total / d;
+    *den = d;
+  }
+}
+
+__global__ void __launch_bounds__(kCombineThreads)
+    supcon_epilogue_backward_kernel(SupconParams p, const float* grad, const float* den, float* glse, float* gpos) {
+  const float g = *grad / *den;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kCombineThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kCombineThreads + threadIdx.x; i < p.n; i += stride) {
+    const int64_t k = p.n_pos[i];
+    glse[i] = k > 0 ? g : 0.0f;
+    gpos[i] = k > 0 ? -g / (p.temperature * static_cast<float>(k)) : 0.0f;
   }
 }
 
@@ -149,6 +220,32 @@ cudaError_t lse_combine_backward(const CombineParams& p, const float* grad, floa
   if (p.n == 0) return cudaSuccess;
   FASTGAN_LAUNCH(lse_combine_backward_kernel, grid_stride_blocks(p.n, kCombineThreads), kCombineThreads, 0, stream)(
       p, grad, gx, gy1, gy2);
+  return cudaGetLastError();
+}
+
+cudaError_t d2d_epilogue_forward(const D2dParams& p, float* out, cudaStream_t stream) {
+  FASTGAN_LAUNCH(d2d_epilogue_kernel, 1, kCombineThreads, 0, stream)(p, out);
+  return cudaGetLastError();
+}
+
+cudaError_t d2d_epilogue_backward(const D2dParams& p, const float* grad, float* glse, float* gcos,
+                                  cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  FASTGAN_LAUNCH(d2d_epilogue_backward_kernel, grid_stride_blocks(p.n, kCombineThreads), kCombineThreads, 0, stream)(
+      p, grad, glse, gcos);
+  return cudaGetLastError();
+}
+
+cudaError_t supcon_epilogue_forward(const SupconParams& p, float* out, float* den, cudaStream_t stream) {
+  FASTGAN_LAUNCH(supcon_epilogue_kernel, 1, kCombineThreads, 0, stream)(p, out, den);
+  return cudaGetLastError();
+}
+
+cudaError_t supcon_epilogue_backward(const SupconParams& p, const float* grad, const float* den, float* glse,
+                                     float* gpos, cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  FASTGAN_LAUNCH(supcon_epilogue_backward_kernel, grid_stride_blocks(p.n, kCombineThreads), kCombineThreads, 0,
+                 stream)(p, grad, den, glse, gpos);
   return cudaGetLastError();
 }
 

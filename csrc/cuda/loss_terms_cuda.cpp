@@ -1,10 +1,12 @@
 // TORCH_LIBRARY_IMPL(fastgan, CUDA): torch glue around the launchers of csrc/cuda/loss_terms.cu, the
-// losses' terms around contrastive_lse (pair_cosine, lse_combine). Compiled only in CUDA builds.
+// losses' terms around contrastive_lse (pair_cosine, lse_combine, d2d_epilogue, supcon_epilogue).
+// Compiled only in CUDA builds.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <optional>
 
 #include "cuda/kernel_dtype.h"
@@ -131,9 +133,127 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_combine_backward_cuda(
   return {gx, gy1, gy2};
 }
 
+// The epilogues' inputs: lse (N, 1) and the per-row tensors (N,), contiguous, on one CUDA device,
+// float32 (what the CUDA losses produce: their log-sum-exps and pair cosines) except n_pos (int64).
+struct RowInput {
+  const at::Tensor* t;
+  const char* name;
+  at::ScalarType dtype;
+};
+
+void check_epilogue(const at::Tensor& lse, std::initializer_list<RowInput> rows, const char* op) {
+  TORCH_CHECK(lse.dim() == 2 && lse.size(1) == 1, op, ": lse must have shape (N, 1), got ", lse.sizes());
+  TORCH_CHECK(lse.is_cuda() && lse.scalar_type() == at::kFloat, op, ": lse must be a float32 CUDA tensor, got ",
+              lse.scalar_type(), " on ", lse.device());
+  for (const auto& r : rows) {
+    TORCH_CHECK(r.t->dim() == 1 && r.t->size(0) == lse.size(0) && r.t->is_contiguous(), op, ": ", r.name,
+                " must be contiguous of shape (N,) with N = ", lse.size(0), ", got ", r.t->sizes());
+    TORCH_CHECK(r.t->device() == lse.device() && r.t->scalar_type() == r.dtype, op, ": ", r.name, " must be ",
+                r.dtype, " on lse's device, got ", r.t->scalar_type(), " on ", r.t->device());
+  }
+}
+
+void check_scalar(const at::Tensor& t, const at::Tensor& lse, const char* name, const char* op) {
+  TORCH_CHECK(t.numel() == 1 && t.device() == lse.device(), op, ": ", name, " must be one element on ", lse.device(),
+              ", got ", t.sizes(), " on ", t.device());
+}
+
+cuda::D2dParams d2d_params(const at::Tensor& lse, const at::Tensor& rowmax, const at::Tensor& cos, double m_p,
+                           double temperature, double scale, const char* op) {
+  check_epilogue(lse, {{&rowmax, "rowmax", at::kFloat}, {&cos, "cos", at::kFloat}}, op);
+  cuda::D2dParams p{};
+  p.lse = lse.data_ptr<float>();
+  p.lse_stride = lse.stride(0);
+  p.rowmax = rowmax.data_ptr<float>();
+  p.cos = cos.data_ptr<float>();
+  p.n = lse.size(0);
+  p.m_p = static_cast<float>(m_p);
+  p.temperature = static_cast<float>(temperature);
+  p.scale = static_cast<float>(scale);
+  return p;
+}
+
+at::Tensor d2d_epilogue_cuda(const at::Tensor& lse, const at::Tensor& rowmax, const at::Tensor& cos, double m_p,
+                             double temperature, double scale) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(lse.device());
+  const auto p = d2d_params(lse, rowmax, cos, m_p, temperature, scale, "d2d_epilogue");
+  auto out = at::empty({}, lse.options());
+  auto err = cuda::d2d_epilogue_forward(p, out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "d2d_epilogue CUDA kernel failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> d2d_epilogue_backward_cuda(const at::Tensor& grad, const at::Tensor& lse,
+                                                              const at::Tensor& rowmax, const at::Tensor& cos,
+                                                              double m_p, double temperature, double scale) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(lse.device());
+  const char* op = "d2d_epilogue_backward";
+  const auto p = d2d_params(lse, rowmax, cos, m_p, temperature, scale, op);
+  check_scalar(grad, lse, "grad", op);
+  auto g = grad.detach().to(at::kFloat).contiguous();
+  auto glse = at::empty(lse.sizes(), lse.options());
+  auto gcos = at::empty(cos.sizes(), cos.options());
+  auto err = cuda::d2d_epilogue_backward(p, g.data_ptr<float>(), glse.data_ptr<float>(), gcos.data_ptr<float>(),
+                                         c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "d2d_epilogue_backward CUDA kernel failed: ", cudaGetErrorString(err));
+  return {glse, gcos};
+}
+
+cuda::SupconParams supcon_params(const at::Tensor& lse, const at::Tensor& pos, const at::Tensor& n_pos,
+                                 double temperature, bool mean, const char* op) {
+  check_epilogue(lse, {{&pos, "pos", at::kFloat}, {&n_pos, "n_pos", at::kLong}}, op);
+  cuda::SupconParams p{};
+  p.lse = lse.data_ptr<float>();
+  p.lse_stride = lse.stride(0);
+  p.pos = pos.data_ptr<float>();
+  p.n_pos = n_pos.data_ptr<int64_t>();
+  p.n = lse.size(0);
+  p.temperature = static_cast<float>(temperature);
+  p.mean = mean ? 1 : 0;
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> supcon_epilogue_cuda(const at::Tensor& lse, const at::Tensor& pos,
+                                                        const at::Tensor& n_pos, double temperature, bool mean) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(lse.device());
+  const auto p = supcon_params(lse, pos, n_pos, temperature, mean, "supcon_epilogue");
+  auto out = at::empty({}, lse.options());
+  auto den = at::empty({}, lse.options());
+  auto err = cuda::supcon_epilogue_forward(p, out.data_ptr<float>(), den.data_ptr<float>(),
+                                           c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "supcon_epilogue CUDA kernel failed: ", cudaGetErrorString(err));
+  return {out, den};
+}
+
+std::tuple<at::Tensor, at::Tensor> supcon_epilogue_backward_cuda(const at::Tensor& grad, const at::Tensor& den,
+                                                                 const at::Tensor& lse, const at::Tensor& pos,
+                                                                 const at::Tensor& n_pos, double temperature) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  c10::cuda::CUDAGuard guard(lse.device());
+  const char* op = "supcon_epilogue_backward";
+  const auto p = supcon_params(lse, pos, n_pos, temperature, false, op);
+  check_scalar(grad, lse, "grad", op);
+  check_scalar(den, lse, "den", op);
+  auto g = grad.detach().to(at::kFloat).contiguous();
+  auto d = den.detach().to(at::kFloat).contiguous();
+  auto glse = at::empty(lse.sizes(), lse.options());
+  auto gpos = at::empty(pos.sizes(), pos.options());
+  auto err = cuda::supcon_epilogue_backward(p, g.data_ptr<float>(), d.data_ptr<float>(), glse.data_ptr<float>(),
+                                            gpos.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "supcon_epilogue_backward CUDA kernel failed: ", cudaGetErrorString(err));
+  return {glse, gpos};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("d2d_epilogue", &d2d_epilogue_cuda);
+  m.impl("d2d_epilogue_backward", &d2d_epilogue_backward_cuda);
+  m.impl("supcon_epilogue", &supcon_epilogue_cuda);
+  m.impl("supcon_epilogue_backward", &supcon_epilogue_backward_cuda);
   m.impl("pair_cosine", &pair_cosine_cuda);
   m.impl("pair_cosine_backward", &pair_cosine_backward_cuda);
   m.impl("lse_combine", &lse_combine_cuda);

@@ -36,6 +36,7 @@
 #include <cmath>
 
 #include "spectral_norm.h"
+#include "block_sum.h"
 #include "convert.h"
 #include "launch.h"
 
@@ -81,20 +82,6 @@ __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
-}
-
-// Sum of red[0 .. kThreads) in a fixed tree order; every thread of the block returns it. red is
-// free for reuse after the call's trailing barrier.
-__device__ __forceinline__ float block_sum(float x, float* red) {
-  red[threadIdx.x] = x;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
-    if (static_cast<int>(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
-    __syncthreads();
-  }
-  const float s = red[0];
-  __syncthreads();
-  return s;
 }
 
 __host__ __device__ __forceinline__ int64_t tiles_of(int64_t n) { return n <= 0 ? 1 : (n + kTile - 1) / kTile; }
@@ -272,7 +259,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t count = tiles_of(p.n_out);
     float s = 0.f;
     for (int64_t i = threadIdx.x; i < count; i += kThreads) s += partials[p.first_tile + i];
-    s = block_sum(s, red);
+    s = block_sum<kThreads>(s, red);
     const float nrm = sqrtf(s);
     const float denom = nrm < eps ? eps : nrm;  // clamp_min as F.normalize: a NaN norm stays NaN (fmaxf drops it)
     if ((flags & kNormalize) && threadIdx.x < kTile) {
@@ -383,7 +370,7 @@ __global__ void __launch_bounds__(kThreads) dot_partials_kernel(const __grid_con
     for (int64_t e = (q - L.first_part) * kThreads + threadIdx.x; e < numel; e += step) {
       acc += to_float(gp[strided(L.g, e, small)]) * to_float(wp[strided(L.w, e, small)]);
     }
-    acc = block_sum(acc, red);
+    acc = block_sum<kThreads>(acc, red);
     if (threadIdx.x == 0) partials[q] = acc;
   }
 }
@@ -397,7 +384,7 @@ __global__ void __launch_bounds__(kThreads)
     const SnApplyLayer& L = find_apply_layer<false>(b, t);
     float d = 0.f;
     for (int64_t i = threadIdx.x; i < L.parts; i += kThreads) d += partials[L.first_part + i];
-    d = block_sum(d, red);
+    d = block_sum<kThreads>(d, red);
     const float s = *L.sigma;
     const float c = d / (s * s);
     const int64_t numel = L.w.rows * L.w.cols;

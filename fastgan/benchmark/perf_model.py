@@ -262,6 +262,22 @@ def cuda_op_launches(name: str, args) -> List[str]:
         return ["loss_terms.cu:lse_combine_kernel"]
     if name == "lse_combine_backward":
         return _copy_unless(args[0], f32) + ["loss_terms.cu:lse_combine_backward_kernel"]
+    if name in ("same_class_cosine_sum", "same_class_cosine_sum_backward"):
+        x, labels = (args[:2] if name == "same_class_cosine_sum" else args[1:3])
+        out = _copy_unless(x) + _copy_unless(labels) + ["contrastive_lse.cu:inverse_norms_kernel"]  # prepare()
+        if name == "same_class_cosine_sum":
+            return out + ["contrastive_lse.cu:same_class_sum_kernel", "contrastive_lse.cu:same_class_merge_kernel"]
+        return out + _copy_unless(args[0], f32) + ["contrastive_lse.cu:same_class_backward_kernel",
+                                                   "contrastive_lse.cu:backward_finish_kernel",
+                                                   "contrastive_lse.cu:normalization_backward_kernel"]
+    if name == "d2d_epilogue":
+        return ["loss_terms.cu:d2d_epilogue_kernel"]
+    if name == "d2d_epilogue_backward":
+        return _copy_unless(args[0], f32) + ["loss_terms.cu:d2d_epilogue_backward_kernel"]
+    if name == "supcon_epilogue":
+        return ["loss_terms.cu:supcon_epilogue_kernel"]
+    if name == "supcon_epilogue_backward":
+        return _copy_unless(args[0], f32) + _copy_unless(args[1], f32) + ["loss_terms.cu:supcon_epilogue_backward_kernel"]
     raise NotImplementedError(f"cuda_op_launches: fastgan::{name} has no CUDA launch count here")
 
 

@@ -226,9 +226,9 @@ def data2data_cross_entropy_loss(
     cols, col_label, layout, group = _columns(embed, label, process_group, gradient)
     lse, rowmax = contrastive_lse(embed, cols, label, col_label, None, 1.0 / t, (m_p - 1.0) / t, True, True, eps,
                                   True, layout.offset if layout else 0, [PRED_DIFF], be)
-    if be == "triton" and _fused_mean(layout, reduction, be):  # (CUDA: the epilogue is still ATen)
+    if _fused_mean(layout, reduction, be):
         return T.d2d_epilogue(lse, rowmax, _pair_cosine(embed, proxy, eps, be), m_p, t,
-                              1.0 / lse.shape[0] if reduction == "mean" else 1.0)
+                              1.0 / lse.shape[0] if reduction == "mean" else 1.0, backend=be)
     # N = 1 has no j != i: M_i is taken as 0 (the set is empty and the term vanishes anyway).
     m_i = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
     q = torch.relu((m_p - _pair_cosine(embed, proxy, eps, be)) / t)
@@ -408,14 +408,14 @@ def supcon_loss(
         return ref.supcon_loss(features, labels, t, eps, reduction)
     if _whole_loss_op(be, features, process_group):
         return contrastive_loss(features, None, labels, "supcon", t, 0.0, eps, reduction)
-    if be == "triton" and process_group is None:
-        # The positive sums as a masked sweep of the cosine tiles and the epilogue with the mean: one
-        # launch each way each (fastgan/ops/loss_terms.py), no sort, no host sync.
-        pos, n_pos = T.same_class_cosine_sum(features, labels, eps)
+    if be in ("triton", "cuda") and process_group is None:
+        # The positive sums as a masked sweep of the cosine tiles and the epilogue with the mean, a few
+        # launches each way each (fastgan/ops/loss_terms.py), no sort, no host sync.
+        pos, n_pos = T.same_class_cosine_sum(features, labels, eps, backend=be)
         lse, _ = contrastive_lse(features, features, None, None, None, 1.0 / t, 0.0, False, True, eps, True, 0,
                                  [PRED_ALL], be)
         if reduction != "none":
-            return T.supcon_epilogue(lse, pos, n_pos, t, reduction == "mean")
+            return T.supcon_epilogue(lse, pos, n_pos, t, reduction == "mean", backend=be)
         return torch.where(n_pos > 0, lse[:, 0] - pos / (t * n_pos.clamp_min(1).to(pos.dtype)), torch.zeros_like(pos))
     cols, col_labels, layout, group = _columns(features, labels, process_group, gradient)
     ct = compute_dtype(features.dtype)

@@ -260,6 +260,7 @@ def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
 
 def same_class_cosine_sum(x: torch.Tensor, labels: torch.Tensor, eps: float):
     """(sum_{p != i, y_p = y_i} cos(x_i, x_p), the count of such p) per row: SupCon's positive term,
-    the fused CPU kernel fastgan::same_class_cosine_sum (inputs assumed validated, on the CPU)."""
+    fastgan::same_class_cosine_sum (inputs assumed validated): the fused CPU kernel, or on CUDA the
+    masked sweep of the cosine tiles (3 launches forward, 4 backward, no sort, no host sync)."""
     ensure_cxx()
     return torch.ops.fastgan.same_class_cosine_sum.default(x, labels, float(eps))

@@ -1,8 +1,10 @@
 """The O(N D) / O(N) terms of the contrastive losses on the Triton backend, one launch each way
 (triton_kernels/loss_terms.py): on a GPU at GAN sizes these were ~45 ATen launches with autograd
 around the fused log-sum-exp (docs/gpu_predictions.md). The CUDA backend has the positive logit
-(fastgan::pair_cosine) and the combination with the mean (fastgan::lse_combine, below) as C++ ops,
-one launch each way (csrc/cuda/loss_terms.cu).
+(fastgan::pair_cosine), the combination with the mean (fastgan::lse_combine) and the D2D-CE and SupCon
+epilogues (fastgan::d2d_epilogue, fastgan::supcon_epilogue) as C++ ops of the same schemas, with the
+same fakes and autograds (registered below), one launch each way (csrc/cuda/loss_terms.cu); SupCon's
+positive term there is fastgan::same_class_cosine_sum (csrc/cuda/contrastive_lse.cu).
 
 Registered ops (Python custom ops with explicit fakes, traceable by torch.compile):
   torch.ops.fastgan.pair_cosine_triton / _backward    scale cos(x_i, y_{(i + shift) mod N})
@@ -137,9 +139,12 @@ def d2d_epilogue_triton_backward(grad: torch.Tensor, lse: torch.Tensor, rowmax: 
     return triton_module("loss_terms").d2d_backward(grad, lse, rowmax, cos, m_p, temperature, scale)
 
 
+def _d2d_fake_backward(grad, lse, rowmax, cos, m_p, temperature, scale):
+    return torch.empty_like(lse), torch.empty_like(cos)
+
+
 d2d_epilogue_triton.register_fake(lambda lse, rowmax, cos, m_p, temperature, scale: lse.new_empty(()))
-d2d_epilogue_triton_backward.register_fake(
-    lambda grad, lse, rowmax, cos, m_p, temperature, scale: (torch.empty_like(lse), torch.empty_like(cos)))
+d2d_epilogue_triton_backward.register_fake(_d2d_fake_backward)
 
 
 def _d2d_setup(ctx, inputs, output):
@@ -147,19 +152,27 @@ def _d2d_setup(ctx, inputs, output):
     ctx.params = inputs[3:]
 
 
-def _d2d_backward(ctx, grad):
-    glse, gcos = d2d_epilogue_triton_backward(grad, *ctx.saved_tensors, *ctx.params)
-    return glse, None, gcos, None, None, None  # rowmax: D2D-CE's shift is a constant
+def _d2d_backward_by(backward_op):
+    """The autograd backward of a d2d_epilogue op (Triton or C++: one schema) through its backward op."""
+    def backward(ctx, grad):
+        glse, gcos = backward_op(grad, *ctx.saved_tensors, *ctx.params)
+        return glse, None, gcos, None, None, None  # rowmax: D2D-CE's shift is a constant
+    return backward
 
 
-d2d_epilogue_triton.register_autograd(_d2d_backward, setup_context=_d2d_setup)
+d2d_epilogue_triton.register_autograd(_d2d_backward_by(d2d_epilogue_triton_backward), setup_context=_d2d_setup)
 
 
 def d2d_epilogue(lse: torch.Tensor, rowmax: torch.Tensor, cos: torch.Tensor, m_p: float, temperature: float,
-                 scale: float) -> torch.Tensor:
+                 scale: float, backend: str = "triton") -> torch.Tensor:
     """scale sum_i [q_i + logaddexp(-q_i, lse_i - M_i)], q_i = relu((m_p - cos_i) / t), M_i the row max
-    (0 where not finite, a constant): D2D-CE's epilogue on Triton, one launch each way."""
-    return d2d_epilogue_triton(lse, rowmax, cos, float(m_p), float(temperature), float(scale))
+    (0 where not finite, a constant): D2D-CE's epilogue, one launch each way on Triton or CUDA (backend
+    "cuda": fastgan::d2d_epilogue, float32 inputs)."""
+    args = (lse, rowmax, cos, float(m_p), float(temperature), float(scale))
+    if backend == "cuda":
+        ensure_cxx()
+        return torch.ops.fastgan.d2d_epilogue(*args)
+    return d2d_epilogue_triton(*args)
 
 
 @torch.library.custom_op("fastgan::same_class_cosine_sum_triton", mutates_args=())
@@ -203,10 +216,14 @@ def _scc_backward(ctx, grad_pos, *_):
 same_class_cosine_sum_triton.register_autograd(_scc_backward, setup_context=_scc_setup)
 
 
-def same_class_cosine_sum(x: torch.Tensor, labels: torch.Tensor, eps: float):
-    """(pos_i = sum_{p != i, y_p = y_i} cos(x_i, x_p) in the compute dtype, n_pos_i int64) on Triton: two
-    launches forward (the norms, the sweep), one backward, no sort and no host sync (inputs validated
-    by the caller; labels int64 on x's device)."""
+def same_class_cosine_sum(x: torch.Tensor, labels: torch.Tensor, eps: float, backend: str = "triton"):
+    """(pos_i = sum_{p != i, y_p = y_i} cos(x_i, x_p) in the compute dtype, n_pos_i int64): on Triton two
+    launches forward (the norms, the sweep), one backward; on CUDA (fastgan::same_class_cosine_sum) 3
+    and 4. No sort and no host sync (inputs validated by the caller; labels int64 on x's device)."""
+    if backend == "cuda":
+        from .contrastive_lse import same_class_cosine_sum as cxx
+
+        return cxx(x, labels, eps)
     pos, n_pos, _, _ = same_class_cosine_sum_triton(x, labels, float(eps))
     return pos, n_pos
 
@@ -223,10 +240,16 @@ def supcon_epilogue_triton_backward(grad: torch.Tensor, den: torch.Tensor, lse: 
     return triton_module("loss_terms").supcon_backward(grad, den, lse, pos, n_pos, temperature)
 
 
-supcon_epilogue_triton.register_fake(
-    lambda lse, pos, n_pos, temperature, mean: (lse.new_empty(()), lse.new_empty(())))
-supcon_epilogue_triton_backward.register_fake(
-    lambda grad, den, lse, pos, n_pos, temperature: (torch.empty_like(lse), torch.empty_like(pos)))
+def _supcon_fake(lse, pos, n_pos, temperature, mean):
+    return lse.new_empty(()), lse.new_empty(())
+
+
+def _supcon_fake_backward(grad, den, lse, pos, n_pos, temperature):
+    return torch.empty_like(lse), torch.empty_like(pos)
+
+
+supcon_epilogue_triton.register_fake(_supcon_fake)
+supcon_epilogue_triton_backward.register_fake(_supcon_fake_backward)
 
 
 def _supcon_setup(ctx, inputs, output):
@@ -237,18 +260,43 @@ def _supcon_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _supcon_backward(ctx, grad, grad_den):
-    if grad is None:
-        return None, None, None, None, None
-    glse, gpos = supcon_epilogue_triton_backward(grad, *ctx.saved_tensors, ctx.temperature)
-    return glse, gpos, None, None, None
+def _supcon_backward_by(backward_op):
+    """The autograd backward of a supcon_epilogue op (Triton or C++: one schema) through its backward op."""
+    def backward(ctx, grad, grad_den):
+        if grad is None:
+            return None, None, None, None, None
+        glse, gpos = backward_op(grad, *ctx.saved_tensors, ctx.temperature)
+        return glse, gpos, None, None, None
+    return backward
 
 
-supcon_epilogue_triton.register_autograd(_supcon_backward, setup_context=_supcon_setup)
+supcon_epilogue_triton.register_autograd(_supcon_backward_by(supcon_epilogue_triton_backward),
+                                         setup_context=_supcon_setup)
 
 
 def supcon_epilogue(lse: torch.Tensor, pos: torch.Tensor, n_pos: torch.Tensor, temperature: float,
-                    mean: bool) -> torch.Tensor:
+                    mean: bool, backend: str = "triton") -> torch.Tensor:
     """sum_i [n_i > 0] (lse_i - pos_i / (t n_i)), over the count of anchors with n_i > 0 (at least 1) when
-    `mean`: SupCon's epilogue on Triton, one launch each way (the count stays on the device)."""
-    return supcon_epilogue_triton(lse, pos, n_pos, float(temperature), bool(mean))[0]
+    `mean`: SupCon's epilogue, one launch each way on Triton or CUDA (backend "cuda":
+    fastgan::supcon_epilogue, float32 inputs); the count stays on the device."""
+    args = (lse, pos, n_pos, float(temperature), bool(mean))
+    if backend == "cuda":
+        ensure_cxx()
+        return torch.ops.fastgan.supcon_epilogue(*args)[0]
+    return supcon_epilogue_triton(*args)[0]
+
+
+@on_extension_loaded
+def _register_cxx_epilogues():
+    # fastgan::d2d_epilogue and fastgan::supcon_epilogue (csrc/fastgan.cpp; CUDA kernels in
+    # csrc/cuda/loss_terms.cu, CPU forms in csrc/cpu/loss_terms.cpp): the Triton ops' fakes and autograds.
+    torch.library.register_fake("fastgan::d2d_epilogue")(lambda lse, rowmax, cos, m_p, temperature, scale:
+                                                         lse.new_empty(()))
+    torch.library.register_fake("fastgan::d2d_epilogue_backward")(_d2d_fake_backward)
+    torch.library.register_autograd("fastgan::d2d_epilogue", _d2d_backward_by(torch.ops.fastgan.d2d_epilogue_backward),
+                                    setup_context=_d2d_setup)
+    torch.library.register_fake("fastgan::supcon_epilogue")(_supcon_fake)
+    torch.library.register_fake("fastgan::supcon_epilogue_backward")(_supcon_fake_backward)
+    torch.library.register_autograd("fastgan::supcon_epilogue",
+                                    _supcon_backward_by(torch.ops.fastgan.supcon_epilogue_backward),
+                                    setup_context=_supcon_setup)

@@ -146,6 +146,49 @@ int emu_lse_combine_backward(int64_t n, int64_t k, const double* coefs, double c
   return lse_combine_backward(p, grad, gx, gy1, gy2, nullptr);
 }
 
+// SupCon's same-class cosine sums: x (n x d, contiguous, dtype) with its inverse norms and labels;
+// the launchers fill in the self-similarity (b = a, scale 1, ...).
+int emu_same_class_cosine_sum_forward(const void* x, const float* inv, const int64_t* labels, int64_t n, int64_t d,
+                                      int dtype, int num_sms, int force_splits, float* pos, int64_t* n_pos) {
+  const LseParams p = lse_params(x, x, inv, inv, labels, labels, nullptr, n, n, d, d, d, 1.f, 0.f, 0, 1, 0, 0,
+                                 nullptr, dtype, num_sms, force_splits);
+  std::vector<float> ws = nan_workspace(contrastive_lse_plan(p).same_class_forward_workspace);
+  return same_class_cosine_sum_forward(p, pos, n_pos, ws.data(), nullptr);
+}
+
+int emu_same_class_cosine_sum_backward(const void* x, const float* inv, const int64_t* labels, int64_t n, int64_t d,
+                                       int dtype, int num_sms, int force_splits, const float* grad, float* u) {
+  const LseParams p = lse_params(x, x, inv, inv, labels, labels, nullptr, n, n, d, d, d, 1.f, 0.f, 0, 1, 0, 0,
+                                 nullptr, dtype, num_sms, force_splits);
+  std::vector<float> ws = nan_workspace(contrastive_lse_plan(p).same_class_backward_workspace);
+  return same_class_cosine_sum_backward(p, grad, u, ws.data(), nullptr);
+}
+
+int emu_d2d_epilogue_forward(const float* lse, int64_t lse_stride, const float* rowmax, const float* cos, int64_t n,
+                             float m_p, float temperature, float scale, float* out) {
+  const D2dParams p{lse, lse_stride, rowmax, cos, n, m_p, temperature, scale};
+  return d2d_epilogue_forward(p, out, nullptr);
+}
+
+int emu_d2d_epilogue_backward(const float* lse, int64_t lse_stride, const float* rowmax, const float* cos, int64_t n,
+                              float m_p, float temperature, float scale, const float* grad, float* glse, float* gcos) {
+  const D2dParams p{lse, lse_stride, rowmax, cos, n, m_p, temperature, scale};
+  return d2d_epilogue_backward(p, grad, glse, gcos, nullptr);
+}
+
+int emu_supcon_epilogue_forward(const float* lse, int64_t lse_stride, const float* pos, const int64_t* n_pos,
+                                int64_t n, float temperature, int mean, float* out, float* den) {
+  const SupconParams p{lse, lse_stride, pos, n_pos, n, temperature, mean};
+  return supcon_epilogue_forward(p, out, den, nullptr);
+}
+
+int emu_supcon_epilogue_backward(const float* lse, int64_t lse_stride, const float* pos, const int64_t* n_pos,
+                                 int64_t n, float temperature, const float* grad, const float* den, float* glse,
+                                 float* gpos) {
+  const SupconParams p{lse, lse_stride, pos, n_pos, n, temperature, 0};
+  return supcon_epilogue_backward(p, grad, den, glse, gpos, nullptr);
+}
+
 // ---- spectral norm ----
 
 // Layer i: ptrs[4 i ..] = w, u, v, sigma; ints[9 i ..] = rows, cols, stride_r, stride_c, stride_u,
