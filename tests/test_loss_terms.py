@@ -292,8 +292,29 @@ def test_loss_launches_pinned(op):
 # backend, float32, counted on the CPU (perf_model.count_launches_cuda_cpu: the CUDA composition with
 # fastgan's ops by perf_model.cuda_op_launches, which mirrors csrc/cuda/*_cuda.cpp), the same at every
 # N. README "Launches per loss" states these totals.
-PINNED_CUDA = {"cosine_similarity_matrix": (9, 4), "2c": (13, 3), "ntxent": (13, 8), "clip": (22, 7),
+PINNED_CUDA = {"cosine_similarity_matrix": (9, 4), "2c": (13, 3), "ntxent": (13, 6), "clip": (22, 5),
                "d2d": (13, 3), "supcon": (18, 3), "infonce": (4, 12)}
+
+
+@pytest.mark.parametrize("op", list(PINNED_CUDA))
+@pytest.mark.parametrize("n", [1, 37])
+def test_cuda_composition_against_float64(op, n):
+    # The CUDA backend's composition of each loss (its branches, the positive logits, the folded 1/t,
+    # the D2D-CE and SupCon epilogues, fastgan's ops by their CPU kernels) in float32 against the
+    # reference in float64: value and gradients. On a GPU the same composition runs the CUDA kernels
+    # (tests/test_functional.py's cuda cases).
+    size = (n, 5, 7) if op == "infonce" else (2 * n if op == "ntxent" else n, 19)  # NT-Xent: two views
+    case = C.Case(op, size, "cpu", torch.float32)
+    xs, ys = C.make_inputs(case, seed=n)
+    fused, ref = C.LOSS[op]
+    xs = [x.detach().requires_grad_() for x in xs]
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    with P.cuda_composition_on_cpu():
+        out = fused(*xs, *ys, backend="cuda")
+    want = ref(*x64, *ys)
+    assert out.dtype == torch.float32 and abs(out.item() - want.item()) <= 1e-5 * (1 + abs(want.item()))
+    for g, w in zip(torch.autograd.grad(out, xs), torch.autograd.grad(want, x64)):
+        assert (g.double() - w).norm() <= 1e-5 * (1 + w.norm())
 
 
 @pytest.mark.parametrize("op", list(PINNED_CUDA))

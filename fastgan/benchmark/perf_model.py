@@ -24,6 +24,7 @@ and the model is the roofline; at small N it is the launch count. The model igno
 quantization, partial waves (fewer CTAs than SMs: issue 14.1) and L2 reuse, so a measured time far
 above it points at exactly those.
 """
+import contextlib
 import dataclasses
 import os
 from typing import Callable, Dict, List, Optional, Sequence
@@ -289,21 +290,30 @@ def count_launches_cuda_cpu(fn: Callable, tensors: Sequence[torch.Tensor], label
     (a TorchDispatchMode, as count_launches_cpu) and every fastgan op call as cuda_op_launches says.
     Returns (fastgan op launches, ATen op names) in launch order. On a GPU, count_launches counts
     the real kernels with the profiler (bench/gpu.sh)."""
+    ops = []
+    with cuda_composition_on_cpu():
+        aten = _dispatch_count(lambda *xs: fn(*xs, backend="cuda"), tensors, labels,
+                               lambda name, args: ops.extend(cuda_op_launches(name, args)))
+    return ops, aten
+
+
+@contextlib.contextmanager
+def cuda_composition_on_cpu():
+    """Inside it, backend="cuda" on CPU tensors runs the CUDA backend's composition: every branch the
+    CUDA losses take, fastgan's CUDA ops computed by their CPU kernels (the same schemas). For counting
+    its launches (count_launches_cuda_cpu) and checking its values without a GPU (tests/test_loss_terms.py)."""
     from .. import backend as B
 
-    ops = []
     key = ("cuda", "cpu", os.environ.get("FASTGAN_BACKEND", ""))
     saved = B._resolved.get(key)
     B._resolved[key] = "cuda"
     try:
-        aten = _dispatch_count(lambda *xs: fn(*xs, backend="cuda"), tensors, labels,
-                               lambda name, args: ops.extend(cuda_op_launches(name, args)))
+        yield
     finally:
         if saved is None:
             B._resolved.pop(key, None)
         else:
             B._resolved[key] = saved
-    return ops, aten
 
 
 def predict_row(case, fn, tensors, labels, rates: Rates, measured_ms: Optional[float]) -> Dict[str, float]:

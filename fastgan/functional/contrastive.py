@@ -315,11 +315,14 @@ def nt_xent_loss(
     if _whole_loss_op(be, z, process_group):
         return contrastive_loss(z, None, None, "ntxent", t, 0.0, eps, reduction)
     cols, _, layout, group = _columns(z, None, process_group, gradient)
-    pos = _pair_cosine(z, z, eps, be, t, shift=z.shape[0] // 2)  # row i's positive: (i + N) mod 2N
+    fused = _fused_mean(layout, reduction, be)
+    # Row i's positive: (i + N) mod 2N. Its 1/t rides on the combination's coefficient when fused
+    # (no division and no division backward: 2 launches fewer on CUDA).
+    pos = _pair_cosine(z, z, eps, be, 1.0 if fused else t, shift=z.shape[0] // 2)
     lse, _ = contrastive_lse(z, cols, None, None, None, 1.0 / t, 0.0, False, True, eps, True,
                              layout.offset if layout else 0, [PRED_ALL], be)
-    if _fused_mean(layout, reduction, be):
-        return T.lse_combine(lse, [1.0], pos, -1.0, scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0,
+    if fused:
+        return T.lse_combine(lse, [1.0], pos, -1.0 / t, scale=1.0 / lse.shape[0] if reduction == "mean" else 1.0,
                              backend=be)
     return _finish(lse[:, 0] - pos, reduction, layout, group, gradient)
 
@@ -462,13 +465,15 @@ def symmetric_infonce_loss(
         return contrastive_loss(a, b, None, "clip", t, 0.0, norm_eps, reduction)
     b_all, _, layout, group = _columns(b, None, process_group, gradient)
     a_all = D.gather(a, group, layout)[0] if layout else a
-    diag = _pair_cosine(a, b, norm_eps, be, t)
     if _fused_mean(layout, reduction, be):
-        # The two directions' (N, 1) LSEs straight into one combine: no selects, no ATen arithmetic.
+        # The two directions' (N, 1) LSEs straight into one combine: no selects, no ATen arithmetic, and
+        # the diagonal's 1/t in its coefficient (no division each way).
+        diag = _pair_cosine(a, b, norm_eps, be)
         rows, _ = contrastive_lse(a, b, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
         cols, _ = contrastive_lse(b, a, None, None, None, 1.0 / t, 0.0, False, True, norm_eps, False, 0, [PRED_ALL], be)
-        return T.lse_combine(rows, [1.0], cols, 1.0, diag, -2.0, scale=1.0 / a.shape[0] if reduction == "mean" else 1.0,
-                             backend=be)
+        return T.lse_combine(rows, [1.0], cols, 1.0, diag, -2.0 / t,
+                             scale=1.0 / a.shape[0] if reduction == "mean" else 1.0, backend=be)
+    diag = _pair_cosine(a, b, norm_eps, be, t)
     if layout is None:
         # Both directions from one kernel call (on the CPU one sweep of the scores each way).
         rows, cols = contrastive_lse_both(a, b, 1.0 / t, True, norm_eps, be)
