@@ -842,9 +842,7 @@ LseParams same_class_params(const LseParams& x) {
   p.relu = 0;
   p.exclude_self = 1;
   p.self_offset = 0;
-  p.num_predicates = 1;
-  p.predicates[0] = 1;
-  return p;
+  return p;  // predicates unused: both same-class kernels test label equality themselves
 }
 
 // A count per split stays exact in the float slot below 2^24 columns (N^2 cosines beyond that are
@@ -853,12 +851,14 @@ bool same_class_valid(const LseParams& p) { return p.la != nullptr && p.n < (int
 
 }  // namespace
 
+LsePlan same_class_plan(const LseParams& x) { return contrastive_lse_plan(same_class_params(x)); }
+
 cudaError_t same_class_cosine_sum_forward(const LseParams& x, float* pos, int64_t* n_pos, float* workspace,
                                           cudaStream_t stream) {
   if (x.n == 0) return cudaSuccess;
   if (!same_class_valid(x)) return cudaErrorInvalidValue;
   const LseParams p = same_class_params(x);
-  const LsePlan q = contrastive_lse_plan(p);
+  const LsePlan q = same_class_plan(x);
   const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
   return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     FASTGAN_LAUNCH(same_class_sum_kernel<decltype(tag)>, grid, kThreads, 0, stream)(p, q.col_splits, workspace);
@@ -875,7 +875,7 @@ cudaError_t same_class_cosine_sum_backward(const LseParams& x, const float* grad
   if (x.n == 0 || x.d == 0) return cudaSuccess;
   if (!same_class_valid(x)) return cudaErrorInvalidValue;
   const LseParams p = same_class_params(x);
-  const LsePlan q = contrastive_lse_plan(p);
+  const LsePlan q = same_class_plan(x);
   return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     const dim3 rows(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
     FASTGAN_LAUNCH(same_class_backward_kernel<decltype(tag)>, rows, kThreads, 0, stream)(p, q.col_splits, grad, u,

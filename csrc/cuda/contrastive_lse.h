@@ -59,13 +59,15 @@ cudaError_t contrastive_lse_backward(const LseParams& p, const float* lse, const
 
 // SupCon's positive term: pos_i = sum_{j != i, la_j = la_i} inv_i inv_j <a_i, a_j> (float32) and
 // n_pos_i, the count of such j (int64). Reads a, inv_a, la (required), n, d, stride_a, dtype,
-// num_sms, force_splits and allow_tf32 of p (b, m and the rest are set from them: b = a).
-// workspace: the same_class_forward_workspace floats of contrastive_lse_plan(p with m = n).
+// num_sms, force_splits and allow_tf32 of p, and nothing else: the self-similarity (b = a, m = n,
+// exclude_self, ...) is the launchers' own.
+// workspace: same_class_plan(p).same_class_forward_workspace floats.
+LsePlan same_class_plan(const LseParams& p);  // the plan the two same-class launchers run on p
 cudaError_t same_class_cosine_sum_forward(const LseParams& p, float* pos, int64_t* n_pos, float* workspace,
                                           cudaStream_t stream);
 // u (N x D, float32, every element written) = W A~ with W_ij = [j != i, la_j = la_i] (grad_i + grad_j)
 // inv_i inv_j: the raw-row gradient of sum_i grad_i pos_i, for normalization_backward.
-// workspace: same_class_backward_workspace floats (may be null when that is 0).
+// workspace: same_class_plan(p).same_class_backward_workspace floats (may be null when that is 0).
 cudaError_t same_class_cosine_sum_backward(const LseParams& p, const float* grad, float* u, float* workspace,
                                            cudaStream_t stream);
 

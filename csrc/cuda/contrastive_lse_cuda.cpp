@@ -251,12 +251,12 @@ SameClass same_class_prepare(const at::Tensor& x_in, const at::Tensor& labels, d
   auto err = cuda::inverse_norms(r.x.data_ptr(), n, d, nullptr, 0, d, d, p.dtype, static_cast<float>(eps), true,
                                  r.inv.data_ptr<float>(), nullptr, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, ": the inverse-norm kernel failed: ", cudaGetErrorString(err));
-  p.a = p.b = r.x.data_ptr();
-  p.inv_a = p.inv_b = r.inv.data_ptr<float>();
-  p.la = p.lb = r.labels.data_ptr<int64_t>();
-  p.n = p.m = n;  // the plan's M (the launchers set the rest of the self-similarity)
+  p.a = r.x.data_ptr();  // one side only: the launchers (and same_class_plan) make b = a
+  p.inv_a = r.inv.data_ptr<float>();
+  p.la = r.labels.data_ptr<int64_t>();
+  p.n = n;
   p.d = d;
-  p.stride_a = p.stride_b = d;
+  p.stride_a = d;
   p.num_sms = sm_count(r.x.get_device());
   p.allow_tf32 = cuda::allow_tf32();
   return r;
@@ -269,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor> same_class_cosine_sum_cuda(const at::Tensor& 
   auto r = same_class_prepare(x, labels, eps, "same_class_cosine_sum");
   auto pos = at::empty({r.p.n}, r.x.options().dtype(at::kFloat));
   auto n_pos = at::empty({r.p.n}, r.labels.options());
-  auto ws = at::empty({std::max<int64_t>(cuda::contrastive_lse_plan(r.p).same_class_forward_workspace, 1)},
+  auto ws = at::empty({std::max<int64_t>(cuda::same_class_plan(r.p).same_class_forward_workspace, 1)},
                       pos.options());
   auto err = cuda::same_class_cosine_sum_forward(r.p, pos.data_ptr<float>(), n_pos.data_ptr<int64_t>(),
                                                  ws.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
@@ -288,7 +288,7 @@ at::Tensor same_class_cosine_sum_backward_cuda(const at::Tensor& grad, const at:
   auto g = grad.detach().to(at::kFloat).contiguous();
   auto fopts = r.x.options().dtype(at::kFloat);
   auto U = at::empty({r.p.n, r.p.d}, fopts);  // every element written (no launch, and no element, for N or D = 0)
-  auto ws = at::empty({std::max<int64_t>(cuda::contrastive_lse_plan(r.p).same_class_backward_workspace, 1)}, fopts);
+  auto ws = at::empty({std::max<int64_t>(cuda::same_class_plan(r.p).same_class_backward_workspace, 1)}, fopts);
   auto err = cuda::same_class_cosine_sum_backward(r.p, g.data_ptr<float>(), U.data_ptr<float>(), ws.data_ptr<float>(),
                                                   c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "same_class_cosine_sum_backward CUDA kernel failed: ", cudaGetErrorString(err));

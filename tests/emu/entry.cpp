@@ -146,21 +146,22 @@ int emu_lse_combine_backward(int64_t n, int64_t k, const double* coefs, double c
   return lse_combine_backward(p, grad, gx, gy1, gy2, nullptr);
 }
 
-// SupCon's same-class cosine sums: x (n x d, contiguous, dtype) with its inverse norms and labels;
-// the launchers fill in the self-similarity (b = a, scale 1, ...).
+// SupCon's same-class cosine sums: x (n x d, contiguous, dtype) with its inverse norms and labels,
+// one side only (b, m, scale, ... left null or 0): the launchers fill in the self-similarity, so a
+// launcher that read one of them would fail these tests.
 int emu_same_class_cosine_sum_forward(const void* x, const float* inv, const int64_t* labels, int64_t n, int64_t d,
                                       int dtype, int num_sms, int force_splits, float* pos, int64_t* n_pos) {
-  const LseParams p = lse_params(x, x, inv, inv, labels, labels, nullptr, n, n, d, d, d, 1.f, 0.f, 0, 1, 0, 0,
-                                 nullptr, dtype, num_sms, force_splits);
-  std::vector<float> ws = nan_workspace(contrastive_lse_plan(p).same_class_forward_workspace);
+  const LseParams p = lse_params(x, nullptr, inv, nullptr, labels, nullptr, nullptr, n, 0, d, d, 0, 0.f, 0.f, 0, 0,
+                                 0, 0, nullptr, dtype, num_sms, force_splits);
+  std::vector<float> ws = nan_workspace(same_class_plan(p).same_class_forward_workspace);
   return same_class_cosine_sum_forward(p, pos, n_pos, ws.data(), nullptr);
 }
 
 int emu_same_class_cosine_sum_backward(const void* x, const float* inv, const int64_t* labels, int64_t n, int64_t d,
                                        int dtype, int num_sms, int force_splits, const float* grad, float* u) {
-  const LseParams p = lse_params(x, x, inv, inv, labels, labels, nullptr, n, n, d, d, d, 1.f, 0.f, 0, 1, 0, 0,
-                                 nullptr, dtype, num_sms, force_splits);
-  std::vector<float> ws = nan_workspace(contrastive_lse_plan(p).same_class_backward_workspace);
+  const LseParams p = lse_params(x, nullptr, inv, nullptr, labels, nullptr, nullptr, n, 0, d, d, 0, 0.f, 0.f, 0, 0,
+                                 0, 0, nullptr, dtype, num_sms, force_splits);
+  std::vector<float> ws = nan_workspace(same_class_plan(p).same_class_backward_workspace);
   return same_class_cosine_sum_backward(p, grad, u, ws.data(), nullptr);
 }
 
