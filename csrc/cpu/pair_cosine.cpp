@@ -1,9 +1,10 @@
-// Fused CPU kernel of fastgan::pair_cosine: c_i = (x_i . y_i) / (max(||x_i||, eps) max(||y_i||, eps)),
-// the positive term of 2C, D2D-CE, NT-Xent and the CLIP diagonal. One pass per row forward (three
-// dot products), two per row backward; the ATen form is about ten ops and fifteen passes over N x D
-// with autograd, which at N = 64 costs more than the N x N kernel beside it.
-//   backward: dx_i = g_i ix (iy y_i - [||x_i|| > eps] c_i ix x_i), dy_i symmetrically,
-//   ix = 1 / max(||x_i||, eps), iy = 1 / max(||y_i||, eps).
+// Fused CPU kernel of fastgan::pair_cosine: c_i = (x_i . y_j) / (max(||x_i||, eps) max(||y_j||, eps)),
+// j = (i + shift) mod N, the positive term of 2C, D2D-CE, NT-Xent (shift N/2) and the CLIP diagonal.
+// One pass per row forward (three dot products), two per row backward; the ATen form is about ten
+// ops and fifteen passes over N x D with autograd, which at N = 64 costs more than the N x N kernel
+// beside it.
+//   backward: dx_i = g_i ix (iy y_j - [||x_i|| > eps] c_i ix x_i), dy_j symmetrically,
+//   ix = 1 / max(||x_i||, eps), iy = 1 / max(||y_j||, eps). Row j of dy has the one writer i.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -29,6 +30,9 @@ void check_pair(const at::Tensor& x, const at::Tensor& y) {
               "pair_cosine: x and y must be floating point");
   TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "pair_cosine (CPU kernel): tensors must be on the CPU");
 }
+
+// shift mod n in [0, n), as Python's % (the Triton kernel's int(shift) % n); 0 for n = 0.
+int64_t wrap_shift(int64_t shift, int64_t n) { return n > 0 ? ((shift % n) + n) % n : 0; }
 
 template <typename T>
 inline void row_dots(const T* x, const T* y, int64_t d, T& p, T& sx, T& sy) {
@@ -60,12 +64,12 @@ inline void row_update(const T* xr, const T* yr, T* ox, T* oy, int64_t d, T gxi,
   }
 }
 
-at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps) {
+at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps, int64_t shift) {
   check_pair(x, y);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto ct = pair_type(x, y);
   auto xt = x.detach().to(ct).contiguous(), yt = y.detach().to(ct).contiguous();
-  const int64_t n = xt.size(0), d = xt.size(1);
+  const int64_t n = xt.size(0), d = xt.size(1), s = wrap_shift(shift, n);
   auto out = at::empty({n}, xt.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "pair_cosine_cpu", [&] {
     using T = scalar_t;
@@ -75,8 +79,9 @@ at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps)
     const T e = static_cast<T>(eps);
     at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
+        const int64_t j = i + s < n ? i + s : i + s - n;
         T p, sx, sy;
-        row_dots(xp + i * d, yp + i * d, d, p, sx, sy);
+        row_dots(xp + i * d, yp + j * d, d, p, sx, sy);
         o[i] = p / (std::max(std::sqrt(sx), e) * std::max(std::sqrt(sy), e));
       }
     });
@@ -86,15 +91,15 @@ at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps)
 
 // dx into gx (accumulate: gx += dx, gx of the compute dtype, contiguous) or a new tensor; dy new.
 std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& grad, const at::Tensor& x,
-                                                             const at::Tensor& y, double eps, at::Tensor gx,
-                                                             bool accumulate) {
+                                                             const at::Tensor& y, double eps, int64_t shift,
+                                                             at::Tensor gx, bool accumulate) {
   check_pair(x, y);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "pair_cosine_backward: grad must have shape (N,)");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto ct = pair_type(x, y);
   auto xt = x.detach().to(ct).contiguous(), yt = y.detach().to(ct).contiguous();
   auto g = grad.detach().to(ct).contiguous();
-  const int64_t n = xt.size(0), d = xt.size(1);
+  const int64_t n = xt.size(0), d = xt.size(1), s = wrap_shift(shift, n);
   if (!accumulate) gx = at::empty_like(xt);
   auto gy = at::empty_like(yt);
   AT_DISPATCH_FLOATING_TYPES(ct, "pair_cosine_backward_cpu", [&] {
@@ -107,8 +112,9 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
     const T e = static_cast<T>(eps);
     at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
+        const int64_t j = i + s < n ? i + s : i + s - n;
         const T* xr = xp + i * d;
-        const T* yr = yp + i * d;
+        const T* yr = yp + j * d;
         T p, sx, sy;
         row_dots(xr, yr, d, p, sx, sy);
         const T nx = std::sqrt(sx), ny = std::sqrt(sy);
@@ -118,9 +124,9 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
         const T cx = nx > e ? c * ix : T(0), cy = ny > e ? c * iy : T(0);
         const T gxi = gp[i] * ix, gyi = gp[i] * iy;
         if (accumulate) {
-          row_update<true>(xr, yr, gxp + i * d, gyp + i * d, d, gxi, gyi, ix, iy, cx, cy);
+          row_update<true>(xr, yr, gxp + i * d, gyp + j * d, d, gxi, gyi, ix, iy, cx, cy);
         } else {
-          row_update<false>(xr, yr, gxp + i * d, gyp + i * d, d, gxi, gyi, ix, iy, cx, cy);
+          row_update<false>(xr, yr, gxp + i * d, gyp + j * d, d, gxi, gyi, ix, iy, cx, cy);
         }
       }
     });
@@ -129,8 +135,8 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
-                                                            const at::Tensor& y, double eps) {
-  return pair_cosine_backward_impl(grad, x, y, eps, at::Tensor(), false);
+                                                            const at::Tensor& y, double eps, int64_t shift) {
+  return pair_cosine_backward_impl(grad, x, y, eps, shift, at::Tensor(), false);
 }
 
 }  // namespace
@@ -139,11 +145,11 @@ at::Tensor pair_cosine_backward_accumulate(const at::Tensor& grad, const at::Ten
                                            at::Tensor& gx) {
   const bool fits = gx.defined() && gx.is_contiguous() && gx.scalar_type() == pair_type(x, y) && gx.sizes() == x.sizes();
   if (!fits) {
-    auto [dx, dy] = pair_cosine_backward_impl(grad, x, y, eps, at::Tensor(), false);
+    auto [dx, dy] = pair_cosine_backward_impl(grad, x, y, eps, 0, at::Tensor(), false);
     gx.add_(dx);
     return dy;
   }
-  return std::get<1>(pair_cosine_backward_impl(grad, x, y, eps, gx, true));
+  return std::get<1>(pair_cosine_backward_impl(grad, x, y, eps, 0, gx, true));
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {

@@ -120,13 +120,14 @@ int emu_extra_logit_backward(const float* extra, const float* lse, const float* 
   return extra_logit_backward(extra, lse, grad_lse, n, k, grad_extra, nullptr);
 }
 
-int emu_pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, int dtype, float eps, float* out) {
-  return pair_cosine_forward(x, y, n, d, static_cast<DType>(dtype), eps, out, nullptr);
+int emu_pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, int64_t shift, int dtype, float eps,
+                            float* out) {
+  return pair_cosine_forward(x, y, n, d, shift, static_cast<DType>(dtype), eps, out, nullptr);
 }
 
-int emu_pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, int dtype, float eps,
-                             void* gx, void* gy) {
-  return pair_cosine_backward(grad, x, y, n, d, static_cast<DType>(dtype), eps, gx, gy, nullptr);
+int emu_pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, int64_t shift,
+                             int dtype, float eps, void* gx, void* gy) {
+  return pair_cosine_backward(grad, x, y, n, d, shift, static_cast<DType>(dtype), eps, gx, gy, nullptr);
 }
 
 int emu_lse_combine_forward(const float* x, int64_t n, int64_t k, int64_t x_stride_n, int64_t x_stride_k,
