@@ -1,5 +1,5 @@
-// Autograd of fastgan::contrastive_loss, contrastive_lse_budget, pair_cosine, same_class_cosine_sum and
-// cosine_similarity_matrix_self as C++ autograd kernels
+// Autograd of fastgan::contrastive_loss, contrastive_lse, contrastive_lse_budget, pair_cosine,
+// same_class_cosine_sum and cosine_similarity_matrix_self as C++ autograd kernels
 // (the pattern of spectral_norm_autograd.cpp): the Python wrapper of torch.library.register_autograd
 // costs about 100-150 us per call and step, a tenth of a whole 2C step at N = 64. The devices
 // implement the forward and backward ops; the fakes are registered from Python
@@ -24,6 +24,56 @@ using OptT = std::optional<at::Tensor>;
 
 inline OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : std::nullopt; }
 inline at::Tensor undef(const OptT& t) { return t.has_value() ? *t : at::Tensor(); }
+
+// fastgan::contrastive_lse (the CUDA losses' LSE; the CPU backend calls contrastive_lse_budget).
+class ContrastiveLse : public torch::autograd::Function<ContrastiveLse> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b, const OptT& la,
+                             const OptT& lb, const OptT& extra, double scale, double bias, bool relu, bool normalize,
+                             double eps, bool exclude_self, int64_t self_offset, at::IntArrayRef predicates) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [lse, rowmax] = calls::contrastive_lse(a, b, la, lb, extra, scale, bias, relu, normalize, eps, exclude_self,
+                                                self_offset, predicates);
+    ctx->mark_non_differentiable({rowmax});  // D2D-CE's detached shift: no zero-filled gradient for it
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({a, b, undef(la), undef(lb), undef(extra), lse});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["bias"] = bias;
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["normalize"] = normalize;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["exclude_self"] = exclude_self;
+    ctx->saved_data["self_offset"] = self_offset;
+    ctx->saved_data["predicates"] = predicates.vec();
+    return {lse, rowmax};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto s = ctx->get_saved_variables();
+    tensor_list out(13);
+    if (!grads[0].defined()) return out;  // only rowmax reached the loss: no gradient
+    const auto& d = ctx->saved_data;
+    const auto preds = d.at("predicates").toIntVector();
+    auto [ga, gb, ge] = calls::contrastive_lse_backward(
+        grads[0].contiguous(), s[0], s[1], opt(s[2]), opt(s[3]), opt(s[4]), s[5], d.at("scale").toDouble(),
+        d.at("bias").toDouble(), d.at("relu").toBool(), d.at("normalize").toBool(), d.at("eps").toDouble(),
+        d.at("exclude_self").toBool(), d.at("self_offset").toInt(), preds);
+    out[0] = ga;
+    out[1] = gb;
+    if (s[4].defined()) out[4] = ge;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> contrastive_lse_autograd(const at::Tensor& a, const at::Tensor& b, const OptT& la,
+                                                            const OptT& lb, const OptT& extra, double scale,
+                                                            double bias, bool relu, bool normalize, double eps,
+                                                            bool exclude_self, int64_t self_offset,
+                                                            at::IntArrayRef predicates) {
+  auto r = ContrastiveLse::apply(a, b, la, lb, extra, scale, bias, relu, normalize, eps, exclude_self, self_offset,
+                                 predicates);
+  return {r[0], r[1]};
+}
 
 class ContrastiveLseBudget : public torch::autograd::Function<ContrastiveLseBudget> {
  public:
@@ -214,6 +264,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
   m.impl("contrastive_loss", &contrastive_loss_autograd);
   m.impl("same_class_cosine_sum", &same_class_cosine_sum_autograd);
+  m.impl("contrastive_lse", &contrastive_lse_autograd);
   m.impl("contrastive_lse_budget", &contrastive_lse_budget_autograd);
   m.impl("pair_cosine", &pair_cosine_autograd);
   m.impl("cosine_similarity_matrix_self", &cosine_similarity_matrix_self_autograd);

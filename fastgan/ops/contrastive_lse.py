@@ -138,11 +138,8 @@ def _register_cxx():
     torch.library.register_fake("fastgan::contrastive_lse_budget_backward")(_fake_budget_backward)
     torch.library.register_fake("fastgan::contrastive_lse")(_fake_forward)
     torch.library.register_fake("fastgan::contrastive_lse_backward")(_fake_backward)
-    torch.library.register_autograd(
-        "fastgan::contrastive_lse",
-        _autograd(torch.ops.fastgan.contrastive_lse_backward),
-        setup_context=_setup_context,
-    )
+    # contrastive_lse's autograd is a C++ kernel too (csrc/ops/contrastive_autograd.cpp); _autograd
+    # below is the Triton op's.
 
 
 @torch.library.custom_op("fastgan::contrastive_lse_triton", mutates_args=())

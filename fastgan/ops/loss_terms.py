@@ -88,7 +88,7 @@ def _combine_setup(ctx, inputs, output):
 
 
 def _combine_backward_by(backward_op):
-    """The autograd backward of an lse_combine op (Triton's or the C++ one) through its backward op."""
+    """The Triton lse_combine's autograd backward through its backward op (the C++ op's is C++)."""
     def backward(ctx, grad):
         x, y1, y2 = ctx.saved_tensors
         gx, g1, g2 = backward_op(grad, x, y1, y2, *ctx.params)
@@ -107,12 +107,10 @@ def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, scale: float = 1.0
 
 @on_extension_loaded
 def _register_cxx():
-    # fastgan::lse_combine (csrc/fastgan.cpp; CUDA kernels in csrc/cuda/loss_terms.cu): the same fake and
-    # autograd as the Triton op's.
+    # fastgan::lse_combine (csrc/fastgan.cpp; CUDA kernels in csrc/cuda/loss_terms.cu): the Triton op's
+    # fake; its autograd is a C++ kernel (csrc/ops/loss_terms_autograd.cpp: no Python on the step).
     torch.library.register_fake("fastgan::lse_combine")(lambda x, y1, y2, coefs, c1, c2, scale: x.new_empty(()))
     torch.library.register_fake("fastgan::lse_combine_backward")(_combine_fake_backward)
-    torch.library.register_autograd("fastgan::lse_combine", _combine_backward_by(torch.ops.fastgan.lse_combine_backward),
-                                    setup_context=_combine_setup)
 
 
 def lse_combine(x: torch.Tensor, coefs: Sequence[float], y1: Optional[torch.Tensor] = None, c1: float = 0.0,
@@ -153,7 +151,7 @@ def _d2d_setup(ctx, inputs, output):
 
 
 def _d2d_backward_by(backward_op):
-    """The autograd backward of a d2d_epilogue op (Triton or C++: one schema) through its backward op."""
+    """The Triton d2d_epilogue's autograd backward through its backward op (the C++ op's is C++)."""
     def backward(ctx, grad):
         glse, gcos = backward_op(grad, *ctx.saved_tensors, *ctx.params)
         return glse, None, gcos, None, None, None  # rowmax: D2D-CE's shift is a constant
@@ -261,7 +259,7 @@ def _supcon_setup(ctx, inputs, output):
 
 
 def _supcon_backward_by(backward_op):
-    """The autograd backward of a supcon_epilogue op (Triton or C++: one schema) through its backward op."""
+    """The Triton supcon_epilogue's autograd backward through its backward op (the C++ op's is C++)."""
     def backward(ctx, grad, grad_den):
         if grad is None:
             return None, None, None, None, None
@@ -289,14 +287,10 @@ def supcon_epilogue(lse: torch.Tensor, pos: torch.Tensor, n_pos: torch.Tensor, t
 @on_extension_loaded
 def _register_cxx_epilogues():
     # fastgan::d2d_epilogue and fastgan::supcon_epilogue (csrc/fastgan.cpp; CUDA kernels in
-    # csrc/cuda/loss_terms.cu, CPU forms in csrc/cpu/loss_terms.cpp): the Triton ops' fakes and autograds.
+    # csrc/cuda/loss_terms.cu, CPU forms in csrc/cpu/loss_terms.cpp): the Triton ops' fakes; their
+    # autograds are C++ kernels (csrc/ops/loss_terms_autograd.cpp).
     torch.library.register_fake("fastgan::d2d_epilogue")(lambda lse, rowmax, cos, m_p, temperature, scale:
                                                          lse.new_empty(()))
     torch.library.register_fake("fastgan::d2d_epilogue_backward")(_d2d_fake_backward)
-    torch.library.register_autograd("fastgan::d2d_epilogue", _d2d_backward_by(torch.ops.fastgan.d2d_epilogue_backward),
-                                    setup_context=_d2d_setup)
     torch.library.register_fake("fastgan::supcon_epilogue")(_supcon_fake)
     torch.library.register_fake("fastgan::supcon_epilogue_backward")(_supcon_fake_backward)
-    torch.library.register_autograd("fastgan::supcon_epilogue",
-                                    _supcon_backward_by(torch.ops.fastgan.supcon_epilogue_backward),
-                                    setup_context=_supcon_setup)
