@@ -21,9 +21,38 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 using OptT = std::optional<at::Tensor>;
+using calls::opt;
+using calls::undef;
 
-inline OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : std::nullopt; }
-inline at::Tensor undef(const OptT& t) { return t.has_value() ? *t : at::Tensor(); }
+// The LSE ops' scalar arguments (z = scale s_ij + bias, ...), saved on the node for the backward op.
+struct SavedLseArgs {
+  double scale, bias;
+  bool relu, normalize;
+  double eps;
+  bool exclude_self;
+  int64_t self_offset;
+  std::vector<int64_t> predicates;
+
+  void save(AutogradContext* ctx) const {
+    auto& d = ctx->saved_data;
+    d["scale"] = scale;
+    d["bias"] = bias;
+    d["relu"] = relu;
+    d["normalize"] = normalize;
+    d["eps"] = eps;
+    d["exclude_self"] = exclude_self;
+    d["self_offset"] = self_offset;
+    d["predicates"] = predicates;
+  }
+
+  static SavedLseArgs saved(AutogradContext* ctx) {
+    const auto& d = ctx->saved_data;
+    return {d.at("scale").toDouble(),     d.at("bias").toDouble(),
+            d.at("relu").toBool(),        d.at("normalize").toBool(),
+            d.at("eps").toDouble(),       d.at("exclude_self").toBool(),
+            d.at("self_offset").toInt(),  d.at("predicates").toIntVector()};
+  }
+};
 
 // fastgan::contrastive_lse (the CUDA losses' LSE; the CPU backend calls contrastive_lse_budget).
 class ContrastiveLse : public torch::autograd::Function<ContrastiveLse> {
@@ -37,14 +66,7 @@ class ContrastiveLse : public torch::autograd::Function<ContrastiveLse> {
     ctx->mark_non_differentiable({rowmax});  // D2D-CE's detached shift: no zero-filled gradient for it
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({a, b, undef(la), undef(lb), undef(extra), lse});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["bias"] = bias;
-    ctx->saved_data["relu"] = relu;
-    ctx->saved_data["normalize"] = normalize;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["exclude_self"] = exclude_self;
-    ctx->saved_data["self_offset"] = self_offset;
-    ctx->saved_data["predicates"] = predicates.vec();
+    SavedLseArgs{scale, bias, relu, normalize, eps, exclude_self, self_offset, predicates.vec()}.save(ctx);
     return {lse, rowmax};
   }
 
@@ -52,12 +74,10 @@ class ContrastiveLse : public torch::autograd::Function<ContrastiveLse> {
     auto s = ctx->get_saved_variables();
     tensor_list out(13);
     if (!grads[0].defined()) return out;  // only rowmax reached the loss: no gradient
-    const auto& d = ctx->saved_data;
-    const auto preds = d.at("predicates").toIntVector();
-    auto [ga, gb, ge] = calls::contrastive_lse_backward(
-        grads[0].contiguous(), s[0], s[1], opt(s[2]), opt(s[3]), opt(s[4]), s[5], d.at("scale").toDouble(),
-        d.at("bias").toDouble(), d.at("relu").toBool(), d.at("normalize").toBool(), d.at("eps").toDouble(),
-        d.at("exclude_self").toBool(), d.at("self_offset").toInt(), preds);
+    const auto p = SavedLseArgs::saved(ctx);
+    auto [ga, gb, ge] = calls::contrastive_lse_backward(grads[0].contiguous(), s[0], s[1], opt(s[2]), opt(s[3]),
+                                                        opt(s[4]), s[5], p.scale, p.bias, p.relu, p.normalize, p.eps,
+                                                        p.exclude_self, p.self_offset, p.predicates);
     out[0] = ga;
     out[1] = gb;
     if (s[4].defined()) out[4] = ge;
@@ -88,14 +108,7 @@ class ContrastiveLseBudget : public torch::autograd::Function<ContrastiveLseBudg
     ctx->mark_non_differentiable({rowmax, scores});  // rowmax: D2D-CE's detached shift
     ctx->set_materialize_grads(false);  // no zero tensors for the unused outputs' gradients
     ctx->save_for_backward({a, undef(b), undef(la), undef(lb), undef(extra), lse, scores});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["bias"] = bias;
-    ctx->saved_data["relu"] = relu;
-    ctx->saved_data["normalize"] = normalize;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["exclude_self"] = exclude_self;
-    ctx->saved_data["self_offset"] = self_offset;
-    ctx->saved_data["predicates"] = predicates.vec();
+    SavedLseArgs{scale, bias, relu, normalize, eps, exclude_self, self_offset, predicates.vec()}.save(ctx);
     ctx->saved_data["columns"] = columns;
     return {lse, rowmax, scores};
   }
@@ -104,12 +117,10 @@ class ContrastiveLseBudget : public torch::autograd::Function<ContrastiveLseBudg
     auto s = ctx->get_saved_variables();
     tensor_list out(15);
     if (!grads[0].defined()) return out;
-    const auto& d = ctx->saved_data;
-    const auto preds = d.at("predicates").toIntVector();
+    const auto p = SavedLseArgs::saved(ctx);
     auto [ga, gb, ge] = calls::contrastive_lse_budget_backward(
-        grads[0].contiguous(), s[0], opt(s[1]), opt(s[2]), opt(s[3]), opt(s[4]), s[5], s[6], d.at("scale").toDouble(),
-        d.at("bias").toDouble(), d.at("relu").toBool(), d.at("normalize").toBool(), d.at("eps").toDouble(),
-        d.at("exclude_self").toBool(), d.at("self_offset").toInt(), preds, d.at("columns").toBool());
+        grads[0].contiguous(), s[0], opt(s[1]), opt(s[2]), opt(s[3]), opt(s[4]), s[5], s[6], p.scale, p.bias, p.relu,
+        p.normalize, p.eps, p.exclude_self, p.self_offset, p.predicates, ctx->saved_data["columns"].toBool());
     out[0] = ga;
     if (s[1].defined()) out[1] = gb;  // b = None: the whole gradient is in ga
     if (s[4].defined()) out[4] = ge;

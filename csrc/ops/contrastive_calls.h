@@ -16,6 +16,10 @@ namespace calls {
 using OptT = std::optional<at::Tensor>;
 using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// An optional argument as the autograd nodes save it (an undefined tensor for none) and back.
+inline OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : std::nullopt; }
+inline at::Tensor undef(const OptT& t) { return t.has_value() ? *t : at::Tensor(); }
+
 // fastgan::contrastive_lse: (lse, rowmax).
 inline std::tuple<at::Tensor, at::Tensor> contrastive_lse(const at::Tensor& a, const at::Tensor& b, const OptT& la,
                                                           const OptT& lb, const OptT& extra, double scale, double bias,

@@ -21,9 +21,8 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 using OptT = std::optional<at::Tensor>;
-
-inline OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : std::nullopt; }
-inline at::Tensor undef(const OptT& t) { return t.has_value() ? *t : at::Tensor(); }
+using calls::opt;
+using calls::undef;
 
 class LseCombine : public torch::autograd::Function<LseCombine> {
  public:
