@@ -330,6 +330,57 @@ def test_cuda_loss_launches_pinned(op):
     assert all(v == PINNED_CUDA[op] for v in seen.values()), (op, seen)
 
 
+# ATen ops that make the host wait for the device on CUDA (a value read back, or an output whose size
+# depends on the data): one of them in a loss step breaks CUDA-graph capture (issue 14.1).
+HOST_SYNC_OPS = frozenset({"_local_scalar_dense", "item", "nonzero", "nonzero_static", "masked_select", "unique",
+                           "_unique", "_unique2", "unique_dim", "unique_consecutive", "bincount", "histc",
+                           "repeat_interleave", "equal", "is_nonzero", "_assert_async", "allclose"})
+
+
+@pytest.mark.parametrize("op", list(PINNED_CUDA))
+def test_cuda_composition_has_no_host_sync(op):
+    # Every ATen op of the CUDA backend's loss step, the Python layer's checks included (recorded as
+    # for the launch counts, on the CPU), and none reads a device value back; tests/test_cuda_losses.py
+    # captures the same steps in a CUDA graph on a GPU.
+    size = (64, 16, 8) if op == "infonce" else (64, 16)
+    xs, ys = C.make_inputs(C.Case(op, size, "cpu", torch.float32))
+    fused, _ = C.LOSS[op]
+    _, aten = P.count_launches_cuda_cpu(fused, xs, ys)
+    assert not HOST_SYNC_OPS & set(aten), (op, aten)
+
+
+def test_host_sync_check_sees_a_read_back():
+    # The check above can fail: a composition that reads a value back (as a `loss.item()` or an
+    # `if (labels < 0).any():` would) is caught.
+    xs, ys = C.make_inputs(C.Case("2c", (8, 16), "cpu", torch.float32))
+    fused, _ = C.LOSS["2c"]
+
+    def with_read_back(e, p, y, backend):
+        if bool((y < 0).any()):
+            raise AssertionError("no negative labels here")
+        return fused(e, p, y, backend=backend)
+
+    _, aten = P.count_launches_cuda_cpu(with_read_back, xs, ys)
+    assert HOST_SYNC_OPS & set(aten)
+
+
+def test_cuda_glue_has_no_host_sync_calls():
+    # The CUDA glue (csrc/cuda/*_cuda.cpp) and kernels size their workspaces from shapes and read
+    # scalars on the device: no value copied back, no stream or device synchronization.
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+    sync = re.compile(r"\.item\s*<|\.item\s*\(|\.cpu\s*\(|at::kCPU|\bkCPU\b|Synchronize\s*\(|cudaMemcpy\s*\(|"
+                      r"\.tolist\s*\(|_local_scalar_dense|\bnonzero\s*\(")
+    files = sorted(root.glob("*.cpp")) + sorted(root.glob("*.cu")) + sorted(root.glob("*.h"))
+    assert len(files) >= 10
+    hits = [f"{f.name}:{i + 1}: {line.strip()}" for f in files
+            for i, line in enumerate(f.read_text().splitlines()) if sync.search(line)]
+    assert not hits, hits
+    assert sync.search("auto v = t.item<float>();") and sync.search("cudaStreamSynchronize(s);")
+
+
 def test_cuda_launch_names_are_the_kernels():
     # Every kernel cuda_op_launches names is a __global__ function of its .cu file (a renamed or
     # removed kernel must change the count), and an op it does not know is an error, not a zero.
