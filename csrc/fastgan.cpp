@@ -70,11 +70,14 @@ TORCH_LIBRARY(fastgan, m) {
       " -> (Tensor grad_x, Tensor grad_proxy)");
 
   // ---- row-wise cosine of two (N, D) tensors, each norm clamped at eps (the losses' positive terms):
-  // c_i = (x_i . y_j) / (max(||x_i||, eps) max(||y_j||, eps)) with j = (i + shift) mod N, float32
-  // (float64 if either is float64). shift: NT-Xent's partner row N/2 away, with no rolled copy of y
-  // (any integer, taken mod N as Python's %; triton_kernels/loss_terms.py has the same shift).
-  m.def("pair_cosine(Tensor x, Tensor y, float eps, int shift=0) -> Tensor");
-  m.def("pair_cosine_backward(Tensor grad, Tensor x, Tensor y, float eps, int shift=0) -> (Tensor, Tensor)");
+  // c_i = scale (x_i . y_j) / (max(||x_i||, eps) max(||y_j||, eps)) with j = (i + shift) mod N,
+  // float32 (float64 if either is float64). scale: a loss's 1/t (2C's extra logit) without a division
+  // each way; shift: NT-Xent's partner row N/2 away, with no rolled copy of y (any integer, taken mod
+  // N as Python's %). The arguments of the Triton op (fastgan::pair_cosine_triton), in its order.
+  m.def("pair_cosine(Tensor x, Tensor y, float eps, float scale=1.0, int shift=0) -> Tensor");
+  m.def(
+      "pair_cosine_backward(Tensor grad, Tensor x, Tensor y, float eps, float scale=1.0, int shift=0)"
+      " -> (Tensor, Tensor)");
 
   // ---- a loss's combination of its log-sum-exps and positive terms with its mean or sum:
   // scale * sum_i (sum_k coefs[k] x_ik + c1 y1_i + c2 y2_i), 0-dim in x's dtype; y1, y2 (N,) or (N, 1).

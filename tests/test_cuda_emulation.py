@@ -543,8 +543,8 @@ if INNER:
         p = torch.where(torch.isfinite(lse), p, torch.zeros_like(p))
         torch.testing.assert_close(out.double(), (w.double() * p).sum(1), rtol=2e-6, atol=1e-6)
 
-    LIB.emu_pair_cosine_forward.argtypes = [P, P, I64, I64, I64, I, F, P]
-    LIB.emu_pair_cosine_backward.argtypes = [P, P, P, I64, I64, I64, I, F, P, P]
+    LIB.emu_pair_cosine_forward.argtypes = [P, P, I64, I64, I64, I, F, F, P]
+    LIB.emu_pair_cosine_backward.argtypes = [P, P, P, I64, I64, I64, I, F, F, P, P]
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("shape", [(37, 100), (1, 1), (5, 31), (64, 512), (33, 33), (0, 8)])
@@ -554,9 +554,10 @@ if INNER:
         # one launch each way)
         # against float64 of the same rounded inputs: a zero row and a row under eps on each side
         # (the clamp, no projection term), D = 1 (x^ = +-1), D under, at and over 32 lanes, N = 0;
-        # row i against y's row (i + shift) mod N, shift 0 or NT-Xent's N/2 (odd N included).
+        # row i against y's row (i + shift) mod N, shift 0 or NT-Xent's N/2 (odd N included); the
+        # shifted cases with 2C's scale 1/t (t = 0.3) too.
         n, d = shape
-        shift = n // 2 if shifted else 0
+        shift, scale = (n // 2, 1 / 0.3) if shifted else (0, 1.0)
         g = torch.Generator().manual_seed(n * 100 + d)
         x = torch.randn(n, d, generator=g).to(dtype)
         y = torch.randn(n, d, generator=g).to(dtype)
@@ -565,19 +566,19 @@ if INNER:
         grad = torch.randn(n, generator=g)
         out = torch.full((n,), float("nan"))
         LIB.emu_clear_launches()
-        check(LIB.emu_pair_cosine_forward(ptr(x), ptr(y), n, d, shift, DTYPE_CODE[dtype], EPS, ptr(out)),
+        check(LIB.emu_pair_cosine_forward(ptr(x), ptr(y), n, d, shift, DTYPE_CODE[dtype], EPS, scale, ptr(out)),
               "pair_cosine")
         assert launches() == ([("loss_terms.cu:pair_cosine_kernel", ((n + 3) // 4, 1, 1), (128, 1, 1))]
                               if n else [])
         x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
         yr = y64.roll(-shift, dims=0)
-        want = (x64 * yr).sum(1) / (x64.norm(dim=1).clamp_min(EPS) * yr.norm(dim=1).clamp_min(EPS))
+        want = scale * (x64 * yr).sum(1) / (x64.norm(dim=1).clamp_min(EPS) * yr.norm(dim=1).clamp_min(EPS))
         torch.testing.assert_close(out.double(), want.detach(), rtol=2e-6, atol=2e-7)
         gx = torch.full((n, d), float("nan")).to(dtype)
         gy = torch.full((n, d), float("nan")).to(dtype)
         LIB.emu_clear_launches()
-        check(LIB.emu_pair_cosine_backward(ptr(grad), ptr(x), ptr(y), n, d, shift, DTYPE_CODE[dtype], EPS, ptr(gx),
-                                           ptr(gy)), "pair_cosine_backward")
+        check(LIB.emu_pair_cosine_backward(ptr(grad), ptr(x), ptr(y), n, d, shift, DTYPE_CODE[dtype], EPS, scale,
+                                           ptr(gx), ptr(gy)), "pair_cosine_backward")
         assert launches() == ([("loss_terms.cu:pair_cosine_backward_kernel", ((n + 3) // 4, 1, 1),
                                 (128, 1, 1))] if n else [])
         if n == 0:
@@ -599,10 +600,10 @@ if INNER:
         out, gx, gy = torch.empty(5), torch.empty(5, 8), torch.empty(5, 8)
         for shift in (5, -1, 12):
             LIB.emu_clear_launches()
-            assert LIB.emu_pair_cosine_forward(ptr(x), ptr(x), 5, 8, shift, DTYPE_CODE[torch.float32], EPS,
+            assert LIB.emu_pair_cosine_forward(ptr(x), ptr(x), 5, 8, shift, DTYPE_CODE[torch.float32], EPS, 1.0,
                                                ptr(out)) != 0
             assert LIB.emu_pair_cosine_backward(ptr(out), ptr(x), ptr(x), 5, 8, shift, DTYPE_CODE[torch.float32], EPS,
-                                                ptr(gx), ptr(gy)) != 0
+                                                1.0, ptr(gx), ptr(gy)) != 0
             assert launches() == []
 
     LIB.emu_lse_combine_forward.argtypes = [P, I64, I64, I64, I64, P, I64, P, I64, P, ctypes.c_double,

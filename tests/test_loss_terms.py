@@ -381,6 +381,19 @@ def test_cuda_glue_has_no_host_sync_calls():
     assert sync.search("auto v = t.item<float>();") and sync.search("cudaStreamSynchronize(s);")
 
 
+@pytest.mark.parametrize("temperature", [0.07, 0.3, 2.0])
+def test_cuda_2c_launches_do_not_depend_on_temperature(temperature):
+    # The pinned counts use 2C at t = 1 (fastgan/benchmark/cases.py); at any other t its extra logit's
+    # 1/t rides in pair_cosine's scale, not in an ATen division each way. (The other losses' pinned
+    # temperatures are not 1 already.)
+    import fastgan.functional as FG
+
+    xs, ys = C.make_inputs(C.Case("2c", (64, 16), "cpu", torch.float32))
+    kernels, aten = P.count_launches_cuda_cpu(
+        lambda e, p, y, backend: FG.conditional_contrastive_loss(e, p, y, temperature, backend=backend), xs, ys)
+    assert (len(kernels), len(aten)) == PINNED_CUDA["2c"], aten
+
+
 def test_cuda_launch_names_are_the_kernels():
     # Every kernel cuda_op_launches names is a __global__ function of its .cu file (a renamed or
     # removed kernel must change the count), and an op it does not know is an error, not a zero.

@@ -1,7 +1,7 @@
 """fastgan::pair_cosine (CPU), the losses' positive term: against normalize_rows(x) . normalize_rows(y)
-(y's rows shifted by the op's shift) in float64, values and both gradients; zero rows (the clamp),
-D = 1, non-contiguous, mixed and half dtypes, shifts that wrap and negative ones, x is y (NT-Xent);
-gradcheck; opcheck."""
+(y's rows shifted by the op's shift, times its scale) in float64, values and both gradients; zero
+rows (the clamp), D = 1, non-contiguous, mixed and half dtypes, shifts that wrap and negative ones, x
+is y (NT-Xent), scales (2C's 1/t); gradcheck; opcheck."""
 import pytest
 import torch
 
@@ -24,8 +24,8 @@ DTYPES = [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch
 @pytest.mark.parametrize("n,d", [(1, 1), (2, 3), (64, 512), (257, 129)])
 @pytest.mark.parametrize("device,dtypes", [(dev, dt) for dev in DEVICES for dt in DTYPES
                                            if not (dev == "cuda" and torch.float64 in dt)])
-@pytest.mark.parametrize("shift", [0, "half", 300, -5])  # mod N as Python's %: 300 and -5 wrap
-def test_values_and_gradients(n, d, device, dtypes, shift, gen):
+@pytest.mark.parametrize("shift,scale", [(0, 1.0), ("half", 1.0), (300, 1 / 0.07), (-5, -0.5)])  # 300, -5 wrap
+def test_values_and_gradients(n, d, device, dtypes, shift, scale, gen):
     shift = n // 2 if shift == "half" else shift
     eps = 1e-8
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)
@@ -39,27 +39,28 @@ def test_values_and_gradients(n, d, device, dtypes, shift, gen):
         x = torch.cat([x, x], 1)[:, ::2]  # non-contiguous
     x, y = x.requires_grad_(), y.requires_grad_()
     w = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
-    c = pair_cosine(x, y, eps, shift)
+    c = pair_cosine(x, y, eps, scale, shift)
     want_dtype = torch.float64 if torch.float64 in dtypes else torch.float32
     assert c.dtype == want_dtype
     gx, gy = torch.autograd.grad((c * w.to(c)).sum(), [x, y])
     assert gx.dtype == dtypes[0] and gy.dtype == dtypes[1]
     x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
-    r = reference(x64, y64, eps, shift)
+    r = scale * reference(x64, y64, eps, shift)
     rx, ry = torch.autograd.grad((r * w).sum(), [x64, y64])
     tol = max(TOL[dtypes[0]], TOL[dtypes[1]])
     assert rel_err(c, r) < tol
-    assert rel_err(gx, rx, GRAD_FLOOR) < 4 * tol and rel_err(gy, ry, GRAD_FLOOR) < 4 * tol
+    floor = GRAD_FLOOR * abs(scale)  # the gradients scale with `scale`: so does the floor of their norm
+    assert rel_err(gx, rx, floor) < 4 * tol and rel_err(gy, ry, floor) < 4 * tol
 
 
 def test_gradcheck_and_opcheck(gen):
     x = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     y = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: pair_cosine(a, b, 1e-8), (x, y))
-    assert torch.autograd.gradcheck(lambda a, b: pair_cosine(a, b, 1e-8, 4), (x, y))
-    assert torch.autograd.gradcheck(lambda a: pair_cosine(a, a, 1e-8, 3), (x,))  # NT-Xent: one z, shift N/2
+    assert torch.autograd.gradcheck(lambda a, b: pair_cosine(a, b, 1e-8, 2.5, 4), (x, y))
+    assert torch.autograd.gradcheck(lambda a: pair_cosine(a, a, 1e-8, 1.0, 3), (x,))  # NT-Xent: one z, shift N/2
     torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x.float(), y.float(), 1e-8))
-    torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x.float(), y.float(), 1e-8, -7))
+    torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x.float(), y.float(), 1e-8, 3.0, -7))
     torch.library.opcheck(torch.ops.fastgan.pair_cosine.default,
                           (torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, dtype=torch.float16), 1e-8))
 
@@ -68,7 +69,7 @@ def test_gradcheck_and_opcheck(gen):
 def test_opcheck_on_each_device(device):
     x, y = torch.randn(5, 7, device=device, requires_grad=True), torch.randn(5, 7, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x, y, 1e-8))
-    torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x, y, 1e-8, 2))
+    torch.library.opcheck(torch.ops.fastgan.pair_cosine.default, (x, y, 1e-8, 0.5, 2))
     torch.library.opcheck(torch.ops.fastgan.pair_cosine.default,
                           (x.detach().bfloat16().requires_grad_(), y, 1e-8))  # mixed dtypes: float32 inside
 

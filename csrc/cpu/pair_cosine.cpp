@@ -1,9 +1,11 @@
-// Fused CPU kernel of fastgan::pair_cosine: c_i = (x_i . y_j) / (max(||x_i||, eps) max(||y_j||, eps)),
-// j = (i + shift) mod N, the positive term of 2C, D2D-CE, NT-Xent (shift N/2) and the CLIP diagonal.
+// Fused CPU kernel of fastgan::pair_cosine: c_i = scale (x_i . y_j) / (max(||x_i||, eps) max(||y_j||, eps)),
+// j = (i + shift) mod N, the positive term of 2C (scale 1/t), D2D-CE, NT-Xent (shift N/2) and the CLIP
+// diagonal.
 // One pass per row forward (three dot products), two per row backward; the ATen form is about ten
 // ops and fifteen passes over N x D with autograd, which at N = 64 costs more than the N x N kernel
 // beside it.
-//   backward: dx_i = g_i ix (iy y_j - [||x_i|| > eps] c_i ix x_i), dy_j symmetrically,
+//   backward (c_i the cosine, g_i the incoming gradient times scale):
+//   dx_i = g_i ix (iy y_j - [||x_i|| > eps] c_i ix x_i), dy_j symmetrically,
 //   ix = 1 / max(||x_i||, eps), iy = 1 / max(||y_j||, eps). Row j of dy has the one writer i.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -64,7 +66,7 @@ inline void row_update(const T* xr, const T* yr, T* ox, T* oy, int64_t d, T gxi,
   }
 }
 
-at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps, int64_t shift) {
+at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps, double scale, int64_t shift) {
   check_pair(x, y);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto ct = pair_type(x, y);
@@ -76,13 +78,14 @@ at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps,
     const T* xp = xt.data_ptr<T>();
     const T* yp = yt.data_ptr<T>();
     T* o = out.data_ptr<T>();
-    const T e = static_cast<T>(eps);
+    const T e = static_cast<T>(eps), sc = static_cast<T>(scale);
     at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j = i + s < n ? i + s : i + s - n;
         T p, sx, sy;
         row_dots(xp + i * d, yp + j * d, d, p, sx, sy);
-        o[i] = p / (std::max(std::sqrt(sx), e) * std::max(std::sqrt(sy), e));
+        const T c = p / (std::max(std::sqrt(sx), e) * std::max(std::sqrt(sy), e));
+        o[i] = sc * c;  // exact for scale 1
       }
     });
   });
@@ -91,8 +94,8 @@ at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps,
 
 // dx into gx (accumulate: gx += dx, gx of the compute dtype, contiguous) or a new tensor; dy new.
 std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& grad, const at::Tensor& x,
-                                                             const at::Tensor& y, double eps, int64_t shift,
-                                                             at::Tensor gx, bool accumulate) {
+                                                             const at::Tensor& y, double eps, double scale,
+                                                             int64_t shift, at::Tensor gx, bool accumulate) {
   check_pair(x, y);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "pair_cosine_backward: grad must have shape (N,)");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -109,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
     const T* gp = g.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();
     T* gyp = gy.data_ptr<T>();
-    const T e = static_cast<T>(eps);
+    const T e = static_cast<T>(eps), sc = static_cast<T>(scale);
     at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j = i + s < n ? i + s : i + s - n;
@@ -122,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
         const T c = p * ix * iy;
         // Where a norm is clamped at eps the cosine is linear in that side: no projection term.
         const T cx = nx > e ? c * ix : T(0), cy = ny > e ? c * iy : T(0);
-        const T gxi = gp[i] * ix, gyi = gp[i] * iy;
+        const T gi = sc * gp[i];
+        const T gxi = gi * ix, gyi = gi * iy;
         if (accumulate) {
           row_update<true>(xr, yr, gxp + i * d, gyp + j * d, d, gxi, gyi, ix, iy, cx, cy);
         } else {
@@ -135,8 +139,9 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
-                                                            const at::Tensor& y, double eps, int64_t shift) {
-  return pair_cosine_backward_impl(grad, x, y, eps, shift, at::Tensor(), false);
+                                                            const at::Tensor& y, double eps, double scale,
+                                                            int64_t shift) {
+  return pair_cosine_backward_impl(grad, x, y, eps, scale, shift, at::Tensor(), false);
 }
 
 }  // namespace
@@ -145,11 +150,11 @@ at::Tensor pair_cosine_backward_accumulate(const at::Tensor& grad, const at::Ten
                                            at::Tensor& gx) {
   const bool fits = gx.defined() && gx.is_contiguous() && gx.scalar_type() == pair_type(x, y) && gx.sizes() == x.sizes();
   if (!fits) {
-    auto [dx, dy] = pair_cosine_backward_impl(grad, x, y, eps, 0, at::Tensor(), false);
+    auto [dx, dy] = pair_cosine_backward_impl(grad, x, y, eps, 1.0, 0, at::Tensor(), false);
     gx.add_(dx);
     return dy;
   }
-  return std::get<1>(pair_cosine_backward_impl(grad, x, y, eps, 0, gx, true));
+  return std::get<1>(pair_cosine_backward_impl(grad, x, y, eps, 1.0, 0, gx, true));
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {

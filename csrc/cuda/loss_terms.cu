@@ -1,8 +1,8 @@
 // CUDA kernels of the contrastive losses' O(N D) and O(N) terms around contrastive_lse, one launch
 // each way (the CUDA counterparts of triton_kernels/loss_terms.py; in ATen with autograd these were
 // 10-30 launches per loss step, most of a small batch's time on a GPU):
-// - pair_cosine: the positive logit c_r = (x_r . y_s) / (max(||x_r||, eps) max(||y_s||, eps)),
-//   s = (r + shift) mod N, of 2C, NT-Xent (shift N/2: no rolled copy of z) and the CLIP diagonal
+// - pair_cosine: the positive logit c_r = scale (x_r . y_s) / (max(||x_r||, eps) max(||y_s||, eps)),
+//   s = (r + shift) mod N, of 2C (scale 1/t), NT-Xent (shift N/2: no rolled copy of z) and the CLIP diagonal
 //   (fastgan::pair_cosine; csrc/cpu/pair_cosine.cpp is the CPU form, whose formulas these are). One
 //   warp per row, the three dot products reduced by shuffles in a fixed order; float32 out.
 // - lse_combine: a loss's combination of its log-sum-exps and positive terms with its mean or sum,
@@ -50,23 +50,25 @@ __device__ __forceinline__ void pair_dots(const T* x, const T* y, int64_t d, int
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    pair_cosine_kernel(const T* x, const T* y, int64_t n, int64_t d, int64_t shift, float eps, float* out) {
+    pair_cosine_kernel(const T* x, const T* y, int64_t n, int64_t d, int64_t shift, float eps, float scale,
+                       float* out) {
   const int lane = threadIdx.x % 32;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (r >= n) return;
   const int64_t s = r + shift < n ? r + shift : r + shift - n;  // shift in [0, n): the launcher's check
   float p, sx, sy;
   pair_dots(x + r * d, y + s * d, d, lane, p, sx, sy);
-  if (lane == 0) out[r] = p / (fmaxf(sqrtf(sx), eps) * fmaxf(sqrtf(sy), eps));
+  if (lane == 0) out[r] = scale * (p / (fmaxf(sqrtf(sx), eps) * fmaxf(sqrtf(sy), eps)));
 }
 
-// dx_r = g_r ix (iy y_s - [||x_r|| > eps] c_r ix x_r), dy_s symmetrically (a norm clamped at eps
+// dx_r = g_r ix (iy y_s - [||x_r|| > eps] c_r ix x_r), g_r = scale grad_r, c_r the cosine, dy_s
+// symmetrically (a norm clamped at eps
 // makes the cosine linear in that side: no projection term), written in T. Row s of gy has the one
 // writer r (the shift is a permutation of the rows).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pair_cosine_backward_kernel(const float* grad, const T* x, const T* y, int64_t n, int64_t d, int64_t shift,
-                                float eps, T* gx, T* gy) {
+                                float eps, float scale, T* gx, T* gy) {
   const int lane = threadIdx.x % 32;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (r >= n) return;
@@ -79,7 +81,8 @@ __global__ void __launch_bounds__(kThreads)
   const float ix = 1.0f / fmaxf(nx, eps), iy = 1.0f / fmaxf(ny, eps);
   const float c = p * ix * iy;
   const float cx = nx > eps ? c * ix : 0.0f, cy = ny > eps ? c * iy : 0.0f;
-  const float gxi = grad[r] * ix, gyi = grad[r] * iy;
+  const float g = scale * grad[r];
+  const float gxi = g * ix, gyi = g * iy;
   for (int64_t k = lane; k < d; k += 32) {
     const float xv = to_float(xr[k]), yv = to_float(yr[k]);
     gx[r * d + k] = from_float<T>(gxi * (iy * yv - cx * xv));
@@ -188,27 +191,27 @@ __global__ void __launch_bounds__(kCombineThreads)
 }  // namespace
 
 cudaError_t pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, int64_t shift, DType dtype,
-                                float eps, float* out, cudaStream_t stream) {
+                                float eps, float scale, float* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (shift < 0 || shift >= n) return cudaErrorInvalidValue;
   if ((n + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     FASTGAN_LAUNCH(pair_cosine_kernel<T>, warp_rows_blocks(n, kWarps), kThreads, 0, stream)(
-        static_cast<const T*>(x), static_cast<const T*>(y), n, d, shift, eps, out);
+        static_cast<const T*>(x), static_cast<const T*>(y), n, d, shift, eps, scale, out);
     return cudaGetLastError();
   });
 }
 
 cudaError_t pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, int64_t shift,
-                                 DType dtype, float eps, void* gx, void* gy, cudaStream_t stream) {
+                                 DType dtype, float eps, float scale, void* gx, void* gy, cudaStream_t stream) {
   if (n == 0 || d == 0) return cudaSuccess;
   if (shift < 0 || shift >= n) return cudaErrorInvalidValue;
   if ((n + kWarps - 1) / kWarps > 0x7fffffff) return cudaErrorInvalidConfiguration;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     FASTGAN_LAUNCH(pair_cosine_backward_kernel<T>, warp_rows_blocks(n, kWarps), kThreads, 0, stream)(
-        grad, static_cast<const T*>(x), static_cast<const T*>(y), n, d, shift, eps, static_cast<T*>(gx),
+        grad, static_cast<const T*>(x), static_cast<const T*>(y), n, d, shift, eps, scale, static_cast<T*>(gx),
         static_cast<T*>(gy));
     return cudaGetLastError();
   });

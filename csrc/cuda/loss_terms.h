@@ -10,13 +10,13 @@
 namespace fastgan {
 namespace cuda {
 
-// The positive logit of one row pair: out_r = (x_r . y_s) / (max(||x_r||, eps) max(||y_s||, eps)),
+// The positive logit of one row pair: out_r = scale (x_r . y_s) / (max(||x_r||, eps) max(||y_s||, eps)),
 // s = (r + shift) mod n with shift in [0, n) (else cudaErrorInvalidValue), float32; x and y contiguous
 // (n x d) of `dtype`. Backward: gx, gy (n x d, `dtype`, every element written) from grad (n, float32).
 cudaError_t pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, int64_t shift, DType dtype,
-                                float eps, float* out, cudaStream_t stream);
+                                float eps, float scale, float* out, cudaStream_t stream);
 cudaError_t pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, int64_t shift,
-                                 DType dtype, float eps, void* gx, void* gy, cudaStream_t stream);
+                                 DType dtype, float eps, float scale, void* gx, void* gy, cudaStream_t stream);
 
 // out (0-dim, float32) = scale * sum_i (sum_k coefs[k] x_ik + c1 y1_i + c2 y2_i); x (n x k, k <= 3), y1,
 // y2 (n, or null) float32 with the strides given. Backward: gx (n x k, contiguous), gy1, gy2 (n) from

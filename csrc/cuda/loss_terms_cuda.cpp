@@ -40,20 +40,22 @@ PairInputs pair_inputs(const at::Tensor& x_in, const at::Tensor& y_in, const cha
 // shift mod N in [0, N), as Python's % (the CPU kernel's wrap_shift); the launchers take it so.
 int64_t wrap_shift(int64_t shift, int64_t n) { return n > 0 ? ((shift % n) + n) % n : 0; }
 
-at::Tensor pair_cosine_cuda(const at::Tensor& x, const at::Tensor& y, double eps, int64_t shift) {
+at::Tensor pair_cosine_cuda(const at::Tensor& x, const at::Tensor& y, double eps, double scale, int64_t shift) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   c10::cuda::CUDAGuard guard(x.device());
   auto r = pair_inputs(x, y, "pair_cosine");
   auto out = at::empty({r.x.size(0)}, r.x.options().dtype(at::kFloat));
   auto err = cuda::pair_cosine_forward(r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1),
                                        wrap_shift(shift, r.x.size(0)), r.dtype, static_cast<float>(eps),
-                                       out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+                                       static_cast<float>(scale), out.data_ptr<float>(),
+                                       c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "pair_cosine CUDA kernel failed: ", cudaGetErrorString(err));
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
-                                                             const at::Tensor& y, double eps, int64_t shift) {
+                                                             const at::Tensor& y, double eps, double scale,
+                                                             int64_t shift) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   c10::cuda::CUDAGuard guard(x.device());
   auto r = pair_inputs(x, y, "pair_cosine_backward");
@@ -63,8 +65,9 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_cuda(const at::Tensor& g
   auto gx = at::empty(r.x.sizes(), r.x.options());
   auto gy = at::empty(r.y.sizes(), r.y.options());
   auto err = cuda::pair_cosine_backward(g.data_ptr<float>(), r.x.data_ptr(), r.y.data_ptr(), r.x.size(0), r.x.size(1),
-                                        wrap_shift(shift, r.x.size(0)), r.dtype, static_cast<float>(eps), gx.data_ptr(),
-                                        gy.data_ptr(), c10::cuda::getCurrentCUDAStream());
+                                        wrap_shift(shift, r.x.size(0)), r.dtype, static_cast<float>(eps),
+                                        static_cast<float>(scale), gx.data_ptr(), gy.data_ptr(),
+                                        c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "pair_cosine_backward CUDA kernel failed: ", cudaGetErrorString(err));
   return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
 }

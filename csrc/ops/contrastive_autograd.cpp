@@ -139,25 +139,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_budget_autograd(
 
 class PairCosine : public torch::autograd::Function<PairCosine> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, double eps,
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y, double eps, double scale,
                             int64_t shift) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({x, y});
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["scale"] = scale;
     ctx->saved_data["shift"] = shift;
-    return calls::pair_cosine(x, y, eps, shift);
+    return calls::pair_cosine(x, y, eps, scale, shift);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto s = ctx->get_saved_variables();
-    auto [gx, gy] = calls::pair_cosine_backward(grads[0].contiguous(), s[0], s[1], ctx->saved_data["eps"].toDouble(),
-                                                ctx->saved_data["shift"].toInt());
-    return {gx, gy, at::Tensor(), at::Tensor()};
+    const auto& d = ctx->saved_data;
+    auto [gx, gy] = calls::pair_cosine_backward(grads[0].contiguous(), s[0], s[1], d.at("eps").toDouble(),
+                                                d.at("scale").toDouble(), d.at("shift").toInt());
+    return {gx, gy, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor pair_cosine_autograd(const at::Tensor& x, const at::Tensor& y, double eps, int64_t shift) {
-  return PairCosine::apply(x, y, eps, shift);
+at::Tensor pair_cosine_autograd(const at::Tensor& x, const at::Tensor& y, double eps, double scale, int64_t shift) {
+  return PairCosine::apply(x, y, eps, scale, shift);
 }
 
 class SameClassCosineSum : public torch::autograd::Function<SameClassCosineSum> {

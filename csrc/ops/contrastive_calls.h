@@ -75,21 +75,23 @@ inline Tensor3 contrastive_lse_budget_backward(const at::Tensor& g, const at::Te
                  predicates, columns);
 }
 
-// fastgan::pair_cosine: cos(x_i, y_{(i + shift) mod N}), each norm clamped at eps.
-inline at::Tensor pair_cosine(const at::Tensor& x, const at::Tensor& y, double eps, int64_t shift = 0) {
+// fastgan::pair_cosine: scale cos(x_i, y_{(i + shift) mod N}), each norm clamped at eps.
+inline at::Tensor pair_cosine(const at::Tensor& x, const at::Tensor& y, double eps, double scale = 1.0,
+                              int64_t shift = 0) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastgan::pair_cosine", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t)>();
-  return op.call(x, y, eps, shift);
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double, int64_t)>();
+  return op.call(x, y, eps, scale, shift);
 }
 
 inline std::tuple<at::Tensor, at::Tensor> pair_cosine_backward(const at::Tensor& g, const at::Tensor& x,
-                                                               const at::Tensor& y, double eps, int64_t shift = 0) {
+                                                               const at::Tensor& y, double eps, double scale = 1.0,
+                                                               int64_t shift = 0) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastgan::pair_cosine_backward", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, double, int64_t)>();
-  return op.call(g, x, y, eps, shift);
+                                                                 const at::Tensor&, double, double, int64_t)>();
+  return op.call(g, x, y, eps, scale, shift);
 }
 
 // fastgan::same_class_cosine_sum: (sum_{p != i, y_p = y_i} cos(x_i, x_p), that count) per row.

@@ -125,9 +125,9 @@ def _pair_dtype(x, y):
 @on_extension_loaded
 def _register_cxx():
     torch.library.register_fake("fastgan::pair_cosine")(
-        lambda x, y, eps, shift=0: x.new_empty((x.shape[0],), dtype=_pair_dtype(x, y)))
+        lambda x, y, eps, scale=1.0, shift=0: x.new_empty((x.shape[0],), dtype=_pair_dtype(x, y)))
     torch.library.register_fake("fastgan::pair_cosine_backward")(
-        lambda grad, x, y, eps, shift=0: (torch.empty_like(x), torch.empty_like(y)))
+        lambda grad, x, y, eps, scale=1.0, shift=0: (torch.empty_like(x), torch.empty_like(y)))
     # The autograds of pair_cosine, same_class_cosine_sum and contrastive_lse_budget are C++ autograd
     # kernels (csrc/ops/contrastive_autograd.cpp): a Python wrapper costs ~100 us per call and step.
     torch.library.register_fake("fastgan::same_class_cosine_sum")(
@@ -248,13 +248,14 @@ def contrastive_lse_both(
     return rows[:, 0], cols[:, 0]
 
 
-def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, shift: int = 0) -> torch.Tensor:
-    """cos(x_i, y_{(i + shift) mod N}), each norm clamped at eps, float32 (float64 if either side is
-    float64): the fused kernel fastgan::pair_cosine (inputs assumed validated: (N, D) each, one
-    device; the CPU, or CUDA for float32 and 16-bit inputs). The shift reads y's rows in place: no
-    rolled copy, and y's gradient lands on its own rows."""
+def pair_cosine(x: torch.Tensor, y: torch.Tensor, eps: float, scale: float = 1.0, shift: int = 0) -> torch.Tensor:
+    """scale cos(x_i, y_{(i + shift) mod N}), each norm clamped at eps, float32 (float64 if either
+    side is float64): the fused kernel fastgan::pair_cosine (inputs assumed validated: (N, D) each,
+    one device; the CPU, or CUDA for float32 and 16-bit inputs). The scale (a loss's 1/t) needs no
+    division each way; the shift reads y's rows in place: no rolled copy, and y's gradient lands on
+    its own rows. The arguments of the Triton op's wrapper (fastgan/ops/loss_terms.py), in its order."""
     ensure_cxx()
-    return torch.ops.fastgan.pair_cosine.default(x, y, float(eps), int(shift))
+    return torch.ops.fastgan.pair_cosine.default(x, y, float(eps), float(scale), int(shift))
 
 
 def same_class_cosine_sum(x: torch.Tensor, labels: torch.Tensor, eps: float):

@@ -121,13 +121,13 @@ int emu_extra_logit_backward(const float* extra, const float* lse, const float* 
 }
 
 int emu_pair_cosine_forward(const void* x, const void* y, int64_t n, int64_t d, int64_t shift, int dtype, float eps,
-                            float* out) {
-  return pair_cosine_forward(x, y, n, d, shift, static_cast<DType>(dtype), eps, out, nullptr);
+                            float scale, float* out) {
+  return pair_cosine_forward(x, y, n, d, shift, static_cast<DType>(dtype), eps, scale, out, nullptr);
 }
 
 int emu_pair_cosine_backward(const float* grad, const void* x, const void* y, int64_t n, int64_t d, int64_t shift,
-                             int dtype, float eps, void* gx, void* gy) {
-  return pair_cosine_backward(grad, x, y, n, d, shift, static_cast<DType>(dtype), eps, gx, gy, nullptr);
+                             int dtype, float eps, float scale, void* gx, void* gy) {
+  return pair_cosine_backward(grad, x, y, n, d, shift, static_cast<DType>(dtype), eps, scale, gx, gy, nullptr);
 }
 
 int emu_lse_combine_forward(const float* x, int64_t n, int64_t k, int64_t x_stride_n, int64_t x_stride_k,
