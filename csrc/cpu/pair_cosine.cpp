@@ -33,9 +33,6 @@ void check_pair(const at::Tensor& x, const at::Tensor& y) {
   TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "pair_cosine (CPU kernel): tensors must be on the CPU");
 }
 
-// shift mod n in [0, n), as Python's % (the Triton kernel's int(shift) % n); 0 for n = 0.
-int64_t wrap_shift(int64_t shift, int64_t n) { return n > 0 ? ((shift % n) + n) % n : 0; }
-
 template <typename T>
 inline void row_dots(const T* x, const T* y, int64_t d, T& p, T& sx, T& sy) {
   T a = 0, b = 0, c = 0;
@@ -79,7 +76,7 @@ at::Tensor pair_cosine_cpu(const at::Tensor& x, const at::Tensor& y, double eps,
     const T* yp = yt.data_ptr<T>();
     T* o = out.data_ptr<T>();
     const T e = static_cast<T>(eps), sc = static_cast<T>(scale);
-    at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, n, row_grain(d), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j = i + s < n ? i + s : i + s - n;
         T p, sx, sy;
@@ -113,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> pair_cosine_backward_impl(const at::Tensor& g
     T* gxp = gx.data_ptr<T>();
     T* gyp = gy.data_ptr<T>();
     const T e = static_cast<T>(eps), sc = static_cast<T>(scale);
-    at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, n, row_grain(d), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j = i + s < n ? i + s : i + s - n;
         const T* xr = xp + i * d;

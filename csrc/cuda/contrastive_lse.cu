@@ -858,7 +858,7 @@ cudaError_t same_class_cosine_sum_forward(const LseParams& x, float* pos, int64_
   if (x.n == 0) return cudaSuccess;
   if (!same_class_valid(x)) return cudaErrorInvalidValue;
   const LseParams p = same_class_params(x);
-  const LsePlan q = same_class_plan(x);
+  const LsePlan q = contrastive_lse_plan(p);  // = same_class_plan(x)
   const dim3 grid(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
   return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     FASTGAN_LAUNCH(same_class_sum_kernel<decltype(tag)>, grid, kThreads, 0, stream)(p, q.col_splits, workspace);
@@ -875,7 +875,7 @@ cudaError_t same_class_cosine_sum_backward(const LseParams& x, const float* grad
   if (x.n == 0 || x.d == 0) return cudaSuccess;
   if (!same_class_valid(x)) return cudaErrorInvalidValue;
   const LseParams p = same_class_params(x);
-  const LsePlan q = same_class_plan(x);
+  const LsePlan q = contrastive_lse_plan(p);  // = same_class_plan(x)
   return dispatch(p.dtype, p.allow_tf32 != 0, [&](auto tag) {
     const dim3 rows(static_cast<unsigned>(q.row_blocks), static_cast<unsigned>(q.col_splits));
     FASTGAN_LAUNCH(same_class_backward_kernel<decltype(tag)>, rows, kThreads, 0, stream)(p, q.col_splits, grad, u,

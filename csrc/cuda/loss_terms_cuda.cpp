@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <optional>
 
+#include "cpu/pair_cosine.h"  // wrap_shift: the op's shift rule, one definition for CPU and CUDA
 #include "cuda/kernel_dtype.h"
 #include "cuda/loss_terms.h"
 
@@ -36,9 +37,6 @@ PairInputs pair_inputs(const at::Tensor& x_in, const at::Tensor& y_in, const cha
   r.y = r.y.contiguous();
   return r;
 }
-
-// shift mod N in [0, N), as Python's % (the CPU kernel's wrap_shift); the launchers take it so.
-int64_t wrap_shift(int64_t shift, int64_t n) { return n > 0 ? ((shift % n) + n) % n : 0; }
 
 at::Tensor pair_cosine_cuda(const at::Tensor& x, const at::Tensor& y, double eps, double scale, int64_t shift) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
