@@ -4,8 +4,9 @@ At GAN batch sizes a CUDA loss step is a chain of ~15-30 short launches (README,
 host spends issuing them (Python, dispatcher, autograd nodes) decides whether the GPU waits on the host.
 This measures that host work on the CPU: the CUDA backend's composition (perf_model.cuda_composition_on_cpu:
 every branch CUDA tensors take, fastgan's CUDA ops run by their CPU kernels) at a size where those kernels
-do next to nothing (N = 8, D = 8 by default), forward + backward, next to the "cpu" backend's whole-loss op
-and the eager reference at the same size. One thread, per-thread CPU time (time.thread_time), interleaved
+do next to nothing (N = 8, D = 8 by default), forward + backward, next to the "cpu" backend's whole-loss op,
+the eager reference and torch.compile of the reference (compiled once per loss before the rounds) at the
+same size. One thread, per-thread CPU time (time.thread_time), interleaved
 rounds (one step of each path per round, order rotating), p20 / median / p80 in us.
 A GPU host runs the same Python and dispatcher code (plus the driver's launch calls, not counted here).
 
@@ -44,7 +45,7 @@ def main():
                 return fused(*xs, backend="cuda")
 
         paths = {"cuda_composition": cuda_path, "cpu_whole_op": lambda *xs: fused(*xs, backend="cpu"),
-                 "reference_eager": ref}
+                 "reference_eager": ref, "reference_compiled": torch.compile(ref, dynamic=False)}
         xs = [t.detach().clone().requires_grad_(True) for t in tensors] + list(labels)
         res = {k: [] for k in paths}
         names = list(paths)
